@@ -1,0 +1,5 @@
+import sys
+
+from chatbuffer.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Adapters for the reply model (any OpenAI-compatible chat completions endpoint)."""

@@ -1,0 +1,95 @@
+"""``OpenAIReplyModel``: one chat completion per burst through the official ``openai`` SDK."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import openai
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from chatbuffer.domain.aggregation import Prompt
+from chatbuffer.domain.model import ModelDecision
+from chatbuffer.domain.retry import parse_retry_after
+from chatbuffer.errors import ModelError
+
+
+class _DecisionWire(BaseModel):
+    """The plan's JSON answer; lenient about extra keys, strict about the ones we use."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    should_respond: bool = Field(alias="shouldRespond")
+    content: str = ""
+    confidence: float = Field(ge=0.0, le=1.0)
+    intent: str = "unknown"
+    actions: list[str] = Field(default_factory=list)
+
+
+class OpenAIReplyModel:
+    """Implements :class:`chatbuffer.domain.ports.ReplyModel`.
+
+    The SDK's own retries are off: the worker owns retries, so one policy (and one attempt count
+    on the job) covers every failure.
+    """
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_key: str,
+        model: str,
+        timeout_s: float,
+        client: openai.AsyncOpenAI | None = None,
+    ) -> None:
+        self._model = model
+        self._client = client or openai.AsyncOpenAI(
+            base_url=base_url, api_key=api_key, timeout=timeout_s, max_retries=0
+        )
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+    async def decide(self, prompt: Prompt) -> ModelDecision:
+        try:
+            completion = await self._client.chat.completions.create(
+                model=self._model,
+                messages=[
+                    {"role": "system", "content": prompt.system},
+                    {"role": "user", "content": prompt.user},
+                ],
+                response_format={"type": "json_object"},
+                temperature=0.3,
+            )
+        except openai.APITimeoutError as exc:
+            raise ModelError("the model did not answer in time") from exc
+        except openai.APIStatusError as exc:
+            status = exc.status_code
+            raise ModelError(
+                f"the model endpoint answered {status}",
+                retryable=status >= 500 or status in {408, 409, 429},
+                retry_after=parse_retry_after(exc.response.headers.get("retry-after")),
+            ) from exc
+        except openai.APIError as exc:
+            raise ModelError(f"could not reach the model endpoint: {type(exc).__name__}") from exc
+        if not completion.choices:
+            raise ModelError("the model returned no choices")
+        return parse_decision(completion.choices[0].message.content)
+
+
+def parse_decision(content: str | None) -> ModelDecision:
+    """Read the model's JSON answer; anything else is a (retryable) ``ModelError``."""
+    if not content:
+        raise ModelError("the model returned an empty answer")
+    try:
+        raw: Any = json.loads(content)
+        wire = _DecisionWire.model_validate(raw)
+    except (ValueError, ValidationError) as exc:
+        raise ModelError("the model's answer is not the expected JSON object") from exc
+    return ModelDecision(
+        should_respond=wire.should_respond,
+        content=wire.content,
+        confidence=wire.confidence,
+        intent=wire.intent,
+        actions=tuple(wire.actions),
+    )

@@ -1,0 +1,250 @@
+"""The composition root: the one place that connects ports to adapters.
+
+``Runtime`` owns every resource (engine, HTTP clients, worker tasks); ``open()`` and ``close()``
+bracket its life, and ``close()`` runs even when ``open()`` failed half-way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from chatbuffer.ai.openai_model import OpenAIReplyModel
+from chatbuffer.chatwoot.client import ChatwootClient
+from chatbuffer.clock import SystemClock
+from chatbuffer.domain.buffer import BufferPolicy
+from chatbuffer.domain.ports import ChatwootAPI, Clock, Observer, ReplyModel
+from chatbuffer.domain.retry import RetryPolicy
+from chatbuffer.errors import ConfigurationError
+from chatbuffer.intake.webhook import IntakeRules, WebhookIntake
+from chatbuffer.observability.events import FanOut, LoggingObserver
+from chatbuffer.settings import Settings
+from chatbuffer.storage import database
+from chatbuffer.storage.repository import SqlBufferStore
+from chatbuffer.web.asgi import WebConfig, create_asgi_app
+from chatbuffer.worker import listener
+from chatbuffer.worker.pipeline import Pipeline, PipelineConfig
+from chatbuffer.worker.scheduler import Scheduler, SchedulerConfig
+from chatbuffer.worker.waker import Waker
+
+logger = logging.getLogger(__name__)
+
+#: How long a replica may act on a stale copy of the feature flags.
+FLAG_TTL = timedelta(seconds=5)
+
+
+@dataclass
+class _FlagCache:
+    store: SqlBufferStore
+    clock: Clock
+    values: dict[str, bool] = field(default_factory=dict)
+    read_at: datetime | None = None
+
+    async def get(self) -> dict[str, bool]:
+        now = self.clock.now()
+        if self.read_at is None or now - self.read_at > FLAG_TTL:
+            self.values = dict(await self.store.flags())
+            self.read_at = now
+        return self.values
+
+
+class Runtime:
+    """Everything one chatbuffer process runs, wired from ``Settings``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        observers: Sequence[Observer] = (),
+        chatwoot: ChatwootAPI | None = None,
+        model: ReplyModel | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock: Clock = clock or SystemClock()
+        self.observer = FanOut([LoggingObserver(), *observers])
+        self._chatwoot = chatwoot
+        self._model = model
+        self._engine: AsyncEngine | None = None
+        self._store: SqlBufferStore | None = None
+        self._owned: list[ChatwootClient | OpenAIReplyModel] = []
+        self.waker = Waker(self.clock)
+        self._intake: WebhookIntake | None = None
+
+    @property
+    def store(self) -> SqlBufferStore:
+        if self._store is None:
+            raise RuntimeError("Runtime is not open")
+        return self._store
+
+    async def open(self) -> None:
+        self._engine = database.create_engine(
+            self.settings.database_url, pool_size=min(20, self.settings.worker_concurrency + 4)
+        )
+        self._store = SqlBufferStore(self._engine)
+        self._flags = _FlagCache(self._store, self.clock)
+        await database.check_schema(self._engine, self.settings.database_url)
+        self._intake = self._build_intake()
+
+    async def close(self) -> None:
+        for resource in reversed(self._owned):
+            with contextlib.suppress(Exception):
+                await resource.aclose()
+        self._owned.clear()
+        if self._engine is not None:
+            await self._engine.dispose()
+            self._engine = None
+
+    @asynccontextmanager
+    async def opened(self) -> AsyncIterator[Runtime]:
+        try:
+            await self.open()
+            yield self
+        finally:
+            await self.close()
+
+    # -- intake ---------------------------------------------------------------------------
+
+    async def buffer_policy(self) -> BufferPolicy:
+        policy = self.settings.buffer_policy
+        flags = await self._flags.get()
+        return policy if flags.get("message_buffering", True) else policy.without_waiting()
+
+    async def handle_webhook(self, body: object) -> Mapping[str, Any]:
+        if self._intake is None:
+            raise RuntimeError("Runtime is not open")
+        return await self._intake.handle(body)
+
+    async def ping(self) -> None:
+        await self.store.ping()
+
+    def _build_intake(self) -> WebhookIntake:
+        return WebhookIntake(
+            store=self.store,
+            clock=self.clock,
+            observer=self.observer,
+            rules=IntakeRules(
+                active_statuses=self.settings.active_statuses,
+                account_id=self.settings.chatwoot_account_id,
+            ),
+            policy=self.buffer_policy,
+            on_scheduled=self.waker.poke,
+        )
+
+    def asgi(self, *, with_worker: bool) -> FastAPI:
+        """The web app; its lifespan opens this runtime (and runs the worker in ``serve``)."""
+        secret = self.settings.chatwoot_webhook_secret
+        runtime = self
+
+        @asynccontextmanager
+        async def lifespan() -> AsyncIterator[None]:
+            async with runtime.opened():
+                if not with_worker:
+                    yield
+                    return
+                async with runtime.worker_running():
+                    yield
+
+        return create_asgi_app(
+            handle=self.handle_webhook,
+            ping=self.ping,
+            clock=self.clock,
+            config=WebConfig(
+                webhook_secret=secret.get_secret_value() if secret else None,
+                max_body_bytes=self.settings.webhook_max_body_bytes,
+                signature_max_age_s=self.settings.webhook_signature_max_age_s,
+            ),
+            lifespan=lifespan,
+        )
+
+    # -- worker ---------------------------------------------------------------------------
+
+    def _adapters(self) -> tuple[ChatwootAPI, ReplyModel]:
+        s = self.settings
+        chatwoot = self._chatwoot
+        if chatwoot is None:
+            if s.chatwoot_base_url is None or s.chatwoot_api_token is None:
+                raise ConfigurationError("CHATWOOT_BASE_URL and CHATWOOT_API_TOKEN are required")
+            client = ChatwootClient(
+                base_url=s.chatwoot_base_url,
+                api_token=s.chatwoot_api_token.get_secret_value(),
+                timeout_s=s.chatwoot_timeout_ms / 1000,
+            )
+            self._owned.append(client)
+            chatwoot = client
+        model = self._model
+        if model is None:
+            if s.openai_api_key is None:
+                raise ConfigurationError("OPENAI_API_KEY is required")
+            openai_model = OpenAIReplyModel(
+                base_url=s.openai_base_url,
+                api_key=s.openai_api_key.get_secret_value(),
+                model=s.openai_model,
+                timeout_s=s.ai_processing_timeout_ms / 1000,
+            )
+            self._owned.append(openai_model)
+            model = openai_model
+        return chatwoot, model
+
+    def scheduler(self) -> Scheduler:
+        s = self.settings
+        chatwoot, model = self._adapters()
+        pipeline = Pipeline(
+            store=self.store,
+            chatwoot=chatwoot,
+            model=model,
+            clock=self.clock,
+            observer=self.observer,
+            config=PipelineConfig(
+                quality_threshold=s.response_quality_threshold,
+                typing_enabled=s.chatwoot_typing_indicator_enabled,
+                history_limit=s.history_limit,
+                retry=RetryPolicy(max_attempts=s.max_processing_attempts),
+            ),
+        )
+        return Scheduler(
+            store=self.store,
+            pipeline=pipeline,
+            clock=self.clock,
+            waker=self.waker,
+            config=SchedulerConfig(
+                concurrency=s.worker_concurrency,
+                lease=timedelta(milliseconds=s.worker_lease_ms),
+                sweep_interval=timedelta(milliseconds=s.buffer_processing_interval_ms),
+            ),
+        )
+
+    @asynccontextmanager
+    async def worker_running(self) -> AsyncIterator[Scheduler]:
+        """Run the scheduler (and the PostgreSQL listener) until the block exits, then drain."""
+        scheduler = self.scheduler()
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(scheduler.run(stop), name="scheduler")]
+        if not self.settings.is_sqlite:
+            conninfo = database.psycopg_conninfo(self.settings.database_url)
+            tasks.append(
+                asyncio.create_task(
+                    listener.listen(conninfo, self.waker, self.clock, stop), name="listener"
+                )
+            )
+        try:
+            yield scheduler
+        finally:
+            stop.set()
+            self.waker.poke()
+            # The scheduler returns after finishing its in-flight buffers; the listener has
+            # nothing to finish.
+            for task in tasks[1:]:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task

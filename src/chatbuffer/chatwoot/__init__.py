@@ -1,0 +1,1 @@
+"""Adapter for Chatwoot's application API (the calls an agent bot may make)."""

@@ -1,0 +1,98 @@
+"""``ChatwootClient``: typed async calls to Chatwoot, errors translated to ``ChatwootError``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import httpx2
+
+from chatbuffer.domain.model import ConversationKey
+from chatbuffer.domain.retry import parse_retry_after
+from chatbuffer.errors import ChatwootError
+
+# 408 and 429 say "try again later"; other 4xx answers will not change on a retry.
+RETRYABLE_STATUSES = frozenset({408, 409, 425, 429})
+
+
+class ChatwootClient:
+    """Implements :class:`chatbuffer.domain.ports.ChatwootAPI`.
+
+    The token is sent only in the ``api_access_token`` header and never appears in errors.
+    """
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_token: str,
+        timeout_s: float = 10.0,
+        transport: httpx2.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._client = httpx2.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            headers={"api_access_token": api_token, "Accept": "application/json"},
+            timeout=httpx2.Timeout(timeout_s),
+            transport=transport,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    @staticmethod
+    def _path(key: ConversationKey, suffix: str = "") -> str:
+        return f"/api/v1/accounts/{key.account_id}/conversations/{key.conversation_id}{suffix}"
+
+    async def set_typing(self, key: ConversationKey, *, on: bool) -> None:
+        await self._post(
+            self._path(key, "/toggle_typing_status"),
+            {"typing_status": "on" if on else "off", "is_private": False},
+        )
+
+    async def send_message(
+        self,
+        key: ConversationKey,
+        content: str,
+        *,
+        private: bool = False,
+        content_attributes: Mapping[str, Any] | None = None,
+    ) -> int:
+        body: dict[str, Any] = {
+            "content": content,
+            "message_type": "outgoing",
+            "private": private,
+            "content_type": "text",
+        }
+        if content_attributes:
+            body["content_attributes"] = dict(content_attributes)
+        answer = await self._post(self._path(key, "/messages"), body)
+        message_id = answer.get("id") if isinstance(answer, dict) else None
+        if not isinstance(message_id, int):
+            raise ChatwootError("Chatwoot accepted the message but returned no message id")
+        return message_id
+
+    async def set_status(self, key: ConversationKey, status: str) -> None:
+        await self._post(self._path(key, "/toggle_status"), {"status": status})
+
+    async def _post(self, path: str, body: Mapping[str, Any]) -> Any:
+        try:
+            response = await self._client.post(path, json=body)
+        except httpx2.TimeoutException as exc:
+            raise ChatwootError(f"Chatwoot did not answer POST {path} in time") from exc
+        except httpx2.HTTPError as exc:
+            raise ChatwootError(
+                f"could not reach Chatwoot for POST {path}: {type(exc).__name__}"
+            ) from exc
+        if response.is_success:
+            if not response.content:
+                return None
+            try:
+                return response.json()
+            except ValueError:
+                return None
+        status = response.status_code
+        raise ChatwootError(
+            f"Chatwoot answered {status} to POST {path}",
+            retryable=status >= 500 or status in RETRYABLE_STATUSES,
+            retry_after=parse_retry_after(response.headers.get("retry-after")),
+        )

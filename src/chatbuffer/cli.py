@@ -1,0 +1,156 @@
+"""``chatbuffer``: the command line. Thin: it reads settings and calls ``app.Runtime``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+
+from chatbuffer.errors import ChatbufferError
+from chatbuffer.settings import Role, Settings, load_settings
+
+USAGE_ERROR = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chatbuffer",
+        description="Answer a WhatsApp contact's burst of Chatwoot messages once they pause.",
+        epilog="Settings come from environment variables; see docs/configuration.md.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, text in [
+        ("serve", "webhook API and worker in one process (SQLite: migrates by itself)"),
+        ("api", "only the webhook API (scale out: run several, plus workers)"),
+    ]:
+        sub = commands.add_parser(name, help=text, description=text)
+        sub.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+        sub.add_argument("--port", type=_port, default=8000, help="port to bind (default 8000)")
+    commands.add_parser("worker", help="only the worker that answers due buffers")
+    commands.add_parser("migrate", help="create or upgrade the database schema")
+    demo = commands.add_parser(
+        "demo", help="a burst of messages turning into one reply, against built-in simulators"
+    )
+    demo.add_argument(
+        "--window-ms",
+        type=_positive_ms,
+        default=3000,
+        help="quiet period before the reply, in milliseconds (default 3000)",
+    )
+    return parser
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {value!r}") from None
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"port must be between 1 and 65535, not {port}")
+    return port
+
+
+def _positive_ms(value: str) -> int:
+    try:
+        ms = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of milliseconds: {value!r}") from None
+    if not 100 <= ms <= 600_000:
+        raise argparse.ArgumentTypeError("must be between 100 and 600000 milliseconds")
+    return ms
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except ChatbufferError as exc:
+        print(f"chatbuffer: error: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "demo":
+        from chatbuffer import demo
+
+        return demo.run(window_ms=args.window_ms)
+
+    settings = load_settings()
+    role: Role = args.command
+    settings.require_for(role)
+
+    from chatbuffer.observability import logging as log_setup
+    from chatbuffer.storage import database
+
+    log_setup.configure(settings.log_level)
+    if role == "migrate":
+        revision = database.migrate(settings.database_url)
+        print(f"chatbuffer: database schema is at revision {revision}")
+        return 0
+    if role == "serve" and settings.is_sqlite:
+        database.migrate(settings.database_url)
+    asyncio.run(_preflight(settings))
+    if role == "worker":
+        asyncio.run(_worker(settings))
+        return 0
+    _serve_http(settings, host=args.host, port=args.port, with_worker=role == "serve")
+    return 0
+
+
+async def _preflight(settings: Settings) -> None:
+    """Refuse to start on an unreachable or unmigrated database, with one clear line."""
+    from chatbuffer.errors import ConfigurationError
+    from chatbuffer.storage import database
+
+    engine = database.create_engine(settings.database_url, pool_size=1)
+    try:
+        await database.check_schema(engine, settings.database_url)
+    except ChatbufferError:
+        raise
+    except Exception as exc:
+        raise ConfigurationError(
+            f"cannot use DATABASE_URL: {type(exc).__name__}: {_first_line(exc)}"
+        ) from None
+    finally:
+        await engine.dispose()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else "no detail"
+
+
+def _serve_http(settings: Settings, *, host: str, port: int, with_worker: bool) -> None:
+    import uvicorn
+
+    from chatbuffer.app import Runtime
+
+    runtime = Runtime(settings)
+    config = uvicorn.Config(
+        runtime.asgi(with_worker=with_worker),
+        host=host,
+        port=port,
+        log_config=None,
+        lifespan="on",
+        timeout_graceful_shutdown=30,
+    )
+    uvicorn.Server(config).run()
+
+
+async def _worker(settings: Settings) -> None:
+    from chatbuffer.app import Runtime
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with Runtime(settings).opened() as runtime, runtime.worker_running():
+        await stop.wait()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""When a buffer closes, and which buffer a new message joins.
+
+A buffer collects one contact's burst. It closes ``quiet_period`` after its last message (each
+message pushes that later), never later than ``max_age`` after its first message, and at once when
+it holds ``max_size`` messages. A message that finds no open buffer opens a new one; so does a
+message whose conversation's buffer is already closed or being processed, so it is never lost and
+never merged into a reply that is already being written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class BufferPolicy:
+    """The three limits of a buffer."""
+
+    quiet_period: timedelta
+    max_age: timedelta
+    max_size: int
+
+    def __post_init__(self) -> None:
+        if self.max_size < 1:
+            raise ValueError("max_size must be at least 1")
+        if self.quiet_period < timedelta(0) or self.max_age < timedelta(0):
+            raise ValueError("quiet_period and max_age must not be negative")
+
+    def without_waiting(self) -> BufferPolicy:
+        """The policy used when buffering is switched off: every message closes its own buffer."""
+        return BufferPolicy(quiet_period=timedelta(0), max_age=timedelta(0), max_size=1)
+
+
+@dataclass(frozen=True, slots=True)
+class BufferWindow:
+    """The timing facts of one buffer."""
+
+    started_at: datetime
+    last_message_at: datetime
+    message_count: int
+
+
+def due_at(window: BufferWindow, policy: BufferPolicy) -> datetime:
+    """The instant the buffer closes and becomes due for processing."""
+    if window.message_count >= policy.max_size:
+        return window.last_message_at
+    return min(window.last_message_at + policy.quiet_period, window.started_at + policy.max_age)
+
+
+def is_open(window: BufferWindow, policy: BufferPolicy, now: datetime) -> bool:
+    """Whether a message arriving at ``now`` may still join this buffer."""
+    return window.message_count < policy.max_size and now < due_at(window, policy)
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where a new message goes.
+
+    ``opens_new`` is True when the message starts a new buffer (and the previous one, if any,
+    stays closed as it is). ``window`` is the buffer's timing after the message, ``due`` its
+    closing instant and ``closes_now`` whether the message filled it.
+    """
+
+    opens_new: bool
+    window: BufferWindow
+    due: datetime
+    closes_now: bool
+
+
+def place(current: BufferWindow | None, policy: BufferPolicy, now: datetime) -> Placement:
+    """Decide how a message arriving at ``now`` joins ``current`` (the open buffer, if any)."""
+    if current is not None and is_open(current, policy, now):
+        window = BufferWindow(
+            started_at=current.started_at,
+            last_message_at=max(now, current.last_message_at),
+            message_count=current.message_count + 1,
+        )
+        opens_new = False
+    else:
+        window = BufferWindow(started_at=now, last_message_at=now, message_count=1)
+        opens_new = True
+    due = due_at(window, policy)
+    return Placement(
+        opens_new=opens_new,
+        window=window,
+        due=due,
+        closes_now=window.message_count >= policy.max_size or due <= now,
+    )

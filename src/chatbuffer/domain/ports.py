@@ -1,0 +1,158 @@
+"""The roles the core needs from the outside world, as Protocols.
+
+Adapters implement them (``storage.repository.SqlBufferStore``, ``chatwoot.client.ChatwootClient``,
+``ai.openai_model.OpenAIReplyModel``); ``app.py`` wires them; the worker and intake see only these.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal, Protocol
+
+from chatbuffer.domain.aggregation import Prompt
+from chatbuffer.domain.buffer import BufferPolicy
+from chatbuffer.domain.model import (
+    Attachment,
+    ConversationKey,
+    HistoryEntry,
+    InboundMessage,
+    ModelDecision,
+)
+
+
+class Clock(Protocol):
+    """Reads and waits on time; the system clock in production, a fake one in tests."""
+
+    def now(self) -> datetime: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class ChatwootAPI(Protocol):
+    """The Chatwoot calls a bot makes, all keyed by one conversation."""
+
+    async def set_typing(self, key: ConversationKey, *, on: bool) -> None: ...
+
+    async def send_message(
+        self,
+        key: ConversationKey,
+        content: str,
+        *,
+        private: bool = False,
+        content_attributes: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Post a message and return Chatwoot's message id."""
+        ...
+
+    async def set_status(self, key: ConversationKey, status: str) -> None: ...
+
+
+class ReplyModel(Protocol):
+    """Writes the decision for one burst."""
+
+    async def decide(self, prompt: Prompt) -> ModelDecision: ...
+
+
+EventName = Literal[
+    "message_received",
+    "message_duplicate",
+    "buffer_opened",
+    "buffer_extended",
+    "buffer_closed",
+    "buffer_claimed",
+    "buffer_cancelled",
+    "reply_sent",
+    "handoff",
+    "no_reply",
+    "attempt_failed",
+    "buffer_failed",
+]
+
+
+class Observer(Protocol):
+    """Hears what happens to buffers (logs, metrics, the demo's timeline)."""
+
+    def event(self, name: EventName, key: ConversationKey, **fields: Any) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class IntakeResult:
+    """What storing one incoming message did."""
+
+    stored: bool
+    buffer_id: uuid.UUID | None
+    opened_buffer: bool
+    message_count: int
+    due_at: datetime | None
+    closed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedJob:
+    """A due buffer this worker now holds under a lease."""
+
+    job_id: uuid.UUID
+    buffer_id: uuid.UUID
+    key: ConversationKey
+    attempts: int
+    scheduled_for: datetime
+    claimed_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class BufferContents:
+    """Everything needed to answer one buffer."""
+
+    messages: Sequence[InboundMessage]
+    history: Sequence[HistoryEntry]
+
+
+ReplyKind = Literal["reply", "handoff_note"]
+
+
+class BufferStore(Protocol):
+    """Durable buffers and their processing jobs."""
+
+    async def record_incoming(
+        self, message: InboundMessage, policy: BufferPolicy, now: datetime
+    ) -> IntakeResult: ...
+
+    async def update_attachments(
+        self, key: ConversationKey, chatwoot_message_id: int, attachments: Sequence[Attachment]
+    ) -> bool: ...
+
+    async def cancel_open(self, key: ConversationKey, now: datetime, reason: str) -> int: ...
+
+    async def claim_due(
+        self, now: datetime, owner: str, lease: timedelta, limit: int
+    ) -> list[ClaimedJob]: ...
+
+    async def next_wake_at(self) -> datetime | None: ...
+
+    async def extend_lease(self, job: ClaimedJob, owner: str, until: datetime) -> bool: ...
+
+    async def load(self, job: ClaimedJob, history_limit: int) -> BufferContents: ...
+
+    async def still_held(self, job: ClaimedJob, owner: str) -> bool: ...
+
+    async def record_reply(
+        self,
+        job: ClaimedJob,
+        kind: ReplyKind,
+        content: str,
+        chatwoot_message_id: int,
+        now: datetime,
+    ) -> None: ...
+
+    async def complete(self, job: ClaimedJob, owner: str, now: datetime, note: str) -> bool: ...
+
+    async def release_for_retry(
+        self, job: ClaimedJob, owner: str, error: str, retry_at: datetime
+    ) -> bool: ...
+
+    async def fail(self, job: ClaimedJob, owner: str, error: str, now: datetime) -> bool: ...
+
+    async def flags(self) -> Mapping[str, bool]: ...

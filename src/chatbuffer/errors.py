@@ -1,0 +1,82 @@
+"""The errors chatbuffer raises, as one tree.
+
+    ChatbufferError
+    ├── ConfigurationError          a setting is missing or contradicts another (start-up stops)
+    ├── SchemaNotReady              the database is not migrated to the version this code needs
+    ├── WebhookRejected             a webhook request is refused; carries the HTTP status
+    │   ├── PayloadTooLarge         413
+    │   ├── InvalidSignature        401
+    │   └── MalformedPayload        400 / 422
+    └── DependencyError             a call to something outside failed; retried by the worker
+        ├── ChatwootError           the Chatwoot API failed or refused a call
+        └── ModelError              the LLM failed, timed out or answered something unusable
+
+Adapters translate foreign exceptions (httpx2, openai, sqlalchemy) into this tree at their edge,
+so the worker decides retries from our types only.
+"""
+
+from __future__ import annotations
+
+
+class ChatbufferError(Exception):
+    """Root of every error chatbuffer raises on purpose."""
+
+
+class ConfigurationError(ChatbufferError):
+    """A setting is missing or contradicts another; the message names it."""
+
+
+class SchemaNotReady(ChatbufferError):
+    """The database schema is older than this code expects."""
+
+
+class WebhookRejected(ChatbufferError):
+    """A webhook request that is refused with a 4xx status and a JSON message."""
+
+    status_code = 400
+
+    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+        super().__init__(message)
+        if status_code is not None:
+            self.status_code = status_code
+
+
+class PayloadTooLarge(WebhookRejected):
+    """The body is larger than the service accepts."""
+
+    status_code = 413
+
+
+class InvalidSignature(WebhookRejected):
+    """The Chatwoot signature is missing, stale or wrong."""
+
+    status_code = 401
+
+
+class MalformedPayload(WebhookRejected):
+    """The body is not JSON, or not a Chatwoot event the service can read."""
+
+    status_code = 400
+
+
+class DependencyError(ChatbufferError):
+    """A call to an outside service failed.
+
+    ``retryable`` is False for answers that will not change on a retry (a 4xx other than 408/429),
+    and ``retry_after`` carries a server-directed delay in seconds when one was given.
+    """
+
+    def __init__(
+        self, message: str, *, retryable: bool = True, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+class ChatwootError(DependencyError):
+    """The Chatwoot API failed or refused a call."""
+
+
+class ModelError(DependencyError):
+    """The LLM failed, timed out, or answered with something that is not a usable decision."""

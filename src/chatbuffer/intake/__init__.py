@@ -1,0 +1,1 @@
+"""From a Chatwoot webhook to a stored message: verify, parse, classify, store."""

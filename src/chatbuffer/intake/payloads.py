@@ -1,0 +1,68 @@
+"""The parts of Chatwoot's webhook JSON that chatbuffer reads (wire shape only).
+
+Unknown fields are ignored: Chatwoot adds fields between versions, and we must not reject them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Chatwoot's ids are PostgreSQL integers or bigints; anything outside is not a Chatwoot id.
+ChatwootId = Field(ge=1, le=2**63 - 1)
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class Account(_Wire):
+    id: int = ChatwootId
+
+
+class Sender(_Wire):
+    id: int | None = None
+    name: str | None = None
+    type: str | None = None
+
+
+class Conversation(_Wire):
+    id: int = ChatwootId
+    status: str | None = None
+    channel: str | None = None
+    inbox_id: int | None = None
+
+
+class AttachmentIn(_Wire):
+    file_type: str = "file"
+    data_url: str | None = None
+    transcribed_text: str | None = None
+    content_type: str | None = None
+    file_size: int | None = None
+
+
+class MessageEvent(_Wire):
+    """``message_created`` / ``message_updated``."""
+
+    event: str
+    id: int = ChatwootId
+    content: str | None = None
+    content_type: str | None = "text"
+    content_attributes: dict[str, Any] | None = None
+    message_type: str
+    private: bool = False
+    created_at: str | int | None = None
+    sender: Sender | None = None
+    account: Account
+    conversation: Conversation
+    attachments: list[AttachmentIn] = Field(default_factory=list)
+
+
+class ConversationEvent(_Wire):
+    """``conversation_status_changed``, ``conversation_updated``, ``conversation_resolved``..."""
+
+    event: str
+    id: int = ChatwootId
+    status: str | None = None
+    account: Account | None = None

@@ -1,0 +1,234 @@
+"""Decide what a Chatwoot event means for the buffers, then do it.
+
+``classify`` is pure: it maps a parsed event to one action. ``WebhookIntake`` carries the action out
+against the store. Every answer is a small JSON body the web layer returns with status 200.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from chatbuffer.domain.buffer import BufferPolicy
+from chatbuffer.domain.model import Attachment, ConversationKey, InboundMessage, MessageKind
+from chatbuffer.domain.ports import BufferStore, Clock, Observer
+from chatbuffer.errors import MalformedPayload
+from chatbuffer.intake.payloads import ConversationEvent, MessageEvent
+
+#: Key in ``content_attributes`` that marks a message chatbuffer itself posted.
+REPLY_MARKER = "chatbuffer"
+
+MESSAGE_EVENTS = frozenset({"message_created", "message_updated"})
+CONVERSATION_EVENTS = frozenset(
+    {
+        "conversation_status_changed",
+        "conversation_updated",
+        "conversation_resolved",
+        "conversation_opened",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Ignore:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Buffer:
+    message: InboundMessage
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateAttachments:
+    key: ConversationKey
+    chatwoot_message_id: int
+    attachments: tuple[Attachment, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CancelBuffers:
+    key: ConversationKey
+    reason: str
+
+
+Action = Ignore | Buffer | UpdateAttachments | CancelBuffers
+
+
+@dataclass(frozen=True, slots=True)
+class IntakeRules:
+    """Which events chatbuffer acts on."""
+
+    active_statuses: frozenset[str]
+    account_id: int | None = None
+
+
+def parse(body: Any) -> MessageEvent | ConversationEvent | str:
+    """Parse the JSON body into the event model we read, or return the unhandled event's name."""
+    if not isinstance(body, dict):
+        raise MalformedPayload("the body must be a JSON object", status_code=422)
+    event = body.get("event")
+    if not isinstance(event, str) or not event:
+        raise MalformedPayload('the body has no "event" field', status_code=422)
+    model: type[MessageEvent] | type[ConversationEvent]
+    if event in MESSAGE_EVENTS:
+        model = MessageEvent
+    elif event in CONVERSATION_EVENTS:
+        model = ConversationEvent
+    else:
+        return event
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "body"
+        raise MalformedPayload(
+            f"{event} payload is invalid at {where}: {first.get('msg', 'invalid')}",
+            status_code=422,
+        ) from None
+
+
+def classify(
+    parsed: MessageEvent | ConversationEvent | str, rules: IntakeRules, now: datetime
+) -> Action:
+    """The one action an event calls for; ``now`` becomes a buffered message's arrival time."""
+    if isinstance(parsed, str):
+        return Ignore(f"event {parsed} is not handled")
+    account_id = parsed.account.id if parsed.account else None
+    if account_id is None:
+        return Ignore("event carries no account id")
+    if rules.account_id is not None and account_id != rules.account_id:
+        return Ignore("account is not served by this chatbuffer")
+    if isinstance(parsed, ConversationEvent):
+        key = ConversationKey(account_id, parsed.id)
+        if parsed.status and parsed.status not in rules.active_statuses:
+            return CancelBuffers(key, f"conversation became {parsed.status}")
+        return Ignore("conversation change needs no action")
+    key = ConversationKey(account_id, parsed.conversation.id)
+    return _classify_message(parsed, key, rules, now)
+
+
+def _classify_message(
+    event: MessageEvent, key: ConversationKey, rules: IntakeRules, now: datetime
+) -> Action:
+    attributes = event.content_attributes or {}
+    if event.private:
+        return Ignore("private note")
+    if event.message_type == "outgoing":
+        sender_type = event.sender.type if event.sender else None
+        if REPLY_MARKER in attributes or sender_type == "agent_bot":
+            return Ignore("the bot's own reply")
+        if event.event == "message_created" and (
+            sender_type == "user" or attributes.get("external_echo") is True
+        ):
+            return CancelBuffers(key, "a human agent answered")
+        return Ignore("outgoing message")
+    if event.message_type != "incoming":
+        return Ignore(f"{event.message_type} message")
+    attachments = tuple(
+        Attachment(
+            file_type=a.file_type,
+            data_url=a.data_url,
+            transcript=a.transcribed_text or None,
+            content_type=a.content_type,
+            file_size=a.file_size,
+        )
+        for a in event.attachments
+    )
+    if event.event == "message_updated":
+        if not attachments:
+            return Ignore("message update without attachments")
+        return UpdateAttachments(key, event.id, attachments)
+    status = event.conversation.status
+    if status not in rules.active_statuses:
+        return Ignore(f"conversation is {status or 'of unknown status'}")
+    return Buffer(
+        InboundMessage(
+            key=key,
+            chatwoot_message_id=event.id,
+            content=event.content,
+            kind=_kind(attachments),
+            content_type=event.content_type or "text",
+            received_at=now,
+            attachments=attachments,
+            sender=event.sender.model_dump(exclude_none=True) if event.sender else {},
+            conversation=event.conversation.model_dump(exclude_none=True),
+        )
+    )
+
+
+def _kind(attachments: tuple[Attachment, ...]) -> MessageKind:
+    for attachment in attachments:
+        if attachment.file_type == "audio":
+            return "audio"
+        if attachment.file_type == "image":
+            return "image"
+        return "file"
+    return "text"
+
+
+class WebhookIntake:
+    """Carries out the action for one webhook."""
+
+    def __init__(
+        self,
+        *,
+        store: BufferStore,
+        clock: Clock,
+        observer: Observer,
+        rules: IntakeRules,
+        policy: Callable[[], Awaitable[BufferPolicy]],
+        on_scheduled: Callable[[datetime], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._observer = observer
+        self._rules = rules
+        self._policy = policy
+        self._on_scheduled = on_scheduled
+
+    async def handle(self, body: Any) -> Mapping[str, Any]:
+        now = self._clock.now()
+        action = classify(parse(body), self._rules, now)
+        if isinstance(action, Ignore):
+            return {"status": "ignored", "reason": action.reason}
+        if isinstance(action, CancelBuffers):
+            cancelled = await self._store.cancel_open(action.key, now, action.reason)
+            if cancelled:
+                self._observer.event(
+                    "buffer_cancelled", action.key, reason=action.reason, buffers=cancelled
+                )
+            return {"status": "cancelled", "buffers": cancelled, "reason": action.reason}
+        if isinstance(action, UpdateAttachments):
+            found = await self._store.update_attachments(
+                action.key, action.chatwoot_message_id, action.attachments
+            )
+            return {"status": "updated" if found else "ignored", "reason": "attachments"}
+        return await self._buffer(action.message, now)
+
+    async def _buffer(self, message: InboundMessage, now: datetime) -> Mapping[str, Any]:
+        result = await self._store.record_incoming(message, await self._policy(), now)
+        key = message.key
+        if not result.stored:
+            self._observer.event("message_duplicate", key, message_id=message.chatwoot_message_id)
+            return {"status": "duplicate", "message_id": message.chatwoot_message_id}
+        self._observer.event(
+            "buffer_opened" if result.opened_buffer else "buffer_extended",
+            key,
+            message_id=message.chatwoot_message_id,
+            buffer_id=str(result.buffer_id),
+            messages=result.message_count,
+            due_at=result.due_at,
+        )
+        if self._on_scheduled is not None and result.due_at is not None:
+            self._on_scheduled(result.due_at)
+        return {
+            "status": "buffered",
+            "buffer_id": str(result.buffer_id),
+            "messages": result.message_count,
+            "due_at": result.due_at.isoformat() if result.due_at else None,
+        }

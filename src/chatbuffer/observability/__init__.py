@@ -1,0 +1,1 @@
+"""Logs and the event stream that the demo timeline and operators read."""

@@ -1,0 +1,138 @@
+"""Configuration from environment variables, validated once at start-up.
+
+Only the CLI and ``app.py`` read settings; they pass plain values down. Every field is documented
+in ``docs/configuration.md``.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from chatbuffer.domain.buffer import BufferPolicy
+from chatbuffer.errors import ConfigurationError
+
+CHATWOOT_STATUSES = frozenset({"open", "resolved", "pending", "snoozed"})
+
+Role = Literal["serve", "api", "worker", "migrate"]
+
+
+class Settings(BaseSettings):
+    """Every setting chatbuffer reads, with its default."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+
+    database_url: str = "sqlite:///./chatbuffer.db"
+
+    message_buffer_duration_ms: int = Field(30_000, ge=0)
+    max_buffer_size: int = Field(50, ge=1, le=10_000)
+    max_buffer_age_ms: int = Field(300_000, ge=0)
+    buffer_processing_interval_ms: int = Field(10_000, ge=100)
+
+    openai_base_url: str = "https://api.openai.com/v1"
+    openai_api_key: SecretStr | None = None
+    openai_model: str = "gpt-4o-mini"
+    ai_processing_timeout_ms: int = Field(30_000, ge=100)
+    response_quality_threshold: float = Field(0.7, ge=0.0, le=1.0)
+
+    chatwoot_base_url: str | None = None
+    chatwoot_api_token: SecretStr | None = None
+    chatwoot_account_id: int | None = None
+    chatwoot_webhook_secret: SecretStr | None = None
+    chatwoot_typing_indicator_enabled: bool = True
+    chatwoot_timeout_ms: int = Field(10_000, ge=100)
+
+    bot_active_statuses: str = "pending"
+
+    worker_concurrency: int = Field(16, ge=1, le=1_000)
+    worker_lease_ms: int = Field(10_000, ge=1_000)
+    max_processing_attempts: int = Field(5, ge=1, le=100)
+    webhook_max_body_bytes: int = Field(1_048_576, ge=1_024)
+    webhook_signature_max_age_s: int = Field(300, ge=1)
+    history_limit: int = Field(20, ge=0, le=200)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        scheme = value.split(":", 1)[0].split("+", 1)[0].lower()
+        if scheme not in {"sqlite", "postgresql", "postgres"}:
+            raise ValueError("must start with sqlite:// or postgresql://")
+        return value
+
+    @field_validator("bot_active_statuses")
+    @classmethod
+    def _known_statuses(cls, value: str) -> str:
+        statuses = [s.strip().lower() for s in value.split(",") if s.strip()]
+        if not statuses:
+            raise ValueError("must name at least one conversation status")
+        unknown = sorted(set(statuses) - CHATWOOT_STATUSES)
+        if unknown:
+            raise ValueError(
+                f"unknown status {', '.join(unknown)}; use {', '.join(sorted(CHATWOOT_STATUSES))}"
+            )
+        return ",".join(statuses)
+
+    @field_validator("openai_base_url", "chatwoot_base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.max_buffer_age_ms < self.message_buffer_duration_ms:
+            raise ValueError(
+                "MAX_BUFFER_AGE_MS must be at least MESSAGE_BUFFER_DURATION_MS "
+                f"({self.max_buffer_age_ms} < {self.message_buffer_duration_ms})"
+            )
+        return self
+
+    @property
+    def active_statuses(self) -> frozenset[str]:
+        return frozenset(self.bot_active_statuses.split(","))
+
+    @property
+    def buffer_policy(self) -> BufferPolicy:
+        return BufferPolicy(
+            quiet_period=timedelta(milliseconds=self.message_buffer_duration_ms),
+            max_age=timedelta(milliseconds=self.max_buffer_age_ms),
+            max_size=self.max_buffer_size,
+        )
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.lower().startswith("sqlite")
+
+    def require_for(self, role: Role) -> None:
+        """Stop start-up when a setting this role needs is missing."""
+        needed: list[tuple[str, object]] = []
+        if role in {"serve", "worker"}:
+            needed += [
+                ("OPENAI_API_KEY", self.openai_api_key),
+                ("CHATWOOT_BASE_URL", self.chatwoot_base_url),
+                ("CHATWOOT_API_TOKEN", self.chatwoot_api_token),
+            ]
+        for name, value in needed:
+            if value is None or (isinstance(value, SecretStr) and not value.get_secret_value()):
+                raise ConfigurationError(f"{name} is not set; the {role} command needs it")
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment; turn validation errors into one line that names the setting."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = error.get("loc") or ()
+        name = str(where[0]).upper() if where else "configuration"
+        message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+        if name == "configuration" or not where:
+            raise ConfigurationError(f"invalid configuration: {message}") from None
+        raise ConfigurationError(f"{name} is invalid: {message}") from None

@@ -1,0 +1,1 @@
+"""Durable buffers on SQLite or PostgreSQL (SQLAlchemy Core, Alembic migrations)."""

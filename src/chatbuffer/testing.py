@@ -1,0 +1,111 @@
+"""Test doubles that are real implementations of the ports (no mocking library needed)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from chatbuffer.domain.aggregation import Prompt
+from chatbuffer.domain.model import ConversationKey, ModelDecision
+from chatbuffer.domain.ports import EventName
+from chatbuffer.errors import ChatwootError
+
+
+class FakeClock:
+    """A clock that moves only when told; ``sleep`` returns once ``advance`` passes its deadline."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self._now = start or datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+        self._sleepers: list[tuple[datetime, asyncio.Future[None]]] = []
+
+    def now(self) -> datetime:
+        return self._now
+
+    async def sleep(self, seconds: float) -> None:
+        deadline = self._now + timedelta(seconds=max(0.0, seconds))
+        if deadline <= self._now:
+            await asyncio.sleep(0)  # noqa: TID251 - yield to the loop, no time passes
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._sleepers.append((deadline, future))
+        await future
+
+    def advance(self, delta: timedelta | float) -> datetime:
+        step = delta if isinstance(delta, timedelta) else timedelta(seconds=delta)
+        self._now += step
+        due = [(d, f) for d, f in self._sleepers if d <= self._now]
+        self._sleepers = [(d, f) for d, f in self._sleepers if d > self._now]
+        for _, future in due:
+            if not future.done():
+                future.set_result(None)
+        return self._now
+
+
+@dataclass
+class Sent:
+    key: ConversationKey
+    content: str
+    private: bool
+    content_attributes: Mapping[str, Any] | None
+
+
+@dataclass
+class RecordingChatwoot:
+    """Implements ``ChatwootAPI`` in memory; ``fail_with`` makes the next sends raise."""
+
+    sent: list[Sent] = field(default_factory=list)
+    typing: list[tuple[ConversationKey, bool]] = field(default_factory=list)
+    statuses: list[tuple[ConversationKey, str]] = field(default_factory=list)
+    fail_with: list[ChatwootError] = field(default_factory=list)
+    next_id: int = 1000
+
+    async def set_typing(self, key: ConversationKey, *, on: bool) -> None:
+        self.typing.append((key, on))
+
+    async def send_message(
+        self,
+        key: ConversationKey,
+        content: str,
+        *,
+        private: bool = False,
+        content_attributes: Mapping[str, Any] | None = None,
+    ) -> int:
+        if self.fail_with:
+            raise self.fail_with.pop(0)
+        self.sent.append(Sent(key, content, private, content_attributes))
+        self.next_id += 1
+        return self.next_id
+
+    async def set_status(self, key: ConversationKey, status: str) -> None:
+        self.statuses.append((key, status))
+
+
+@dataclass
+class ScriptedReplyModel:
+    """Implements ``ReplyModel`` with a function of the prompt; records every prompt."""
+
+    script: Callable[[Prompt], ModelDecision | Exception]
+    prompts: list[Prompt] = field(default_factory=list)
+
+    async def decide(self, prompt: Prompt) -> ModelDecision:
+        self.prompts.append(prompt)
+        answer = self.script(prompt)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+@dataclass
+class RecordingObserver:
+    """Keeps every event for assertions."""
+
+    events: list[tuple[EventName, ConversationKey, dict[str, Any]]] = field(default_factory=list)
+
+    def event(self, name: EventName, key: ConversationKey, **fields: Any) -> None:
+        self.events.append((name, key, fields))
+
+    def names(self) -> list[str]:
+        return [name for name, _, _ in self.events]

@@ -1,0 +1,1 @@
+"""The HTTP surface: the Chatwoot webhook and health endpoints."""

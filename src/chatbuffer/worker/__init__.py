@@ -1,0 +1,1 @@
+"""Claims due buffers and answers them."""

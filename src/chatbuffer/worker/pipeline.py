@@ -1,0 +1,178 @@
+"""Answer one claimed buffer: aggregate, ask the model once, then reply, hand off or stay silent."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+
+from chatbuffer.domain import aggregation, decision
+from chatbuffer.domain.model import HandOff, SendReply, StaySilent
+from chatbuffer.domain.ports import (
+    BufferContents,
+    BufferStore,
+    ChatwootAPI,
+    ClaimedJob,
+    Clock,
+    Observer,
+    ReplyModel,
+)
+from chatbuffer.domain.retry import RetryPolicy
+from chatbuffer.errors import ChatwootError, DependencyError
+from chatbuffer.intake.webhook import REPLY_MARKER
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineConfig:
+    quality_threshold: float
+    typing_enabled: bool
+    history_limit: int
+    retry: RetryPolicy
+
+
+class Pipeline:
+    """Processes one buffer held under a lease by ``owner``."""
+
+    def __init__(
+        self,
+        *,
+        store: BufferStore,
+        chatwoot: ChatwootAPI,
+        model: ReplyModel,
+        clock: Clock,
+        observer: Observer,
+        config: PipelineConfig,
+    ) -> None:
+        self._store = store
+        self._chatwoot = chatwoot
+        self._model = model
+        self._clock = clock
+        self._observer = observer
+        self._config = config
+
+    async def process(self, job: ClaimedJob, owner: str) -> None:
+        key = job.key
+        lateness_ms = (job.claimed_at - job.scheduled_for) / timedelta(milliseconds=1)
+        contents = await self._store.load(job, self._config.history_limit)
+        self._observer.event(
+            "buffer_closed",
+            key,
+            buffer_id=str(job.buffer_id),
+            messages=len(contents.messages),
+            attempt=job.attempts,
+            lateness_ms=round(lateness_ms, 1),
+        )
+        if not contents.messages:
+            await self._store.complete(job, owner, self._clock.now(), "empty buffer")
+            return
+        flags = await self._store.flags()
+        typing = self._config.typing_enabled and flags.get("typing_indicators", True)
+        try:
+            if typing:
+                await self._typing(job, on=True)
+            await self._answer(job, owner, contents, flags)
+        except DependencyError as exc:
+            await self._retry_or_fail(job, owner, str(exc), exc.retryable, exc.retry_after)
+        except Exception as exc:
+            # A bug must not lose the burst: record it on the job and try again later.
+            logger.exception("unexpected error processing buffer %s", job.buffer_id)
+            await self._retry_or_fail(
+                job, owner, f"internal error: {type(exc).__name__}", True, None
+            )
+        finally:
+            if typing:
+                await self._typing(job, on=False)
+
+    async def _answer(
+        self, job: ClaimedJob, owner: str, contents: BufferContents, flags: Mapping[str, bool]
+    ) -> None:
+        prompt = aggregation.build_prompt(
+            contents.messages,
+            contents.history,
+            include_history=flags.get("enhanced_ai_processing", True),
+        )
+        answer = await self._model.decide(prompt)
+        outcome = decision.route(answer, quality_threshold=self._config.quality_threshold)
+        key = job.key
+        # A person may have taken over while the model was writing; never answer over them.
+        if not await self._store.still_held(job, owner):
+            self._observer.event("no_reply", key, buffer_id=str(job.buffer_id), reason="cancelled")
+            return
+        marker = {REPLY_MARKER: {"buffer_id": str(job.buffer_id)}}
+        if isinstance(outcome, SendReply):
+            message_id = await self._chatwoot.send_message(
+                key, outcome.content, content_attributes=marker
+            )
+            now = self._clock.now()
+            await self._store.record_reply(job, "reply", outcome.content, message_id, now)
+            await self._store.complete(job, owner, now, "replied")
+            self._observer.event(
+                "reply_sent",
+                key,
+                buffer_id=str(job.buffer_id),
+                chatwoot_message_id=message_id,
+                confidence=answer.confidence,
+                intent=answer.intent,
+                reply=outcome.content,
+            )
+        elif isinstance(outcome, HandOff):
+            note = decision.handoff_note(outcome)
+            message_id = await self._chatwoot.send_message(
+                key, note, private=True, content_attributes=marker
+            )
+            now = self._clock.now()
+            await self._store.record_reply(job, "handoff_note", note, message_id, now)
+            await self._chatwoot.set_status(key, "open")
+            await self._store.complete(
+                job, owner, self._clock.now(), f"handed off: {outcome.reason}"
+            )
+            self._observer.event(
+                "handoff", key, buffer_id=str(job.buffer_id), reason=outcome.reason
+            )
+        else:
+            assert isinstance(outcome, StaySilent)
+            await self._store.complete(job, owner, self._clock.now(), f"silent: {outcome.reason}")
+            self._observer.event(
+                "no_reply", key, buffer_id=str(job.buffer_id), reason=outcome.reason
+            )
+
+    async def _typing(self, job: ClaimedJob, *, on: bool) -> None:
+        # Typing is a courtesy: its failure must never cost the reply.
+        try:
+            await self._chatwoot.set_typing(job.key, on=on)
+        except ChatwootError as exc:
+            logger.info("typing %s failed for %s: %s", "on" if on else "off", job.key, exc)
+
+    async def _retry_or_fail(
+        self,
+        job: ClaimedJob,
+        owner: str,
+        error: str,
+        retryable: bool,
+        retry_after: float | None,
+    ) -> None:
+        policy = self._config.retry
+        now = self._clock.now()
+        if policy.gives_up(job.attempts, retryable=retryable):
+            await self._store.fail(job, owner, error, now)
+            self._observer.event(
+                "buffer_failed",
+                job.key,
+                buffer_id=str(job.buffer_id),
+                attempt=job.attempts,
+                error=error,
+            )
+            return
+        retry_at = now + policy.delay(job.attempts, retry_after=retry_after)
+        await self._store.release_for_retry(job, owner, error, retry_at)
+        self._observer.event(
+            "attempt_failed",
+            job.key,
+            buffer_id=str(job.buffer_id),
+            attempt=job.attempts,
+            error=error,
+            retry_at=retry_at,
+        )

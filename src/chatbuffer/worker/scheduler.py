@@ -1,0 +1,123 @@
+"""The worker loop: claim what is due, process it concurrently, sleep exactly until the next due.
+
+Latency comes from the wake-ups, not from polling: the loop sleeps until the earliest due time or
+lease expiry it knows of, and a new buffer due sooner (NOTIFY or in-process poke) cuts the sleep
+short. ``BUFFER_PROCESSING_INTERVAL_MS`` only bounds the sleep as a safety sweep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+from chatbuffer.domain.ports import BufferStore, ClaimedJob, Clock
+from chatbuffer.worker.pipeline import Pipeline
+from chatbuffer.worker.waker import Waker
+
+logger = logging.getLogger(__name__)
+
+ERROR_BACKOFF_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    concurrency: int
+    lease: timedelta
+    sweep_interval: timedelta
+
+    @property
+    def heartbeat_every(self) -> timedelta:
+        # Three heartbeats per lease: one lost or slow round trip does not cost the lease.
+        return self.lease / 3
+
+
+class Scheduler:
+    def __init__(
+        self,
+        *,
+        store: BufferStore,
+        pipeline: Pipeline,
+        clock: Clock,
+        waker: Waker,
+        config: SchedulerConfig,
+        owner: str | None = None,
+    ) -> None:
+        self._store = store
+        self._pipeline = pipeline
+        self._clock = clock
+        self._waker = waker
+        self._config = config
+        self.owner = owner or f"worker-{uuid.uuid4().hex[:12]}"
+        self._in_flight: set[asyncio.Task[None]] = set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        logger.info("worker %s started (concurrency %d)", self.owner, self._config.concurrency)
+        try:
+            while not stop.is_set():
+                try:
+                    await self._tick()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    logger.warning("worker loop error (%s); retrying", type(exc).__name__)
+                    await self._clock.sleep(ERROR_BACKOFF_S)
+        finally:
+            await self._drain()
+
+    async def _tick(self) -> None:
+        free = self._config.concurrency - len(self._in_flight)
+        sweep = self._config.sweep_interval.total_seconds()
+        if free <= 0:
+            await asyncio.wait(self._in_flight, timeout=sweep, return_when=asyncio.FIRST_COMPLETED)
+            return
+        claimed = await self._store.claim_due(
+            self._clock.now(), self.owner, self._config.lease, free
+        )
+        for job in claimed:
+            task = asyncio.create_task(self._run_job(job), name=f"buffer-{job.buffer_id}")
+            self._in_flight.add(task)
+            task.add_done_callback(self._finished)
+        if len(claimed) == free:
+            return  # more may be due right now
+        await self._waker.sleep_until(await self._store.next_wake_at(), sweep)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        # A free slot may let a waiting due buffer in.
+        self._waker.poke()
+
+    async def _run_job(self, job: ClaimedJob) -> None:
+        heartbeat = asyncio.create_task(self._heartbeat(job))
+        try:
+            await self._pipeline.process(job, self.owner)
+        except Exception:
+            logger.exception("buffer %s could not be processed", job.buffer_id)
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+
+    async def _heartbeat(self, job: ClaimedJob) -> None:
+        every = self._config.heartbeat_every.total_seconds()
+        while True:
+            await self._clock.sleep(every)
+            try:
+                held = await self._store.extend_lease(
+                    job, self.owner, self._clock.now() + self._config.lease
+                )
+            except Exception as exc:
+                logger.warning(
+                    "lease heartbeat failed for %s (%s)", job.buffer_id, type(exc).__name__
+                )
+                continue
+            if not held:
+                logger.warning("lost the lease on buffer %s", job.buffer_id)
+                return
+
+    async def _drain(self) -> None:
+        if self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)

@@ -1,0 +1,94 @@
+"""Shared fixtures: one migrated database per backend, emptied between tests.
+
+PostgreSQL runs when ``CHATBUFFER_TEST_POSTGRES_URL`` is set (CI sets it and also sets
+``CHATBUFFER_REQUIRE_POSTGRES=1`` so a missing server fails the run instead of skipping).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, delete, text, update
+from sqlalchemy.engine import make_url
+
+from chatbuffer.storage import database
+from chatbuffer.storage.repository import SqlBufferStore
+from chatbuffer.storage.tables import DEFAULT_FLAGS, feature_flags, metadata
+
+POSTGRES_ENV = "CHATBUFFER_TEST_POSTGRES_URL"
+BACKENDS = ["sqlite", "postgres"]
+
+
+def postgres_admin_url() -> str | None:
+    url = os.environ.get(POSTGRES_ENV)
+    if not url and os.environ.get("CHATBUFFER_REQUIRE_POSTGRES") == "1":
+        raise RuntimeError(f"{POSTGRES_ENV} must be set when CHATBUFFER_REQUIRE_POSTGRES=1")
+    return url
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "template.db"
+    database.migrate(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database for this test session, dropped at the end."""
+    admin = postgres_admin_url()
+    if admin is None:
+        pytest.skip(f"PostgreSQL tests need {POSTGRES_ENV}")
+    name = f"chatbuffer_test_{uuid.uuid4().hex[:10]}"
+    admin_engine = create_engine(database.sync_url(admin), isolation_level="AUTOCOMMIT")
+    with admin_engine.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(admin).set(database=name).render_as_string(hide_password=False)
+    try:
+        database.migrate(url)
+        yield url
+    finally:
+        with admin_engine.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin_engine.dispose()
+
+
+def _empty_postgres(url: str) -> None:
+    engine = create_engine(database.sync_url(url))
+    with engine.begin() as conn:
+        names = ", ".join(t.name for t in metadata.sorted_tables if t.name != "feature_flags")
+        conn.execute(text(f"TRUNCATE {names} CASCADE"))
+        for name, (enabled, _) in DEFAULT_FLAGS.items():
+            conn.execute(
+                update(feature_flags)
+                .where(feature_flags.c.flag_name == name)
+                .values(is_enabled=enabled)
+            )
+        conn.execute(delete(feature_flags).where(feature_flags.c.flag_name.not_in(DEFAULT_FLAGS)))
+    engine.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path) -> str:
+    """A migrated, empty database on each backend."""
+    if request.param == "sqlite":
+        path = tmp_path / "chatbuffer.db"
+        shutil.copy(sqlite_template, path)
+        return f"sqlite:///{path}"
+    url: str = request.getfixturevalue("postgres_url")
+    _empty_postgres(url)
+    return url
+
+
+@pytest.fixture
+async def store(db_url: str) -> AsyncIterator[SqlBufferStore]:
+    engine = database.create_engine(db_url, pool_size=5)
+    try:
+        yield SqlBufferStore(engine)
+    finally:
+        await engine.dispose()

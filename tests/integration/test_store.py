@@ -1,0 +1,281 @@
+"""The storage contract, run against SQLite and PostgreSQL alike."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import func, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from chatbuffer.domain.buffer import BufferPolicy
+from chatbuffer.domain.model import Attachment, ConversationKey, InboundMessage
+from chatbuffer.storage.repository import SqlBufferStore
+from chatbuffer.storage.tables import (
+    buffer_processing_jobs,
+    buffered_messages,
+    conversations,
+    message_buffer,
+)
+from chatbuffer.testing import FakeClock
+
+POLICY = BufferPolicy(quiet_period=timedelta(seconds=30), max_age=timedelta(seconds=300), max_size=3)
+KEY = ConversationKey(1, 42)
+OTHER = ConversationKey(1, 43)
+LEASE = timedelta(seconds=10)
+
+
+def message(mid: int, key: ConversationKey = KEY, text: str = "hi", **extra) -> InboundMessage:
+    return InboundMessage(
+        key=key,
+        chatwoot_message_id=mid,
+        content=text,
+        kind="text",
+        content_type="text",
+        received_at=datetime(2026, 1, 1, tzinfo=UTC),
+        sender={"id": 7, "name": "Ana"},
+        conversation={"id": key.conversation_id, "status": "pending"},
+        **extra,
+    )
+
+
+async def rows(store: SqlBufferStore, table) -> list:
+    async with store.engine.connect() as conn:
+        return list((await conn.execute(select(table))).all())
+
+
+async def test_burst_goes_into_one_buffer_whose_job_moves_with_each_message(store) -> None:
+    clock = FakeClock()
+    start = clock.now()
+    first = await store.record_incoming(message(1), POLICY, clock.now())
+    clock.advance(10)
+    second = await store.record_incoming(message(2), POLICY, clock.now())
+    assert first.stored and first.opened_buffer
+    assert second.stored and not second.opened_buffer
+    assert second.buffer_id == first.buffer_id
+    assert second.message_count == 2
+    assert second.due_at == start + timedelta(seconds=40)
+    [job] = await rows(store, buffer_processing_jobs)
+    assert job.scheduled_for == start + timedelta(seconds=40)
+    assert job.status == "scheduled"
+    [buf] = await rows(store, message_buffer)
+    assert (buf.status, buf.message_count) == ("active", 2)
+    assert buf.buffer_end_time == start + timedelta(seconds=40)
+    [conv] = await rows(store, conversations)
+    assert (conv.conversation_state, conv.message_count) == ("buffering", 2)
+    assert conv.active_buffer_id == first.buffer_id
+
+
+async def test_redelivered_message_changes_nothing(store) -> None:
+    clock = FakeClock()
+    await store.record_incoming(message(1), POLICY, clock.now())
+    before = (await rows(store, message_buffer), await rows(store, buffer_processing_jobs))
+    clock.advance(5)
+    again = await store.record_incoming(message(1, text="changed"), POLICY, clock.now())
+    assert not again.stored
+    assert (await rows(store, message_buffer), await rows(store, buffer_processing_jobs)) == before
+    [stored] = await rows(store, buffered_messages)
+    assert stored.content == "hi"
+
+
+async def test_conversations_are_kept_apart(store) -> None:
+    clock = FakeClock()
+    a = await store.record_incoming(message(1, KEY), POLICY, clock.now())
+    b = await store.record_incoming(message(2, OTHER), POLICY, clock.now())
+    assert a.buffer_id != b.buffer_id
+    assert a.opened_buffer and b.opened_buffer
+
+
+async def test_the_database_refuses_a_second_active_buffer(store) -> None:
+    clock = FakeClock()
+    result = await store.record_incoming(message(1), POLICY, clock.now())
+    async with store.engine.connect() as conn:
+        [buf] = (await conn.execute(select(message_buffer))).all()
+        values = dict(buf._mapping)
+        values["id"] = __import__("uuid").uuid4()
+        with pytest.raises(IntegrityError):
+            await conn.execute(insert(message_buffer).values(**values))
+    assert result.buffer_id == buf.id
+
+
+async def test_full_buffer_closes_at_once_and_next_message_opens_a_new_one(store) -> None:
+    clock = FakeClock()
+    results = []
+    for mid in (1, 2, 3, 4):
+        results.append(await store.record_incoming(message(mid), POLICY, clock.now()))
+        clock.advance(1)
+    assert results[2].closed
+    assert results[2].due_at == clock.now() - timedelta(seconds=2)
+    assert results[3].opened_buffer
+    assert results[3].buffer_id != results[0].buffer_id
+    statuses = sorted(r.status for r in await rows(store, message_buffer))
+    assert statuses == ["active", "closed"]
+
+
+async def test_claim_takes_only_due_buffers_and_holds_them_under_a_lease(store) -> None:
+    clock = FakeClock()
+    await store.record_incoming(message(1), POLICY, clock.now())
+    assert await store.claim_due(clock.now(), "w1", LEASE, 10) == []
+    assert await store.next_wake_at() == clock.now() + timedelta(seconds=30)
+    clock.advance(30)
+    [job] = await store.claim_due(clock.now(), "w1", LEASE, 10)
+    assert job.key == KEY and job.attempts == 1
+    assert await store.claim_due(clock.now(), "w2", LEASE, 10) == []
+    [buf] = await rows(store, message_buffer)
+    assert buf.status == "processing"
+    assert await store.next_wake_at() == clock.now() + LEASE
+    contents = await store.load(job, history_limit=10)
+    assert [m.chatwoot_message_id for m in contents.messages] == [1]
+
+
+async def test_a_message_during_processing_opens_a_new_buffer(store) -> None:
+    clock = FakeClock()
+    first = await store.record_incoming(message(1), POLICY, clock.now())
+    clock.advance(30)
+    [job] = await store.claim_due(clock.now(), "w1", LEASE, 10)
+    late = await store.record_incoming(message(2), POLICY, clock.now())
+    assert late.opened_buffer and late.buffer_id != first.buffer_id
+    contents = await store.load(job, history_limit=10)
+    assert [m.chatwoot_message_id for m in contents.messages] == [1]
+
+
+async def test_an_expired_lease_is_taken_over_by_another_worker(store) -> None:
+    clock = FakeClock()
+    await store.record_incoming(message(1), POLICY, clock.now())
+    clock.advance(30)
+    [job] = await store.claim_due(clock.now(), "dead", LEASE, 10)
+    clock.advance(LEASE + timedelta(milliseconds=1))
+    [again] = await store.claim_due(clock.now(), "alive", LEASE, 10)
+    assert again.buffer_id == job.buffer_id and again.attempts == 2
+    # The dead worker can no longer complete or extend what it lost.
+    assert not await store.extend_lease(job, "dead", clock.now() + LEASE)
+    assert not await store.complete(job, "dead", clock.now(), "replied")
+    assert await store.complete(again, "alive", clock.now(), "replied")
+    [buf] = await rows(store, message_buffer)
+    assert (buf.status, buf.outcome) == ("completed", "replied")
+
+
+async def test_heartbeat_keeps_the_lease(store) -> None:
+    clock = FakeClock()
+    await store.record_incoming(message(1), POLICY, clock.now())
+    clock.advance(30)
+    [job] = await store.claim_due(clock.now(), "w1", LEASE, 10)
+    clock.advance(8)
+    assert await store.extend_lease(job, "w1", clock.now() + LEASE)
+    clock.advance(8)
+    assert await store.claim_due(clock.now(), "w2", LEASE, 10) == []
+
+
+async def test_retry_reschedules_and_failure_is_recorded(store) -> None:
+    clock = FakeClock()
+    await store.record_incoming(message(1), POLICY, clock.now())
+    clock.advance(30)
+    [job] = await store.claim_due(clock.now(), "w1", LEASE, 10)
+    retry_at = clock.now() + timedelta(seconds=2)
+    assert await store.release_for_retry(job, "w1", "model timed out", retry_at)
+    [row] = await rows(store, buffer_processing_jobs)
+    assert (row.status, row.error_message, row.scheduled_for) == (
+        "scheduled",
+        "model timed out",
+        retry_at,
+    )
+    # A new message must not join a buffer that is waiting for its retry.
+    newer = await store.record_incoming(message(2), POLICY, clock.now())
+    assert newer.opened_buffer
+    clock.advance(2)
+    [again] = await store.claim_due(clock.now(), "w1", LEASE, 1)
+    assert again.buffer_id == job.buffer_id and again.attempts == 2
+    assert await store.fail(again, "w1", "gave up", clock.now())
+    buf = next(b for b in await rows(store, message_buffer) if b.id == job.buffer_id)
+    assert (buf.status, buf.outcome) == ("failed", "gave up")
+
+
+async def test_human_takeover_cancels_open_and_processing_buffers(store) -> None:
+    clock = FakeClock()
+    await store.record_incoming(message(1), POLICY, clock.now())
+    clock.advance(30)
+    [job] = await store.claim_due(clock.now(), "w1", LEASE, 10)
+    await store.record_incoming(message(2), POLICY, clock.now())
+    assert await store.cancel_open(KEY, clock.now(), "a human agent answered") == 2
+    assert not await store.still_held(job, "w1")
+    assert {b.status for b in await rows(store, message_buffer)} == {"cancelled"}
+    assert {j.status for j in await rows(store, buffer_processing_jobs)} == {"cancelled"}
+    clock.advance(60)
+    assert await store.claim_due(clock.now(), "w2", LEASE, 10) == []
+    assert await store.next_wake_at() is None
+    # Nothing to cancel the second time.
+    assert await store.cancel_open(KEY, clock.now(), "again") == 0
+
+
+async def test_history_holds_earlier_bursts_and_replies_in_order(store) -> None:
+    clock = FakeClock()
+    await store.record_incoming(message(1, text="where is my order?"), POLICY, clock.now())
+    clock.advance(30)
+    [job] = await store.claim_due(clock.now(), "w1", LEASE, 10)
+    clock.advance(1)
+    await store.record_reply(job, "reply", "It ships tomorrow.", 501, clock.now())
+    assert await store.complete(job, "w1", clock.now(), "replied")
+    clock.advance(3600)
+    await store.record_incoming(message(2, text="still nothing"), POLICY, clock.now())
+    clock.advance(30)
+    [nxt] = await store.claim_due(clock.now(), "w1", LEASE, 10)
+    contents = await store.load(nxt, history_limit=10)
+    assert [(h.role, h.text) for h in contents.history] == [
+        ("contact", "where is my order?"),
+        ("assistant", "It ships tomorrow."),
+    ]
+    assert [m.content for m in contents.messages] == ["still nothing"]
+
+
+async def test_transcript_update_reaches_the_buffered_message(store) -> None:
+    clock = FakeClock()
+    voice = Attachment(file_type="audio", data_url="https://cw/a.ogg")
+    await store.record_incoming(message(1, text="", attachments=(voice,)), POLICY, clock.now())
+    done = Attachment(file_type="audio", data_url="https://cw/a.ogg", transcript="hello there")
+    assert await store.update_attachments(KEY, 1, (done,))
+    assert not await store.update_attachments(KEY, 999, (done,))
+    clock.advance(30)
+    [job] = await store.claim_due(clock.now(), "w1", LEASE, 10)
+    [loaded] = (await store.load(job, 0)).messages
+    assert loaded.attachments[0].transcript == "hello there"
+
+
+async def test_default_feature_flags_are_seeded(store) -> None:
+    assert await store.flags() == {
+        "message_buffering": True,
+        "typing_indicators": True,
+        "enhanced_ai_processing": True,
+        "response_quality_enhancement": False,
+    }
+
+
+async def test_concurrent_deliveries_for_one_conversation_share_one_buffer(store) -> None:
+    clock = FakeClock()
+    big = BufferPolicy(
+        quiet_period=timedelta(seconds=30), max_age=timedelta(seconds=300), max_size=50
+    )
+    results = await asyncio.gather(
+        *(store.record_incoming(message(mid), big, clock.now()) for mid in range(1, 21)),
+        *(store.record_incoming(message(mid), big, clock.now()) for mid in range(1, 6)),
+    )
+    assert sum(r.stored for r in results) == 20
+    assert len({r.buffer_id for r in results if r.stored}) == 1
+    async with store.engine.connect() as conn:
+        count = await conn.scalar(select(func.count()).select_from(buffered_messages))
+        [buf] = (await conn.execute(select(message_buffer))).all()
+    assert count == 20 and buf.message_count == 20
+
+
+async def test_concurrent_workers_never_claim_the_same_buffer(store) -> None:
+    clock = FakeClock()
+    for conv in range(1, 41):
+        await store.record_incoming(message(conv, ConversationKey(1, conv)), POLICY, clock.now())
+    clock.advance(31)
+    claims = await asyncio.gather(
+        *(store.claim_due(clock.now(), f"w{i}", LEASE, 7) for i in range(8))
+    )
+    claimed = [job.buffer_id for batch in claims for job in batch]
+    assert len(claimed) == len(set(claimed))
+    rest = await store.claim_due(clock.now(), "late", LEASE, 100)
+    assert len(claimed) + len(rest) == 40
