@@ -20,7 +20,9 @@ from chatbuffer.storage.tables import (
 )
 from chatbuffer.testing import FakeClock
 
-POLICY = BufferPolicy(quiet_period=timedelta(seconds=30), max_age=timedelta(seconds=300), max_size=3)
+POLICY = BufferPolicy(
+    quiet_period=timedelta(seconds=30), max_age=timedelta(seconds=300), max_size=3
+)
 KEY = ConversationKey(1, 42)
 OTHER = ConversationKey(1, 43)
 LEASE = timedelta(seconds=10)

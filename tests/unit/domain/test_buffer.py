@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 
 import pytest
@@ -15,7 +16,7 @@ POLICY = BufferPolicy(
 )
 
 
-def feed(clock: FakeClock, gaps: list[float], policy: BufferPolicy = POLICY):
+def feed(clock: FakeClock, gaps: Sequence[float], policy: BufferPolicy = POLICY):
     """Place one message after each gap (seconds); return every placement."""
     placements = []
     window: BufferWindow | None = None

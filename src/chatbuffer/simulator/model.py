@@ -1,0 +1,175 @@
+"""A deterministic OpenAI-compatible chat-completions server for tests and demos.
+
+Only ``POST /v1/chat/completions`` (non-streaming) is served: that is all the reply pipeline uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+Script = Callable[[list[dict[str, Any]]], dict[str, Any] | str]
+
+_ORDER_NUMBER = re.compile(r"#?\b(\d{4,})\b")
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        # Multi-part content: only text parts carry what the customer wrote.
+        return "\n".join(
+            str(part.get("text", ""))
+            for part in content
+            if isinstance(part, dict) and part.get("type") == "text"
+        )
+    return ""
+
+
+def support_agent(messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """Default script: a polite agent that acknowledges the customer's lines from the last user
+    message (lines starting with ``- ``, else the whole text) and names any order numbers."""
+    user_texts = [_text_of(m.get("content")) for m in messages if m.get("role") == "user"]
+    text = user_texts[-1] if user_texts else ""
+    points = [
+        line.strip()[2:].strip() for line in text.splitlines() if line.strip().startswith("- ")
+    ] or ([text.strip()] if text.strip() else [])
+    orders = list(dict.fromkeys(_ORDER_NUMBER.findall("\n".join(points))))
+    count = len(points)
+    thanks = f"Hi! Thanks for your {count} message{'s' if count != 1 else ''}."
+    if orders:
+        listed = ", ".join(f"#{number}" for number in orders)
+        content = f"{thanks} I'm checking order {listed} for you now and will update you shortly."
+        intent = "order_status"
+    else:
+        content = f"{thanks} I've noted everything and will help you right away."
+        intent = "general_question"
+    return {
+        "shouldRespond": True,
+        "content": content,
+        "confidence": 0.92,
+        "intent": intent,
+        "actions": [],
+    }
+
+
+@dataclass(slots=True)
+class _Failure:
+    status: int
+    remaining: int
+    retry_after: int | None
+
+
+@dataclass(slots=True)
+class _Delay:
+    seconds: float
+    remaining: int
+
+
+def _error(status: int, message: str, kind: str, code: str | None = None) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"message": message, "type": kind, "param": None, "code": code}},
+        status_code=status,
+    )
+
+
+class ScriptedModelServer:
+    """Answers chat completions with ``script(messages)``: a dict is sent as JSON content, a str
+    verbatim (so tests can return invalid JSON). Serve ``.app`` with any ASGI server."""
+
+    def __init__(
+        self, *, script: Script | None = None, now: Callable[[], float] = time.time
+    ) -> None:
+        self._script = script or support_agent
+        self._now = now
+        self._ids = itertools.count(1)
+        self._failures: list[_Failure] = []
+        self._delays: list[_Delay] = []
+        self.requests: list[dict[str, Any]] = []
+        self.app = Starlette(
+            routes=[Route("/v1/chat/completions", self._complete, methods=["POST"])]
+        )
+
+    def fail_next(self, status: int, *, times: int = 1, retry_after: int | None = None) -> None:
+        """Answer the next ``times`` completions with ``status`` (and ``Retry-After`` if given)."""
+        self._failures.append(_Failure(status, times, retry_after))
+
+    def delay_next(self, seconds: float, *, times: int = 1) -> None:
+        """Hold the next ``times`` completions for ``seconds`` before answering."""
+        self._delays.append(_Delay(seconds, times))
+
+    async def _complete(self, request: Request) -> Response:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return _error(
+                401, "Missing or invalid API key.", "invalid_request_error", "invalid_api_key"
+            )
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            return _error(400, "Request body is not valid JSON.", "invalid_request_error")
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+            return _error(400, "'messages' must be a list.", "invalid_request_error")
+        self.requests.append(body)
+
+        delay = _consume(self._delays)
+        if delay is not None:
+            await asyncio.sleep(delay.seconds)
+        failure = _consume(self._failures)
+        if failure is not None:
+            response = _error(failure.status, "Simulated failure.", "server_error")
+            if failure.retry_after is not None:
+                response.headers["Retry-After"] = str(failure.retry_after)
+            return response
+        if body.get("stream"):
+            return _error(400, "Streaming is not supported here.", "invalid_request_error")
+
+        result = self._script(body["messages"])
+        content = result if isinstance(result, str) else json.dumps(result)
+        prompt_tokens = sum(len(_text_of(m.get("content")).split()) for m in body["messages"])
+        completion_tokens = len(content.split())
+        return JSONResponse(
+            {
+                "id": f"chatcmpl-sim-{next(self._ids)}",
+                "object": "chat.completion",
+                "created": int(self._now()),
+                "model": str(body.get("model", "scripted")),
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": content, "refusal": None},
+                        "logprobs": None,
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                },
+            }
+        )
+
+
+_Hook = TypeVar("_Hook", _Failure, _Delay)
+
+
+def _consume(queue: list[_Hook]) -> _Hook | None:
+    if not queue:
+        return None
+    head = queue[0]
+    head.remaining -= 1
+    if head.remaining <= 0:
+        queue.pop(0)
+    return head

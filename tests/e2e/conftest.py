@@ -1,0 +1,191 @@
+"""End-to-end harness: the real ``chatbuffer serve`` process between two simulators.
+
+The Chatwoot simulator validates every request the service makes against Chatwoot's own
+OpenAPI spec and delivers signed webhooks; the model simulator speaks the OpenAI API. All traffic
+is real HTTP on 127.0.0.1. These tests wait on the real clock, with a 1 s quiet period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+
+from chatbuffer.simulator import payloads
+from chatbuffer.simulator.chatwoot import ChatwootSimulator
+from chatbuffer.simulator.model import ScriptedModelServer
+from chatbuffer.simulator.server import serve_in_background
+from tests.support.swagger import load_validator
+
+WINDOW_MS = 1000
+#: The generous bound the brief allows: a reply within the window plus 2 s.
+REPLY_BOUND_S = WINDOW_MS / 1000 + 2
+TOKEN = "e2e-chatwoot-token"
+SECRET = "e2e-webhook-secret"
+ACCOUNT = 1
+
+pytestmark = pytest.mark.e2e
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@dataclass
+class Service:
+    """One ``chatbuffer serve`` process; can be killed and started again on the same port."""
+
+    env: dict[str, str]
+    port: int
+    log: Path
+    process: subprocess.Popen[bytes] | None = None
+    url: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        handle = self.log.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "chatbuffer", "serve", "--port", str(self.port)],
+            env=self.env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
+        handle.close()
+        deadline = time.monotonic() + 30
+        async with httpx2.AsyncClient(trust_env=False) as client:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"chatbuffer serve exited:\n{self.log.read_text()}")
+                try:
+                    if (await client.get(f"{self.url}/readyz")).status_code == 200:
+                        return
+                except httpx2.HTTPError:
+                    pass
+                await asyncio.sleep(0.05)
+        raise RuntimeError(f"chatbuffer serve did not become ready:\n{self.log.read_text()}")
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@dataclass
+class World:
+    chatwoot: ChatwootSimulator
+    model: ScriptedModelServer
+    service: Service
+    next_message_id: int = 5000
+
+    async def say(
+        self, conversation: int, text: str, *, message_id: int | None = None, **extra: Any
+    ) -> int:
+        """The contact sends ``text``; Chatwoot delivers the signed webhook."""
+        if message_id is None:
+            self.next_message_id += 1
+            message_id = self.next_message_id
+        delivery = await self.chatwoot.send_webhook(
+            payloads.incoming_text(
+                account_id=ACCOUNT,
+                conversation_id=conversation,
+                message_id=message_id,
+                content=text,
+                created_at=datetime.now(UTC),
+                **extra,
+            )
+        )
+        assert delivery.status_code == 200, delivery
+        return message_id
+
+    async def deliver(self, body: dict[str, Any]) -> int | None:
+        delivery = await self.chatwoot.send_webhook(body)
+        return delivery.status_code
+
+    def replies(self, conversation: int) -> list[dict[str, Any]]:
+        return self.chatwoot.replies(ACCOUNT, conversation)
+
+    async def wait_for_replies(
+        self, conversation: int, count: int, timeout_s: float
+    ) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if len(self.replies(conversation)) >= count:
+                return self.replies(conversation)
+            await asyncio.sleep(0.02)
+        return self.replies(conversation)
+
+    def prompts(self) -> list[str]:
+        return [str(r["messages"][-1]["content"]) for r in self.model.requests]
+
+    @staticmethod
+    def burst_lines(prompt: str) -> list[str]:
+        section = prompt.split("Combined message content:\n", 1)[1].split("\n\n", 1)[0]
+        return [line[2:] for line in section.splitlines()]
+
+
+@pytest.fixture
+async def world(db_url: str, tmp_path: Path) -> AsyncIterator[World]:
+    port = free_port()
+    model = ScriptedModelServer()
+    chatwoot = ChatwootSimulator(
+        api_token=TOKEN,
+        validator=load_validator(),
+        webhook_url=f"http://127.0.0.1:{port}/webhooks/chatwoot",
+        webhook_secret=SECRET,
+    )
+    model_url, stop_model = await serve_in_background(model.app)
+    chatwoot_url, stop_chatwoot = await serve_in_background(chatwoot.app)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(
+            ("CHATWOOT_", "OPENAI_", "MESSAGE_BUFFER", "MAX_BUFFER", "DATABASE_URL")
+        )
+    }
+    env.update(
+        DATABASE_URL=db_url,
+        MESSAGE_BUFFER_DURATION_MS=str(WINDOW_MS),
+        OPENAI_BASE_URL=f"{model_url}/v1",
+        OPENAI_API_KEY="sk-e2e",
+        OPENAI_MODEL="scripted",
+        CHATWOOT_BASE_URL=chatwoot_url,
+        CHATWOOT_API_TOKEN=TOKEN,
+        CHATWOOT_WEBHOOK_SECRET=SECRET,
+        WORKER_LEASE_MS="3000",
+        LOG_LEVEL="INFO",
+    )
+    service = Service(env=env, port=port, log=tmp_path / "service.log")
+    await service.start()
+    try:
+        yield World(chatwoot=chatwoot, model=model, service=service)
+    finally:
+        service.stop()
+        await stop_chatwoot()
+        await stop_model()
+    assert chatwoot.violations == [], chatwoot.violations

@@ -1,0 +1,123 @@
+"""The whole product: signed webhooks in, exactly the right Chatwoot calls out."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from chatbuffer.simulator import payloads
+from tests.e2e.conftest import ACCOUNT, REPLY_BOUND_S, WINDOW_MS, World
+
+QUIET_CHECK_S = WINDOW_MS / 1000 + 1.5
+
+
+async def test_three_quick_messages_get_exactly_one_reply(world: World) -> None:
+    for text in ["hi", "I ordered last week", "order 4411 hasn't arrived"]:
+        await world.say(10, text)
+        await asyncio.sleep(0.2)
+    last_sent = time.monotonic()
+    replies = await world.wait_for_replies(10, 1, REPLY_BOUND_S)
+    assert time.monotonic() - last_sent <= REPLY_BOUND_S
+    await asyncio.sleep(0.5)  # anything extra would show up now
+    replies = world.replies(10)
+    assert len(replies) == 1
+    [prompt] = world.prompts()
+    assert world.burst_lines(prompt) == ["hi", "I ordered last week", "order 4411 hasn't arrived"]
+    assert "#4411" in replies[0]["content"]
+    assert replies[0]["content_attributes"]["chatbuffer"]["buffer_id"]
+    assert world.chatwoot.typing_events(ACCOUNT, 10) == ["on", "off"]
+
+
+async def test_two_conversations_stay_apart(world: World) -> None:
+    await world.say(21, "first conversation, order 1111")
+    await world.say(22, "second conversation, order 2222")
+    await world.say(21, "more for the first")
+    await world.say(22, "more for the second")
+    a = await world.wait_for_replies(21, 1, REPLY_BOUND_S)
+    b = await world.wait_for_replies(22, 1, REPLY_BOUND_S)
+    assert len(a) == 1 and len(b) == 1
+    assert "#1111" in a[0]["content"] and "#2222" not in a[0]["content"]
+    assert "#2222" in b[0]["content"] and "#1111" not in b[0]["content"]
+    bursts = sorted(world.burst_lines(p) for p in world.prompts())
+    assert bursts == [
+        ["first conversation, order 1111", "more for the first"],
+        ["second conversation, order 2222", "more for the second"],
+    ]
+
+
+async def test_a_redelivered_message_is_used_once(world: World) -> None:
+    first = await world.say(30, "where is my parcel?")
+    await world.say(30, "where is my parcel?", message_id=first)
+    await world.say(30, "tracking says delivered")
+    await world.say(30, "where is my parcel?", message_id=first)
+    replies = await world.wait_for_replies(30, 1, REPLY_BOUND_S)
+    await asyncio.sleep(0.5)
+    assert len(world.replies(30)) == len(replies) == 1
+    [prompt] = world.prompts()
+    assert world.burst_lines(prompt) == ["where is my parcel?", "tracking says delivered"]
+
+
+async def test_notes_outgoing_messages_own_replies_and_resolved_conversations_get_no_reply(
+    world: World,
+) -> None:
+    now = datetime.now(UTC)
+    common: dict[str, Any] = {"account_id": ACCOUNT, "created_at": now, "content": "hello"}
+    bodies = [
+        payloads.private_note(conversation_id=40, message_id=9001, **common),
+        payloads.agent_reply(conversation_id=41, message_id=9002, **common),
+        payloads.bot_reply(conversation_id=42, message_id=9003, **common),
+        payloads.incoming_text(conversation_id=43, message_id=9004, status="resolved", **common),
+        payloads.incoming_text(conversation_id=44, message_id=9005, status="open", **common),
+    ]
+    for body in bodies:
+        assert await world.deliver(body) == 200
+    await asyncio.sleep(QUIET_CHECK_S)
+    assert world.model.requests == []
+    assert [r for r in world.chatwoot.requests if r.method == "POST"] == []
+
+
+async def test_a_human_agent_answering_cancels_the_reply(world: World) -> None:
+    await world.say(50, "can someone call me?")
+    await world.say(50, "it's urgent")
+    agent = payloads.agent_reply(
+        account_id=ACCOUNT,
+        conversation_id=50,
+        message_id=9100,
+        content="Calling you now!",
+        created_at=datetime.now(UTC),
+    )
+    assert await world.deliver(agent) == 200
+    await asyncio.sleep(QUIET_CHECK_S)
+    assert world.replies(50) == []
+    assert world.model.requests == []
+
+
+async def test_a_phone_echo_counts_as_a_human(world: World) -> None:
+    await world.say(51, "hello?")
+    echo = payloads.phone_echo(
+        account_id=ACCOUNT,
+        conversation_id=51,
+        message_id=9101,
+        content="answered from the phone",
+        created_at=datetime.now(UTC),
+    )
+    assert await world.deliver(echo) == 200
+    await asyncio.sleep(QUIET_CHECK_S)
+    assert world.replies(51) == []
+
+
+async def test_killed_before_the_window_closes_and_restarted_answers_exactly_once(
+    world: World,
+) -> None:
+    await world.say(60, "my order 6060")
+    await world.say(60, "is late")
+    world.service.kill()  # SIGKILL: no shutdown code runs
+    await world.service.start()
+    replies = await world.wait_for_replies(60, 1, REPLY_BOUND_S + 3)
+    await asyncio.sleep(0.5)
+    assert len(world.replies(60)) == len(replies) == 1
+    assert "#6060" in replies[0]["content"]
+    [prompt] = world.prompts()
+    assert world.burst_lines(prompt) == ["my order 6060", "is late"]

@@ -1,0 +1,206 @@
+"""One buffer through the pipeline, with in-memory Chatwoot and model, on both databases."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import select, update
+
+from chatbuffer.domain.aggregation import Prompt
+from chatbuffer.domain.buffer import BufferPolicy
+from chatbuffer.domain.model import ConversationKey, InboundMessage, ModelDecision
+from chatbuffer.domain.retry import RetryPolicy
+from chatbuffer.errors import ChatwootError, ModelError
+from chatbuffer.storage.tables import (
+    bot_replies,
+    buffer_processing_jobs,
+    feature_flags,
+    message_buffer,
+)
+from chatbuffer.testing import FakeClock, RecordingChatwoot, RecordingObserver, ScriptedReplyModel
+from chatbuffer.worker.pipeline import Pipeline, PipelineConfig
+
+KEY = ConversationKey(3, 77)
+POLICY = BufferPolicy(
+    quiet_period=timedelta(seconds=30), max_age=timedelta(seconds=300), max_size=50
+)
+LEASE = timedelta(seconds=10)
+
+
+def message(mid: int, text: str) -> InboundMessage:
+    return InboundMessage(
+        key=KEY,
+        chatwoot_message_id=mid,
+        content=text,
+        kind="text",
+        content_type="text",
+        received_at=datetime(2026, 1, 1, tzinfo=UTC),
+        sender={"name": "Ana"},
+    )
+
+
+def decision(confidence: float = 0.9, should: bool = True) -> ModelDecision:
+    return ModelDecision(
+        should_respond=should,
+        content="Your order 4411 ships today.",
+        confidence=confidence,
+        intent="order_status",
+    )
+
+
+class Harness:
+    def __init__(self, store, script) -> None:
+        self.store = store
+        self.clock = FakeClock()
+        self.chatwoot = RecordingChatwoot()
+        self.model = ScriptedReplyModel(script)
+        self.observer = RecordingObserver()
+        self.pipeline = Pipeline(
+            store=store,
+            chatwoot=self.chatwoot,
+            model=self.model,
+            clock=self.clock,
+            observer=self.observer,
+            config=PipelineConfig(
+                quality_threshold=0.7,
+                typing_enabled=True,
+                history_limit=10,
+                retry=RetryPolicy(max_attempts=3, base_delay=timedelta(seconds=2)),
+            ),
+        )
+
+    async def burst(self, *texts: str) -> None:
+        for i, text in enumerate(texts, start=1):
+            await self.store.record_incoming(message(i, text), POLICY, self.clock.now())
+            self.clock.advance(2)
+
+    async def run_due(self) -> list:
+        self.clock.advance(30)
+        jobs = await self.store.claim_due(self.clock.now(), "w1", LEASE, 10)
+        for job in jobs:
+            await self.pipeline.process(job, "w1")
+        return jobs
+
+    async def table(self, table):
+        async with self.store.engine.connect() as conn:
+            return list((await conn.execute(select(table))).all())
+
+
+async def test_a_burst_gets_one_reply_with_typing_around_it(store) -> None:
+    h = Harness(store, lambda prompt: decision())
+    await h.burst("hi", "I ordered last week", "order 4411")
+    await h.run_due()
+    [sent] = h.chatwoot.sent
+    assert sent.content == "Your order 4411 ships today."
+    assert not sent.private
+    assert sent.content_attributes is not None and "chatbuffer" in sent.content_attributes
+    assert h.chatwoot.typing == [(KEY, True), (KEY, False)]
+    [prompt] = h.model.prompts
+    lines = [line for line in prompt.user.splitlines() if line.startswith("- ")]
+    assert lines == ["- hi", "- I ordered last week", "- order 4411"]
+    [buf] = await h.table(message_buffer)
+    assert (buf.status, buf.outcome) == ("completed", "replied")
+    [reply] = await h.table(bot_replies)
+    assert (reply.kind, reply.chatwoot_message_id) == ("reply", h.chatwoot.next_id)
+
+
+async def test_low_confidence_leaves_a_private_note_and_opens_the_conversation(store) -> None:
+    h = Harness(store, lambda prompt: decision(confidence=0.3))
+    await h.burst("can I get a refund for something I broke?")
+    await h.run_due()
+    [note] = h.chatwoot.sent
+    assert note.private
+    assert "Your order 4411 ships today." in note.content and "0.30" in note.content
+    assert h.chatwoot.statuses == [(KEY, "open")]
+    assert h.chatwoot.typing[-1] == (KEY, False)
+    [buf] = await h.table(message_buffer)
+    assert buf.status == "completed" and buf.outcome.startswith("handed off")
+
+
+async def test_model_choosing_silence_sends_nothing(store) -> None:
+    h = Harness(store, lambda prompt: decision(should=False))
+    await h.burst("ok thanks")
+    await h.run_due()
+    assert h.chatwoot.sent == []
+    assert h.chatwoot.typing == [(KEY, True), (KEY, False)]
+    [buf] = await h.table(message_buffer)
+    assert buf.outcome.startswith("silent")
+
+
+async def test_failures_are_recorded_retried_with_backoff_then_marked_failed(store) -> None:
+    h = Harness(store, lambda prompt: ModelError("the model did not answer in time"))
+    await h.burst("hello?")
+    await h.run_due()
+    [row] = await h.table(buffer_processing_jobs)
+    assert (row.status, row.attempts, row.error_message) == (
+        "scheduled",
+        1,
+        "the model did not answer in time",
+    )
+    assert row.scheduled_for == h.clock.now() + timedelta(seconds=2)
+    h.clock.advance(2)
+    [again] = await h.store.claim_due(h.clock.now(), "w1", LEASE, 10)
+    await h.pipeline.process(again, "w1")
+    h.clock.advance(4)
+    [third] = await h.store.claim_due(h.clock.now(), "w1", LEASE, 10)
+    await h.pipeline.process(third, "w1")
+    [row] = await h.table(buffer_processing_jobs)
+    assert (row.status, row.attempts) == ("failed", 3)
+    [buf] = await h.table(message_buffer)
+    assert buf.status == "failed"
+    assert h.chatwoot.sent == []
+    assert "buffer_failed" in h.observer.names()
+
+
+async def test_chatwoot_refusing_the_reply_keeps_the_buffer_open_for_retry(store) -> None:
+    h = Harness(store, lambda prompt: decision())
+    h.chatwoot.fail_with.append(ChatwootError("Chatwoot answered 500", retryable=True))
+    await h.burst("hi")
+    await h.run_due()
+    [buf] = await h.table(message_buffer)
+    assert buf.status == "closed"  # not completed: Chatwoot never accepted the reply
+    h.clock.advance(2)
+    [again] = await h.store.claim_due(h.clock.now(), "w1", LEASE, 10)
+    await h.pipeline.process(again, "w1")
+    assert len(h.chatwoot.sent) == 1
+    [buf] = await h.table(message_buffer)
+    assert buf.status == "completed"
+
+
+async def test_permanent_chatwoot_refusal_is_not_retried(store) -> None:
+    h = Harness(store, lambda prompt: decision())
+    h.chatwoot.fail_with.append(ChatwootError("Chatwoot answered 404", retryable=False))
+    await h.burst("hi")
+    await h.run_due()
+    [row] = await h.table(buffer_processing_jobs)
+    assert (row.status, row.attempts) == ("failed", 1)
+
+
+async def test_human_takeover_while_the_model_writes_drops_the_reply(store) -> None:
+    h: Harness
+
+    def script(prompt: Prompt) -> ModelDecision:
+        return decision()
+
+    h = Harness(store, script)
+    await h.burst("hi")
+    h.clock.advance(30)
+    [job] = await h.store.claim_due(h.clock.now(), "w1", LEASE, 10)
+    await h.store.cancel_open(KEY, h.clock.now(), "a human agent answered")
+    await h.pipeline.process(job, "w1")
+    assert h.chatwoot.sent == []
+    assert h.chatwoot.typing[-1] == (KEY, False)
+
+
+@pytest.mark.parametrize(("flag", "expect_typing"), [("typing_indicators", False)])
+async def test_typing_flag_switches_typing_off(store, flag: str, expect_typing: bool) -> None:
+    async with store.engine.begin() as conn:
+        await conn.execute(
+            update(feature_flags).where(feature_flags.c.flag_name == flag).values(is_enabled=False)
+        )
+    h = Harness(store, lambda prompt: decision())
+    await h.burst("hi")
+    await h.run_due()
+    assert bool(h.chatwoot.typing) is expect_typing
+    assert len(h.chatwoot.sent) == 1

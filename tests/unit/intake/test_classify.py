@@ -1,0 +1,150 @@
+"""Which Chatwoot events are buffered, which cancel, which are ignored (pure, no I/O)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from chatbuffer.domain.model import ConversationKey
+from chatbuffer.errors import MalformedPayload
+from chatbuffer.intake.webhook import (
+    Buffer,
+    CancelBuffers,
+    Ignore,
+    IntakeRules,
+    UpdateAttachments,
+    classify,
+    parse,
+)
+from chatbuffer.simulator import payloads
+
+NOW = datetime(2026, 8, 14, 10, 2, 11, tzinfo=UTC)
+RULES = IntakeRules(active_statuses=frozenset({"pending"}))
+
+
+def act(body: dict[str, Any], rules: IntakeRules = RULES):
+    return classify(parse(body), rules, NOW)
+
+
+def incoming(**overrides: Any) -> dict[str, Any]:
+    args: dict[str, Any] = {
+        "account_id": 1,
+        "conversation_id": 1532,
+        "message_id": 90812,
+        "content": "hi, do you deliver on sunday?",
+        "created_at": NOW,
+    }
+    args.update(overrides)
+    return payloads.incoming_text(**args)
+
+
+def test_incoming_text_in_a_pending_conversation_is_buffered() -> None:
+    action = act(incoming())
+    assert isinstance(action, Buffer)
+    message = action.message
+    assert message.key == ConversationKey(1, 1532)
+    assert message.chatwoot_message_id == 90812
+    assert message.content == "hi, do you deliver on sunday?"
+    assert message.kind == "text"
+    assert message.received_at == NOW
+
+
+def test_voice_note_is_buffered_with_its_transcript() -> None:
+    body = payloads.incoming_attachment(
+        account_id=1,
+        conversation_id=7,
+        message_id=5,
+        created_at=NOW,
+        file_type="audio",
+        data_url="https://chatwoot.example/rails/active_storage/x.ogg",
+        transcribed_text="my order is late",
+    )
+    action = act(body)
+    assert isinstance(action, Buffer)
+    assert action.message.kind == "audio"
+    assert action.message.attachments[0].transcript == "my order is late"
+
+
+def test_transcript_arriving_later_updates_the_message() -> None:
+    body = payloads.incoming_attachment(
+        account_id=1,
+        conversation_id=7,
+        message_id=5,
+        created_at=NOW,
+        file_type="audio",
+        data_url="https://chatwoot.example/a.ogg",
+        transcribed_text="later text",
+        event="message_updated",
+    )
+    action = act(body)
+    assert isinstance(action, UpdateAttachments)
+    assert action.chatwoot_message_id == 5
+    assert action.attachments[0].transcript == "later text"
+
+
+@pytest.mark.parametrize("status", ["open", "resolved", "snoozed"])
+def test_conversations_outside_the_active_statuses_are_ignored(status: str) -> None:
+    action = act(incoming(status=status))
+    assert action == Ignore(f"conversation is {status}")
+
+
+def test_active_statuses_are_configurable() -> None:
+    rules = IntakeRules(active_statuses=frozenset({"pending", "open"}))
+    assert isinstance(act(incoming(status="open"), rules), Buffer)
+
+
+def test_other_accounts_are_ignored_when_one_is_configured() -> None:
+    rules = IntakeRules(active_statuses=frozenset({"pending"}), account_id=2)
+    assert act(incoming(), rules) == Ignore("account is not served by this chatbuffer")
+
+
+def test_private_note_is_ignored() -> None:
+    body = payloads.private_note(
+        account_id=1, conversation_id=7, message_id=9, content="fyi", created_at=NOW
+    )
+    assert act(body) == Ignore("private note")
+
+
+def test_bot_own_reply_is_ignored() -> None:
+    body = payloads.bot_reply(
+        account_id=1, conversation_id=7, message_id=9, content="hello", created_at=NOW
+    )
+    assert act(body) == Ignore("the bot's own reply")
+
+
+@pytest.mark.parametrize("builder", [payloads.agent_reply, payloads.phone_echo])
+def test_a_human_answer_cancels_the_buffer(builder: Any) -> None:
+    body = builder(
+        account_id=1, conversation_id=7, message_id=9, content="I'll help", created_at=NOW
+    )
+    action = act(body)
+    assert action == CancelBuffers(ConversationKey(1, 7), "a human agent answered")
+
+
+def test_conversation_leaving_the_active_statuses_cancels() -> None:
+    body = payloads.conversation_status_changed(account_id=1, conversation_id=7, status="resolved")
+    assert act(body) == CancelBuffers(ConversationKey(1, 7), "conversation became resolved")
+
+
+def test_unknown_events_are_ignored_by_name() -> None:
+    assert act({"event": "contact_created", "id": 3}) == Ignore(
+        "event contact_created is not handled"
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ([1, 2], "JSON object"),
+        ({"id": 1}, 'no "event"'),
+        ({"event": "message_created", "id": 1}, "message_created payload is invalid"),
+        ({**incoming(), "id": -5}, "invalid at id"),
+        ({**incoming(), "conversation": {"id": "abc"}}, "invalid at conversation.id"),
+    ],
+)
+def test_unreadable_bodies_are_rejected_with_a_reason(body: Any, fragment: str) -> None:
+    with pytest.raises(MalformedPayload, match=fragment) as caught:
+        parse(body)
+    assert caught.value.status_code == 422

@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from chatbuffer.errors import ConfigurationError
+from chatbuffer.settings import load_settings
+
+ENV = [
+    "DATABASE_URL",
+    "MESSAGE_BUFFER_DURATION_MS",
+    "MAX_BUFFER_AGE_MS",
+    "MAX_BUFFER_SIZE",
+    "BOT_ACTIVE_STATUSES",
+    "OPENAI_API_KEY",
+    "CHATWOOT_BASE_URL",
+    "CHATWOOT_API_TOKEN",
+    "RESPONSE_QUALITY_THRESHOLD",
+]
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_defaults_match_the_plan() -> None:
+    s = load_settings()
+    assert s.database_url == "sqlite:///./chatbuffer.db"
+    assert s.buffer_policy.quiet_period == timedelta(seconds=30)
+    assert s.buffer_policy.max_age == timedelta(seconds=300)
+    assert s.buffer_policy.max_size == 50
+    assert s.buffer_processing_interval_ms == 10_000
+    assert s.ai_processing_timeout_ms == 30_000
+    assert s.response_quality_threshold == 0.7
+    assert s.chatwoot_typing_indicator_enabled is True
+    assert s.active_statuses == frozenset({"pending"})
+
+
+def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MESSAGE_BUFFER_DURATION_MS", "1500")
+    monkeypatch.setenv("BOT_ACTIVE_STATUSES", "pending, open")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://bot@db:5432/chatbuffer")
+    s = load_settings()
+    assert s.buffer_policy.quiet_period == timedelta(milliseconds=1500)
+    assert s.active_statuses == frozenset({"pending", "open"})
+    assert not s.is_sqlite
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("MESSAGE_BUFFER_DURATION_MS", "soon", "MESSAGE_BUFFER_DURATION_MS is invalid"),
+        ("MAX_BUFFER_SIZE", "0", "MAX_BUFFER_SIZE is invalid"),
+        ("BOT_ACTIVE_STATUSES", "pending,waiting", "unknown status waiting"),
+        ("DATABASE_URL", "mysql://x/y", "DATABASE_URL is invalid"),
+        ("RESPONSE_QUALITY_THRESHOLD", "1.5", "RESPONSE_QUALITY_THRESHOLD is invalid"),
+        ("CHATWOOT_BASE_URL", "chatwoot.local", "CHATWOOT_BASE_URL is invalid"),
+    ],
+)
+def test_bad_values_stop_with_one_line_naming_the_setting(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigurationError, match=message) as caught:
+        load_settings()
+    assert "\n" not in str(caught.value)
+
+
+def test_contradictory_window_and_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MESSAGE_BUFFER_DURATION_MS", "60000")
+    monkeypatch.setenv("MAX_BUFFER_AGE_MS", "30000")
+    with pytest.raises(ConfigurationError, match="MAX_BUFFER_AGE_MS must be at least"):
+        load_settings()
+
+
+def test_worker_roles_need_credentials_the_api_does_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = load_settings()
+    s.require_for("api")
+    with pytest.raises(ConfigurationError, match="OPENAI_API_KEY is not set"):
+        s.require_for("serve")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("CHATWOOT_BASE_URL", "https://chatwoot.example")
+    with pytest.raises(ConfigurationError, match="CHATWOOT_API_TOKEN is not set"):
+        load_settings().require_for("worker")
+
+
+def test_secrets_do_not_show_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-very-secret")
+    monkeypatch.setenv("CHATWOOT_API_TOKEN", "cw-very-secret")
+    text = repr(load_settings())
+    assert "sk-very-secret" not in text and "cw-very-secret" not in text
