@@ -204,6 +204,7 @@ class Runtime:
             model=model,
             clock=self.clock,
             observer=self.observer,
+            flags=self._flags.get,
             config=PipelineConfig(
                 quality_threshold=s.response_quality_threshold,
                 typing_enabled=s.chatwoot_typing_indicator_enabled,

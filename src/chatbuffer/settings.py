@@ -47,7 +47,7 @@ class Settings(BaseSettings):
 
     bot_active_statuses: str = "pending"
 
-    worker_concurrency: int = Field(16, ge=1, le=1_000)
+    worker_concurrency: int = Field(64, ge=1, le=1_000)
     worker_lease_ms: int = Field(10_000, ge=1_000)
     max_processing_attempts: int = Field(5, ge=1, le=100)
     webhook_max_body_bytes: int = Field(1_048_576, ge=1_024)

@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 
 from chatbuffer.domain.buffer import BufferPolicy
 from chatbuffer.domain.model import Attachment, ConversationKey, InboundMessage
+from chatbuffer.domain.ports import PostedMessage
 from chatbuffer.storage.repository import SqlBufferStore
 from chatbuffer.storage.tables import (
     buffer_processing_jobs,
@@ -216,8 +217,8 @@ async def test_history_holds_earlier_bursts_and_replies_in_order(store) -> None:
     clock.advance(30)
     [job] = await store.claim_due(clock.now(), "w1", LEASE, 10)
     clock.advance(1)
-    await store.record_reply(job, "reply", "It ships tomorrow.", 501, clock.now())
-    assert await store.complete(job, "w1", clock.now(), "replied")
+    posted = PostedMessage("reply", "It ships tomorrow.", 501)
+    assert await store.complete(job, "w1", clock.now(), "replied", posted)
     clock.advance(3600)
     await store.record_incoming(message(2, text="still nothing"), POLICY, clock.now())
     clock.advance(30)

@@ -113,6 +113,15 @@ class BufferContents:
 ReplyKind = Literal["reply", "handoff_note"]
 
 
+@dataclass(frozen=True, slots=True)
+class PostedMessage:
+    """A message the bot posted to Chatwoot for a buffer."""
+
+    kind: ReplyKind
+    content: str
+    chatwoot_message_id: int
+
+
 class BufferStore(Protocol):
     """Durable buffers and their processing jobs."""
 
@@ -138,16 +147,14 @@ class BufferStore(Protocol):
 
     async def still_held(self, job: ClaimedJob, owner: str) -> bool: ...
 
-    async def record_reply(
+    async def complete(
         self,
         job: ClaimedJob,
-        kind: ReplyKind,
-        content: str,
-        chatwoot_message_id: int,
+        owner: str,
         now: datetime,
-    ) -> None: ...
-
-    async def complete(self, job: ClaimedJob, owner: str, now: datetime, note: str) -> bool: ...
+        note: str,
+        posted: PostedMessage | None = None,
+    ) -> bool: ...
 
     async def release_for_retry(
         self, job: ClaimedJob, owner: str, error: str, retry_at: datetime

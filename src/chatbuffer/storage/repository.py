@@ -37,7 +37,7 @@ from chatbuffer.domain.ports import (
     BufferContents,
     ClaimedJob,
     IntakeResult,
-    ReplyKind,
+    PostedMessage,
 )
 from chatbuffer.storage.tables import (
     bot_replies,
@@ -451,7 +451,6 @@ class SqlBufferStore:
                 )
                 .values(conversation_state="processing", updated_at=job.claimed_at)
             )
-        async with self._engine.connect() as conn:
             rows = (
                 await conn.execute(
                     select(messages)
@@ -531,30 +530,33 @@ class SqlBufferStore:
             ).first()
             return row is not None
 
-    async def record_reply(
+    async def complete(
         self,
         job: ClaimedJob,
-        kind: ReplyKind,
-        content: str,
-        chatwoot_message_id: int,
+        owner: str,
         now: datetime,
-    ) -> None:
-        async with self._engine.begin() as conn:
-            await conn.execute(
-                insert(bot_replies).values(
-                    id=uuid.uuid4(),
-                    buffer_id=job.buffer_id,
-                    account_id=job.key.account_id,
-                    conversation_id=job.key.conversation_id,
-                    kind=kind,
-                    content=content,
-                    chatwoot_message_id=chatwoot_message_id,
-                    sent_at=now,
-                )
-            )
+        note: str,
+        posted: PostedMessage | None = None,
+    ) -> bool:
+        """Mark the buffer answered, recording what was posted, in one transaction.
 
-    async def complete(self, job: ClaimedJob, owner: str, now: datetime, note: str) -> bool:
+        What Chatwoot accepted is recorded even when this worker has lost the lease meanwhile,
+        so the conversation's history (and a later duplicate check) knows it was sent.
+        """
         async with self._engine.begin() as conn:
+            if posted is not None:
+                await conn.execute(
+                    insert(bot_replies).values(
+                        id=uuid.uuid4(),
+                        buffer_id=job.buffer_id,
+                        account_id=job.key.account_id,
+                        conversation_id=job.key.conversation_id,
+                        kind=posted.kind,
+                        content=posted.content,
+                        chatwoot_message_id=posted.chatwoot_message_id,
+                        sent_at=now,
+                    )
+                )
             done = await conn.execute(
                 update(jobs)
                 .where(self._held(job, owner))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -16,6 +16,7 @@ from chatbuffer.domain.ports import (
     ClaimedJob,
     Clock,
     Observer,
+    PostedMessage,
     ReplyModel,
 )
 from chatbuffer.domain.retry import RetryPolicy
@@ -45,8 +46,10 @@ class Pipeline:
         clock: Clock,
         observer: Observer,
         config: PipelineConfig,
+        flags: Callable[[], Awaitable[Mapping[str, bool]]] | None = None,
     ) -> None:
         self._store = store
+        self._flags = flags or store.flags
         self._chatwoot = chatwoot
         self._model = model
         self._clock = clock
@@ -68,7 +71,7 @@ class Pipeline:
         if not contents.messages:
             await self._store.complete(job, owner, self._clock.now(), "empty buffer")
             return
-        flags = await self._store.flags()
+        flags = await self._flags()
         typing = self._config.typing_enabled and flags.get("typing_indicators", True)
         try:
             if typing:
@@ -106,9 +109,8 @@ class Pipeline:
             message_id = await self._chatwoot.send_message(
                 key, outcome.content, content_attributes=marker
             )
-            now = self._clock.now()
-            await self._store.record_reply(job, "reply", outcome.content, message_id, now)
-            await self._store.complete(job, owner, now, "replied")
+            posted = PostedMessage("reply", outcome.content, message_id)
+            await self._store.complete(job, owner, self._clock.now(), "replied", posted)
             self._observer.event(
                 "reply_sent",
                 key,
@@ -123,12 +125,10 @@ class Pipeline:
             message_id = await self._chatwoot.send_message(
                 key, note, private=True, content_attributes=marker
             )
-            now = self._clock.now()
-            await self._store.record_reply(job, "handoff_note", note, message_id, now)
             await self._chatwoot.set_status(key, "open")
-            await self._store.complete(
-                job, owner, self._clock.now(), f"handed off: {outcome.reason}"
-            )
+            posted = PostedMessage("handoff_note", note, message_id)
+            reason = f"handed off: {outcome.reason}"
+            await self._store.complete(job, owner, self._clock.now(), reason, posted)
             self._observer.event(
                 "handoff", key, buffer_id=str(job.buffer_id), reason=outcome.reason
             )

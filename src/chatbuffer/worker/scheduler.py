@@ -53,6 +53,7 @@ class Scheduler:
         self._config = config
         self.owner = owner or f"worker-{uuid.uuid4().hex[:12]}"
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._saturated = False
 
     async def run(self, stop: asyncio.Event) -> None:
         logger.info("worker %s started (concurrency %d)", self.owner, self._config.concurrency)
@@ -81,14 +82,17 @@ class Scheduler:
             task = asyncio.create_task(self._run_job(job), name=f"buffer-{job.buffer_id}")
             self._in_flight.add(task)
             task.add_done_callback(self._finished)
-        if len(claimed) == free:
+        self._saturated = len(claimed) == free
+        if self._saturated:
             return  # more may be due right now
         await self._waker.sleep_until(await self._store.next_wake_at(), sweep)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
-        # A free slot may let a waiting due buffer in.
-        self._waker.poke()
+        # Only when the last claim left due buffers behind does a free slot call for a new
+        # claim; otherwise the sleep already ends at the next due time.
+        if self._saturated:
+            self._waker.poke()
 
     async def _run_job(self, job: ClaimedJob) -> None:
         heartbeat = asyncio.create_task(self._heartbeat(job))
