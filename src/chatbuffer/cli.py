@@ -7,8 +7,9 @@ import asyncio
 import signal
 import sys
 from collections.abc import Sequence
+from types import FrameType
 
-from chatbuffer.errors import ChatbufferError
+from chatbuffer.errors import ChatbufferError, ConfigurationError
 from chatbuffer.settings import Role, Settings, load_settings
 
 USAGE_ERROR = 2
@@ -84,15 +85,14 @@ def _run(args: argparse.Namespace) -> int:
     settings.require_for(role)
 
     from chatbuffer.observability import logging as log_setup
-    from chatbuffer.storage import database
 
     log_setup.configure(settings.log_level)
     if role == "migrate":
-        revision = database.migrate(settings.database_url)
+        revision = _migrate(settings)
         print(f"chatbuffer: database schema is at revision {revision}")
         return 0
     if role == "serve" and settings.is_sqlite:
-        database.migrate(settings.database_url)
+        _migrate(settings)
     asyncio.run(_preflight(settings))
     if role == "worker":
         asyncio.run(_worker(settings))
@@ -101,9 +101,21 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _migrate(settings: Settings) -> str | None:
+    from chatbuffer.storage import database
+
+    try:
+        return database.migrate(settings.database_url)
+    except ChatbufferError:
+        raise
+    except Exception as exc:
+        raise ConfigurationError(
+            f"cannot migrate DATABASE_URL: {type(exc).__name__}: {_first_line(exc)}"
+        ) from None
+
+
 async def _preflight(settings: Settings) -> None:
     """Refuse to start on an unreachable or unmigrated database, with one clear line."""
-    from chatbuffer.errors import ConfigurationError
     from chatbuffer.storage import database
 
     engine = database.create_engine(settings.database_url, pool_size=1)
@@ -129,6 +141,15 @@ def _serve_http(settings: Settings, *, host: str, port: int, with_worker: bool) 
 
     from chatbuffer.app import Runtime
 
+    class _Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            if sig == signal.SIGTERM:
+                # SIGTERM asks for a graceful stop, and the lifespan gives one: exit 0 (as
+                # `worker` does) instead of uvicorn re-raising the signal at the end.
+                self.should_exit = True
+                return
+            super().handle_exit(sig, frame)
+
     runtime = Runtime(settings)
     config = uvicorn.Config(
         runtime.asgi(with_worker=with_worker),
@@ -138,7 +159,7 @@ def _serve_http(settings: Settings, *, host: str, port: int, with_worker: bool) 
         lifespan="on",
         timeout_graceful_shutdown=30,
     )
-    uvicorn.Server(config).run()
+    _Server(config).run()
 
 
 async def _worker(settings: Settings) -> None:

@@ -25,7 +25,9 @@ def configure(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # Each request line would repeat what our own intake log says.
+    # Each request line would repeat what our own intake log says, and Alembic's start-up
+    # chatter would bury a one-line error.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     for noisy in ("httpx", "httpx2", "openai", "httpcore", "httpcore2"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -5,12 +5,16 @@ Concurrency, in short:
 * Intake locks the conversation row first, so two deliveries for one conversation queue up while
   different conversations proceed in parallel. Every statement it runs is keyed by
   (account_id, conversation_id).
-* The claim is the one cross-conversation statement. On PostgreSQL it locks job and buffer rows
-  with ``FOR UPDATE ... SKIP LOCKED`` and never waits, so it cannot deadlock with intake; a buffer
-  that intake is extending right now is simply skipped and picked up on the next wake-up. On
-  SQLite every write transaction is ``BEGIN IMMEDIATE``, so writers are serialised.
+* The claim is the one cross-conversation write. On PostgreSQL it locks job and buffer rows with
+  ``FOR UPDATE ... SKIP LOCKED`` and never waits, so it cannot deadlock with intake; a buffer that
+  intake is extending right now is simply skipped and picked up on the next wake-up. On SQLite
+  every write transaction is ``BEGIN IMMEDIATE``, so writers are serialised.
 * Extending a buffer is conditional on it still being ``active``: if a worker claimed it a moment
   earlier, the message opens a new buffer instead of joining one whose reply is being written.
+* Finishing a job is conditional on still holding its lease, so a worker that lost its lease
+  cannot overwrite the new holder's result.
+
+The statements themselves are prebuilt in :mod:`chatbuffer.storage.statements`.
 """
 
 from __future__ import annotations
@@ -21,8 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, insert, or_, select, text, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from chatbuffer.domain import buffer
@@ -39,26 +42,13 @@ from chatbuffer.domain.ports import (
     IntakeResult,
     PostedMessage,
 )
-from chatbuffer.storage.tables import (
-    bot_replies,
-    conversations,
-    feature_flags,
-)
-from chatbuffer.storage.tables import (
-    buffer_processing_jobs as jobs,
-)
-from chatbuffer.storage.tables import (
-    buffered_messages as messages,
-)
-from chatbuffer.storage.tables import (
-    message_buffer as buffers,
-)
+from chatbuffer.storage import statements as sql
 
-WAKE_CHANNEL = "chatbuffer_wake"
+WAKE_CHANNEL = sql.WAKE_CHANNEL
 
-# Buffers a worker may take: still collecting but due, closed and waiting, or held by a worker
-# whose lease ran out.
-CLAIMABLE_BUFFER = ("active", "closed", "processing")
+_DUPLICATE = IntakeResult(
+    stored=False, buffer_id=None, opened_buffer=False, message_count=0, due_at=None, closed=False
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,10 +57,12 @@ class _OpenBuffer:
     window: buffer.BufferWindow
 
 
-def _in_conversation(table: Any, key: ConversationKey) -> Any:
-    return and_(
-        table.c.account_id == key.account_id, table.c.conversation_id == key.conversation_id
-    )
+def _key(key: ConversationKey) -> dict[str, Any]:
+    return {"p_account_id": key.account_id, "p_conversation_id": key.conversation_id}
+
+
+def _held(job: ClaimedJob, owner: str) -> dict[str, Any]:
+    return {**_key(job.key), "p_job_id": job.job_id, "p_owner": owner}
 
 
 class SqlBufferStore:
@@ -93,69 +85,59 @@ class SqlBufferStore:
     async def record_incoming(
         self, message: InboundMessage, policy: buffer.BufferPolicy, now: datetime
     ) -> IntakeResult:
-        key = message.key
+        key = _key(message.key)
         async with self._engine.begin() as conn:
-            await self._lock_conversation(conn, key, now)
-            duplicate = await conn.scalar(
-                select(messages.c.id).where(
-                    _in_conversation(messages, key),
-                    messages.c.chatwoot_message_id == message.chatwoot_message_id,
-                )
-            )
-            if duplicate is not None:
-                return IntakeResult(
-                    stored=False,
-                    buffer_id=None,
-                    opened_buffer=False,
-                    message_count=0,
-                    due_at=None,
-                    closed=False,
-                )
-            current = await self._open_buffer(conn, key)
+            await self._lock_conversation(conn, message.key, now)
+            if await conn.scalar(
+                sql.MESSAGE_EXISTS, {**key, "p_message_id": message.chatwoot_message_id}
+            ):
+                return _DUPLICATE
+            current = await self._active_buffer(conn, key)
             placement = buffer.place(current.window if current else None, policy, now)
             buffer_id: uuid.UUID | None = None
-            if current is not None and not placement.opens_new:
-                extended = await self._extend(conn, key, current.id, placement, now)
-                buffer_id = current.id if extended else None
+            if (
+                current is not None
+                and not placement.opens_new
+                and await self._extend(conn, key, current.id, placement, now)
+            ):
+                buffer_id = current.id
             if buffer_id is None:
                 if current is not None:
-                    await self._close(conn, key, current.id, now)
+                    await conn.execute(
+                        sql.CLOSE_BUFFER, {**key, "p_buffer_id": current.id, "p_now": now}
+                    )
                 placement = buffer.place(None, policy, now)
-                buffer_id = await self._open(conn, key, placement, now)
+                buffer_id = await self._open(conn, message.key, placement, now)
             await conn.execute(
-                insert(messages).values(
-                    id=uuid.uuid4(),
-                    buffer_id=buffer_id,
-                    account_id=key.account_id,
-                    conversation_id=key.conversation_id,
-                    chatwoot_message_id=message.chatwoot_message_id,
-                    content=message.content,
-                    message_type=message.kind,
-                    content_type=message.content_type,
-                    attachments=[a.as_json() for a in message.attachments],
-                    sender_info=message.sender,
-                    conversation_info=message.conversation,
-                    received_at=now,
-                )
+                sql.INSERT_MESSAGE,
+                {
+                    "id": uuid.uuid4(),
+                    "buffer_id": buffer_id,
+                    "account_id": message.key.account_id,
+                    "conversation_id": message.key.conversation_id,
+                    "chatwoot_message_id": message.chatwoot_message_id,
+                    "content": message.content,
+                    "message_type": message.kind,
+                    "content_type": message.content_type,
+                    "attachments": [a.as_json() for a in message.attachments],
+                    "sender_info": message.sender,
+                    "conversation_info": message.conversation,
+                    "received_at": now,
+                },
             )
             await conn.execute(
-                update(conversations)
-                .where(
-                    conversations.c.account_id == key.account_id,
-                    conversations.c.chatwoot_conversation_id == key.conversation_id,
-                )
-                .values(
-                    active_buffer_id=None if placement.closes_now else buffer_id,
-                    last_message_at=now,
-                    message_count=conversations.c.message_count + 1,
-                    conversation_state="idle" if placement.closes_now else "buffering",
-                    updated_at=now,
-                )
+                sql.TOUCH_CONVERSATION,
+                {
+                    **key,
+                    "p_active_buffer_id": None if placement.closes_now else buffer_id,
+                    "p_state": "idle" if placement.closes_now else "buffering",
+                    "p_now": now,
+                },
             )
             if self._postgres:
                 # Delivered only if this transaction commits, so a worker never wakes for
                 # a buffer it cannot see yet.
-                await conn.execute(select(func.pg_notify(WAKE_CHANNEL, placement.due.isoformat())))
+                await conn.execute(sql.NOTIFY, {"p_payload": placement.due.isoformat()})
             return IntakeResult(
                 stored=True,
                 buffer_id=buffer_id,
@@ -168,14 +150,10 @@ class SqlBufferStore:
     async def _lock_conversation(
         self, conn: AsyncConnection, key: ConversationKey, now: datetime
     ) -> None:
-        where = and_(
-            conversations.c.account_id == key.account_id,
-            conversations.c.chatwoot_conversation_id == key.conversation_id,
-        )
-        found = await conn.scalar(select(conversations.c.id).where(where).with_for_update())
-        if found is not None:
+        params = _key(key)
+        if await conn.scalar(sql.LOCK_CONVERSATION, params) is not None:
             return
-        values = {
+        row = {
             "id": uuid.uuid4(),
             "account_id": key.account_id,
             "chatwoot_conversation_id": key.conversation_id,
@@ -183,22 +161,17 @@ class SqlBufferStore:
             "updated_at": now,
         }
         if self._postgres:
-            await conn.execute(pg_insert(conversations).values(**values).on_conflict_do_nothing())
-            await conn.scalar(select(conversations.c.id).where(where).with_for_update())
+            # Two first messages of a new conversation may race here; one insert wins and
+            # both then queue on the row lock.
+            await conn.execute(sql.INSERT_CONVERSATION_PG, row)
+            await conn.scalar(sql.LOCK_CONVERSATION, params)
         else:
-            await conn.execute(insert(conversations).values(**values))
+            await conn.execute(sql.INSERT_CONVERSATION, row)
 
-    async def _open_buffer(self, conn: AsyncConnection, key: ConversationKey) -> _OpenBuffer | None:
-        row = (
-            await conn.execute(
-                select(
-                    buffers.c.id,
-                    buffers.c.buffer_start_time,
-                    buffers.c.last_message_time,
-                    buffers.c.message_count,
-                ).where(_in_conversation(buffers, key), buffers.c.status == "active")
-            )
-        ).first()
+    async def _active_buffer(
+        self, conn: AsyncConnection, key: dict[str, Any]
+    ) -> _OpenBuffer | None:
+        row = (await conn.execute(sql.ACTIVE_BUFFER, key)).first()
         if row is None:
             return None
         return _OpenBuffer(
@@ -213,51 +186,30 @@ class SqlBufferStore:
     async def _extend(
         self,
         conn: AsyncConnection,
-        key: ConversationKey,
+        key: dict[str, Any],
         buffer_id: uuid.UUID,
         placement: buffer.Placement,
         now: datetime,
     ) -> bool:
         result = await conn.execute(
-            update(buffers)
-            .where(
-                _in_conversation(buffers, key),
-                buffers.c.id == buffer_id,
-                buffers.c.status == "active",
-            )
-            .values(
-                last_message_time=placement.window.last_message_at,
-                message_count=placement.window.message_count,
-                buffer_end_time=placement.due,
-                status="closed" if placement.closes_now else "active",
-                updated_at=now,
-            )
+            sql.EXTEND_BUFFER,
+            {
+                **key,
+                "p_buffer_id": buffer_id,
+                "p_last": placement.window.last_message_at,
+                "p_count": placement.window.message_count,
+                "p_due": placement.due,
+                "p_status": "closed" if placement.closes_now else "active",
+                "p_now": now,
+            },
         )
         if result.rowcount != 1:
             return False
         await conn.execute(
-            update(jobs)
-            .where(
-                _in_conversation(jobs, key),
-                jobs.c.buffer_id == buffer_id,
-                jobs.c.status == "scheduled",
-            )
-            .values(scheduled_for=placement.due, updated_at=now)
+            sql.RESCHEDULE_JOB,
+            {**key, "p_buffer_id": buffer_id, "p_due": placement.due, "p_now": now},
         )
         return True
-
-    async def _close(
-        self, conn: AsyncConnection, key: ConversationKey, buffer_id: uuid.UUID, now: datetime
-    ) -> None:
-        await conn.execute(
-            update(buffers)
-            .where(
-                _in_conversation(buffers, key),
-                buffers.c.id == buffer_id,
-                buffers.c.status == "active",
-            )
-            .values(status="closed", updated_at=now)
-        )
 
     async def _open(
         self,
@@ -268,30 +220,32 @@ class SqlBufferStore:
     ) -> uuid.UUID:
         buffer_id = uuid.uuid4()
         await conn.execute(
-            insert(buffers).values(
-                id=buffer_id,
-                account_id=key.account_id,
-                conversation_id=key.conversation_id,
-                buffer_start_time=placement.window.started_at,
-                last_message_time=placement.window.last_message_at,
-                buffer_end_time=placement.due,
-                status="closed" if placement.closes_now else "active",
-                message_count=placement.window.message_count,
-                created_at=now,
-                updated_at=now,
-            )
+            sql.INSERT_BUFFER,
+            {
+                "id": buffer_id,
+                "account_id": key.account_id,
+                "conversation_id": key.conversation_id,
+                "buffer_start_time": placement.window.started_at,
+                "last_message_time": placement.window.last_message_at,
+                "buffer_end_time": placement.due,
+                "status": "closed" if placement.closes_now else "active",
+                "message_count": placement.window.message_count,
+                "created_at": now,
+                "updated_at": now,
+            },
         )
         await conn.execute(
-            insert(jobs).values(
-                id=uuid.uuid4(),
-                buffer_id=buffer_id,
-                account_id=key.account_id,
-                conversation_id=key.conversation_id,
-                scheduled_for=placement.due,
-                status="scheduled",
-                created_at=now,
-                updated_at=now,
-            )
+            sql.INSERT_JOB,
+            {
+                "id": uuid.uuid4(),
+                "buffer_id": buffer_id,
+                "account_id": key.account_id,
+                "conversation_id": key.conversation_id,
+                "scheduled_for": placement.due,
+                "status": "scheduled",
+                "created_at": now,
+                "updated_at": now,
+            },
         )
         return buffer_id
 
@@ -301,55 +255,25 @@ class SqlBufferStore:
         """Take a later version of a message's attachments (a voice note's transcript)."""
         async with self._engine.begin() as conn:
             result = await conn.execute(
-                update(messages)
-                .where(
-                    _in_conversation(messages, key),
-                    messages.c.chatwoot_message_id == chatwoot_message_id,
-                )
-                .values(attachments=[a.as_json() for a in attachments])
+                sql.UPDATE_ATTACHMENTS,
+                {
+                    **_key(key),
+                    "p_message_id": chatwoot_message_id,
+                    "p_attachments": [a.as_json() for a in attachments],
+                },
             )
             return bool(result.rowcount)
 
     async def cancel_open(self, key: ConversationKey, now: datetime, reason: str) -> int:
         """Cancel the conversation's unanswered buffers: a person is answering instead."""
+        params = {**_key(key), "p_now": now, "p_reason": reason}
         async with self._engine.begin() as conn:
             await self._lock_conversation(conn, key, now)
-            cancelled = (
-                (
-                    await conn.execute(
-                        update(buffers)
-                        .where(
-                            _in_conversation(buffers, key),
-                            buffers.c.status.in_(CLAIMABLE_BUFFER),
-                        )
-                        .values(
-                            status="cancelled", outcome=reason, processed_at=now, updated_at=now
-                        )
-                        .returning(buffers.c.id)
-                    )
-                )
-                .scalars()
-                .all()
-            )
+            cancelled = (await conn.execute(sql.CANCEL_BUFFERS, params)).scalars().all()
             if not cancelled:
                 return 0
-            await conn.execute(
-                update(jobs)
-                .where(
-                    _in_conversation(jobs, key),
-                    jobs.c.buffer_id.in_(cancelled),
-                    jobs.c.status.in_(("scheduled", "running")),
-                )
-                .values(
-                    status="cancelled",
-                    error_message=reason,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                    processed_at=now,
-                    updated_at=now,
-                )
-            )
-            await self._set_idle(conn, key, now)
+            await conn.execute(sql.CANCEL_JOBS, {**params, "p_buffer_ids": list(cancelled)})
+            await conn.execute(sql.CONVERSATION_IDLE, params)
             return len(cancelled)
 
     # -- worker ---------------------------------------------------------------------------
@@ -359,47 +283,25 @@ class SqlBufferStore:
     ) -> list[ClaimedJob]:
         if limit <= 0:
             return []
-        due = or_(
-            and_(jobs.c.status == "scheduled", jobs.c.scheduled_for <= now),
-            and_(jobs.c.status == "running", jobs.c.lease_expires_at < now),
-        )
-        candidates = (
-            select(jobs.c.id, jobs.c.buffer_id)
-            .select_from(jobs.join(buffers, buffers.c.id == jobs.c.buffer_id))
-            .where(due, buffers.c.status.in_(CLAIMABLE_BUFFER))
-            .order_by(jobs.c.scheduled_for)
-            .limit(limit)
-            .with_for_update(skip_locked=True, of=[jobs, buffers])
-        )
         async with self._engine.begin() as conn:
-            picked = (await conn.execute(candidates)).all()
+            picked = (
+                await conn.execute(sql.CLAIM_CANDIDATES, {"p_now": now, "p_limit": limit})
+            ).all()
             if not picked:
                 return []
             rows = (
                 await conn.execute(
-                    update(jobs)
-                    .where(jobs.c.id.in_([p.id for p in picked]))
-                    .values(
-                        status="running",
-                        lease_owner=owner,
-                        lease_expires_at=now + lease,
-                        attempts=jobs.c.attempts + 1,
-                        updated_at=now,
-                    )
-                    .returning(
-                        jobs.c.id,
-                        jobs.c.buffer_id,
-                        jobs.c.account_id,
-                        jobs.c.conversation_id,
-                        jobs.c.attempts,
-                        jobs.c.scheduled_for,
-                    )
+                    sql.CLAIM_JOBS,
+                    {
+                        "p_job_ids": [p.id for p in picked],
+                        "p_owner": owner,
+                        "p_until": now + lease,
+                        "p_now": now,
+                    },
                 )
             ).all()
             await conn.execute(
-                update(buffers)
-                .where(buffers.c.id.in_([p.buffer_id for p in picked]))
-                .values(status="processing", updated_at=now)
+                sql.CLAIM_BUFFERS, {"p_buffer_ids": [p.buffer_id for p in picked], "p_now": now}
             )
         return [
             ClaimedJob(
@@ -416,49 +318,22 @@ class SqlBufferStore:
     async def next_wake_at(self) -> datetime | None:
         """The earliest instant a job becomes due or a lease runs out."""
         async with self._engine.connect() as conn:
-            next_due = await conn.scalar(
-                select(func.min(jobs.c.scheduled_for)).where(jobs.c.status == "scheduled")
-            )
-            next_expiry = await conn.scalar(
-                select(func.min(jobs.c.lease_expires_at)).where(jobs.c.status == "running")
-            )
+            next_due = await conn.scalar(sql.NEXT_DUE)
+            next_expiry = await conn.scalar(sql.NEXT_LEASE_EXPIRY)
         instants = [v for v in (next_due, next_expiry) if v is not None]
         return min(instants) if instants else None
 
     async def extend_lease(self, job: ClaimedJob, owner: str, until: datetime) -> bool:
         async with self._engine.begin() as conn:
-            result = await conn.execute(
-                update(jobs).where(self._held(job, owner)).values(lease_expires_at=until)
-            )
+            result = await conn.execute(sql.EXTEND_LEASE, {**_held(job, owner), "p_until": until})
             return result.rowcount == 1
 
-    def _held(self, job: ClaimedJob, owner: str) -> Any:
-        return and_(
-            _in_conversation(jobs, job.key),
-            jobs.c.id == job.job_id,
-            jobs.c.status == "running",
-            jobs.c.lease_owner == owner,
-        )
-
     async def load(self, job: ClaimedJob, history_limit: int) -> BufferContents:
+        key = _key(job.key)
         async with self._engine.begin() as conn:
-            await conn.execute(
-                update(conversations)
-                .where(
-                    conversations.c.account_id == job.key.account_id,
-                    conversations.c.chatwoot_conversation_id == job.key.conversation_id,
-                    conversations.c.conversation_state != "processing",
-                )
-                .values(conversation_state="processing", updated_at=job.claimed_at)
-            )
+            await conn.execute(sql.MARK_PROCESSING, {**key, "p_now": job.claimed_at})
             rows = (
-                await conn.execute(
-                    select(messages)
-                    .where(
-                        _in_conversation(messages, job.key), messages.c.buffer_id == job.buffer_id
-                    )
-                    .order_by(messages.c.chatwoot_message_id)
-                )
+                await conn.execute(sql.BUFFER_MESSAGES, {**key, "p_buffer_id": job.buffer_id})
             ).all()
             burst = [_inbound(job.key, r) for r in rows]
             history = await self._history(conn, job, burst, history_limit)
@@ -473,31 +348,14 @@ class SqlBufferStore:
     ) -> list[HistoryEntry]:
         if limit <= 0 or not burst:
             return []
-        before = burst[0].received_at
-        earlier = (
-            await conn.execute(
-                select(messages.c.content, messages.c.attachments, messages.c.received_at)
-                .where(
-                    _in_conversation(messages, job.key),
-                    messages.c.buffer_id != job.buffer_id,
-                    messages.c.received_at < before,
-                )
-                .order_by(messages.c.received_at.desc())
-                .limit(limit)
-            )
-        ).all()
-        replies = (
-            await conn.execute(
-                select(bot_replies.c.content, bot_replies.c.sent_at)
-                .where(
-                    _in_conversation(bot_replies, job.key),
-                    bot_replies.c.kind == "reply",
-                    bot_replies.c.sent_at < before,
-                )
-                .order_by(bot_replies.c.sent_at.desc())
-                .limit(limit)
-            )
-        ).all()
+        params = {
+            **_key(job.key),
+            "p_buffer_id": job.buffer_id,
+            "p_before": burst[0].received_at,
+            "p_limit": limit,
+        }
+        earlier = (await conn.execute(sql.EARLIER_MESSAGES, params)).all()
+        replies = (await conn.execute(sql.EARLIER_REPLIES, params)).all()
         entries = [
             HistoryEntry(
                 role="contact",
@@ -521,14 +379,7 @@ class SqlBufferStore:
 
     async def still_held(self, job: ClaimedJob, owner: str) -> bool:
         async with self._engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(jobs.c.id)
-                    .select_from(jobs.join(buffers, buffers.c.id == jobs.c.buffer_id))
-                    .where(self._held(job, owner), buffers.c.status == "processing")
-                )
-            ).first()
-            return row is not None
+            return (await conn.scalar(sql.STILL_HELD, _held(job, owner))) is not None
 
     async def complete(
         self,
@@ -543,133 +394,65 @@ class SqlBufferStore:
         What Chatwoot accepted is recorded even when this worker has lost the lease meanwhile,
         so the conversation's history (and a later duplicate check) knows it was sent.
         """
+        params = {**_held(job, owner), "p_buffer_id": job.buffer_id, "p_now": now, "p_note": note}
         async with self._engine.begin() as conn:
             if posted is not None:
                 await conn.execute(
-                    insert(bot_replies).values(
-                        id=uuid.uuid4(),
-                        buffer_id=job.buffer_id,
-                        account_id=job.key.account_id,
-                        conversation_id=job.key.conversation_id,
-                        kind=posted.kind,
-                        content=posted.content,
-                        chatwoot_message_id=posted.chatwoot_message_id,
-                        sent_at=now,
-                    )
+                    sql.INSERT_REPLY,
+                    {
+                        "id": uuid.uuid4(),
+                        "buffer_id": job.buffer_id,
+                        "account_id": job.key.account_id,
+                        "conversation_id": job.key.conversation_id,
+                        "kind": posted.kind,
+                        "content": posted.content,
+                        "chatwoot_message_id": posted.chatwoot_message_id,
+                        "sent_at": now,
+                    },
                 )
-            done = await conn.execute(
-                update(jobs)
-                .where(self._held(job, owner))
-                .values(
-                    status="completed",
-                    lease_owner=None,
-                    lease_expires_at=None,
-                    processed_at=now,
-                    updated_at=now,
-                )
-            )
-            if done.rowcount != 1:
+            if (await conn.execute(sql.COMPLETE_JOB, params)).rowcount != 1:
                 return False
-            await conn.execute(
-                update(buffers)
-                .where(
-                    _in_conversation(buffers, job.key),
-                    buffers.c.id == job.buffer_id,
-                    buffers.c.status == "processing",
-                )
-                .values(status="completed", outcome=note, processed_at=now, updated_at=now)
-            )
-            await conn.execute(
-                update(messages)
-                .where(_in_conversation(messages, job.key), messages.c.buffer_id == job.buffer_id)
-                .values(processed=True)
-            )
-            await self._set_idle(conn, job.key, now, only_if_processing=True)
+            await conn.execute(sql.COMPLETE_BUFFER, params)
+            await conn.execute(sql.MARK_MESSAGES_PROCESSED, params)
+            await conn.execute(sql.IDLE_IF_PROCESSING, params)
             return True
 
     async def release_for_retry(
         self, job: ClaimedJob, owner: str, error: str, retry_at: datetime
     ) -> bool:
+        params = {
+            **_held(job, owner),
+            "p_buffer_id": job.buffer_id,
+            "p_error": error,
+            "p_retry_at": retry_at,
+            "p_now": job.claimed_at,
+        }
         async with self._engine.begin() as conn:
-            released = await conn.execute(
-                update(jobs)
-                .where(self._held(job, owner))
-                .values(
-                    status="scheduled",
-                    scheduled_for=retry_at,
-                    error_message=error,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                    updated_at=job.claimed_at,
-                )
-            )
-            if released.rowcount != 1:
+            if (await conn.execute(sql.RETRY_JOB, params)).rowcount != 1:
                 return False
-            await conn.execute(
-                update(buffers)
-                .where(
-                    _in_conversation(buffers, job.key),
-                    buffers.c.id == job.buffer_id,
-                    buffers.c.status == "processing",
-                )
-                .values(status="closed")
-            )
+            await conn.execute(sql.RETRY_BUFFER, params)
             if self._postgres:
-                await conn.execute(select(func.pg_notify(WAKE_CHANNEL, retry_at.isoformat())))
+                await conn.execute(sql.NOTIFY, {"p_payload": retry_at.isoformat()})
             return True
 
     async def fail(self, job: ClaimedJob, owner: str, error: str, now: datetime) -> bool:
+        params = {
+            **_held(job, owner),
+            "p_buffer_id": job.buffer_id,
+            "p_error": error,
+            "p_note": error,
+            "p_now": now,
+        }
         async with self._engine.begin() as conn:
-            failed = await conn.execute(
-                update(jobs)
-                .where(self._held(job, owner))
-                .values(
-                    status="failed",
-                    error_message=error,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                    processed_at=now,
-                    updated_at=now,
-                )
-            )
-            if failed.rowcount != 1:
+            if (await conn.execute(sql.FAIL_JOB, params)).rowcount != 1:
                 return False
-            await conn.execute(
-                update(buffers)
-                .where(
-                    _in_conversation(buffers, job.key),
-                    buffers.c.id == job.buffer_id,
-                    buffers.c.status == "processing",
-                )
-                .values(status="failed", outcome=error, processed_at=now, updated_at=now)
-            )
-            await self._set_idle(conn, job.key, now, only_if_processing=True)
+            await conn.execute(sql.FAIL_BUFFER, params)
+            await conn.execute(sql.IDLE_IF_PROCESSING, params)
             return True
-
-    async def _set_idle(
-        self,
-        conn: AsyncConnection,
-        key: ConversationKey,
-        now: datetime,
-        *,
-        only_if_processing: bool = False,
-    ) -> None:
-        where = [
-            conversations.c.account_id == key.account_id,
-            conversations.c.chatwoot_conversation_id == key.conversation_id,
-        ]
-        values: dict[str, Any] = {"conversation_state": "idle", "updated_at": now}
-        if only_if_processing:
-            where.append(conversations.c.conversation_state == "processing")
-        else:
-            values["active_buffer_id"] = None
-        await conn.execute(update(conversations).where(*where).values(**values))
 
     async def flags(self) -> Mapping[str, bool]:
         async with self._engine.connect() as conn:
-            rows = (
-                await conn.execute(select(feature_flags.c.flag_name, feature_flags.c.is_enabled))
-            ).all()
+            rows = (await conn.execute(sql.FLAGS)).all()
         return {r.flag_name: bool(r.is_enabled) for r in rows}
 
 
