@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import resource
 import statistics
 import sys
 import time
@@ -25,6 +26,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from chatbuffer.app import Runtime
+from chatbuffer.domain.aggregation import Prompt
 from chatbuffer.domain.buffer import BufferPolicy
 from chatbuffer.domain.model import ConversationKey, InboundMessage, ModelDecision
 from chatbuffer.settings import load_settings
@@ -54,7 +56,21 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[index]
 
 
-async def run(url: str, buffers: int, spread_s: float, concurrency: int) -> dict[str, float]:
+class SlowModel:
+    """An instant scripted answer after a fixed delay, standing in for a real LLM's latency."""
+
+    def __init__(self, answer: ModelDecision, delay_s: float) -> None:
+        self._answer = answer
+        self._delay_s = delay_s
+
+    async def decide(self, prompt: Prompt) -> ModelDecision:  # noqa: ARG002
+        await asyncio.sleep(self._delay_s)
+        return self._answer
+
+
+async def run(
+    url: str, buffers: int, spread_s: float, concurrency: int, model_latency_s: float
+) -> dict[str, float]:
     settings = load_settings(
         database_url=url,
         worker_concurrency=concurrency,
@@ -72,7 +88,9 @@ async def run(url: str, buffers: int, spread_s: float, concurrency: int) -> dict
         settings,
         observers=[probe],
         chatwoot=RecordingChatwoot(),
-        model=ScriptedReplyModel(lambda _prompt: answer),
+        model=SlowModel(answer, model_latency_s)
+        if model_latency_s > 0
+        else ScriptedReplyModel(lambda _prompt: answer),
     )
     lead = timedelta(seconds=4 + buffers / 500)  # time to store them all before the first is due
     policy = BufferPolicy(quiet_period=lead, max_age=lead * 2, max_size=50)
@@ -140,23 +158,36 @@ def main() -> int:
     parser.add_argument("--spread-s", type=float, default=3.0)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--model-latency-ms", type=float, default=0, help="simulated LLM latency per buffer"
+    )
     args = parser.parse_args()
     print(
         f"lateness bench: {args.buffers} buffers due within {args.spread_s:.1f} s, "
-        f"worker concurrency {args.concurrency}, {args.runs} runs"
+        f"worker concurrency {args.concurrency}, model latency {args.model_latency_ms:.0f} ms, "
+        f"{args.runs} runs"
     )
     for run_no in range(1, args.runs + 1):
         url, drop = scratch_database(args.database_url)
         try:
             database.migrate(url)
-            result = asyncio.run(run(url, args.buffers, args.spread_s, args.concurrency))
+            result = asyncio.run(
+                run(
+                    url,
+                    args.buffers,
+                    args.spread_s,
+                    args.concurrency,
+                    args.model_latency_ms / 1000,
+                )
+            )
         finally:
             drop()
         print(
             f"run {run_no}: p50 {result['p50_ms']:.1f} ms, p90 {result['p90_ms']:.1f} ms, "
             f"p99 {result['p99_ms']:.1f} ms, max {result['max_ms']:.1f} ms; "
             f"{result['buffers']:.0f} buffers answered {result['drain_s']:.2f} s after the first "
-            f"was due; intake {result['stored_per_s']:.0f} messages/s"
+            f"was due; intake {result['stored_per_s']:.0f} messages/s; "
+            f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"
         )
     return 0
 

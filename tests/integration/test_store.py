@@ -127,6 +127,8 @@ async def test_claim_takes_only_due_buffers_and_holds_them_under_a_lease(store) 
     assert await store.claim_due(clock.now(), "w2", LEASE, 10) == []
     [buf] = await rows(store, message_buffer)
     assert buf.status == "processing"
+    [conv] = await rows(store, conversations)
+    assert conv.conversation_state == "processing"
     assert await store.next_wake_at() == clock.now() + LEASE
     contents = await store.load(job, history_limit=10)
     assert [m.chatwoot_message_id for m in contents.messages] == [1]
@@ -157,6 +159,8 @@ async def test_an_expired_lease_is_taken_over_by_another_worker(store) -> None:
     assert await store.complete(again, "alive", clock.now(), "replied")
     [buf] = await rows(store, message_buffer)
     assert (buf.status, buf.outcome) == ("completed", "replied")
+    [conv] = await rows(store, conversations)
+    assert conv.conversation_state == "idle"
 
 
 async def test_heartbeat_keeps_the_lease(store) -> None:

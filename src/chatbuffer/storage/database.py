@@ -16,6 +16,10 @@ from chatbuffer.errors import ConfigurationError, SchemaNotReady
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
+#: Execution option marking a connection that only reads (SQLite then begins a deferred
+#: transaction instead of taking the write lock).
+READ_ONLY = "chatbuffer_read_only"
+
 
 def async_url(url: str) -> str:
     """The URL as users write it, with the async driver this service uses."""
@@ -80,6 +84,10 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(sync_engine, "begin")
     def _on_begin(connection: Connection) -> None:
+        if connection.get_execution_options().get(READ_ONLY):
+            # A snapshot for reading; in WAL mode it neither waits for nor blocks writers.
+            connection.exec_driver_sql("BEGIN")
+            return
         # Take the write lock up front: SQLite's deferred BEGIN fails with SQLITE_BUSY when two
         # readers both try to upgrade, while IMMEDIATE simply waits its turn.
         connection.exec_driver_sql("BEGIN IMMEDIATE")

@@ -20,7 +20,8 @@ The statements themselves are prebuilt in :mod:`chatbuffer.storage.statements`.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -42,6 +43,7 @@ from chatbuffer.domain.ports import (
     IntakeResult,
     PostedMessage,
 )
+from chatbuffer.storage import database
 from chatbuffer.storage import statements as sql
 
 WAKE_CHANNEL = sql.WAKE_CHANNEL
@@ -76,8 +78,13 @@ class SqlBufferStore:
     def engine(self) -> AsyncEngine:
         return self._engine
 
-    async def ping(self) -> None:
+    @asynccontextmanager
+    async def _reading(self) -> AsyncIterator[AsyncConnection]:
         async with self._engine.connect() as conn:
+            yield await conn.execution_options(**{database.READ_ONLY: True})
+
+    async def ping(self) -> None:
+        async with self._reading() as conn:
             await conn.execute(text("SELECT 1"))
 
     # -- intake ---------------------------------------------------------------------------
@@ -303,6 +310,10 @@ class SqlBufferStore:
             await conn.execute(
                 sql.CLAIM_BUFFERS, {"p_buffer_ids": [p.buffer_id for p in picked], "p_now": now}
             )
+            await conn.execute(
+                sql.MARK_PROCESSING,
+                {"p_keys": [(r.account_id, r.conversation_id) for r in rows], "p_now": now},
+            )
         return [
             ClaimedJob(
                 job_id=r.id,
@@ -317,7 +328,7 @@ class SqlBufferStore:
 
     async def next_wake_at(self) -> datetime | None:
         """The earliest instant a job becomes due or a lease runs out."""
-        async with self._engine.connect() as conn:
+        async with self._reading() as conn:
             next_due = await conn.scalar(sql.NEXT_DUE)
             next_expiry = await conn.scalar(sql.NEXT_LEASE_EXPIRY)
         instants = [v for v in (next_due, next_expiry) if v is not None]
@@ -330,8 +341,7 @@ class SqlBufferStore:
 
     async def load(self, job: ClaimedJob, history_limit: int) -> BufferContents:
         key = _key(job.key)
-        async with self._engine.begin() as conn:
-            await conn.execute(sql.MARK_PROCESSING, {**key, "p_now": job.claimed_at})
+        async with self._reading() as conn:
             rows = (
                 await conn.execute(sql.BUFFER_MESSAGES, {**key, "p_buffer_id": job.buffer_id})
             ).all()
@@ -378,7 +388,7 @@ class SqlBufferStore:
         return entries[-limit:]
 
     async def still_held(self, job: ClaimedJob, owner: str) -> bool:
-        async with self._engine.connect() as conn:
+        async with self._reading() as conn:
             return (await conn.scalar(sql.STILL_HELD, _held(job, owner))) is not None
 
     async def complete(
@@ -451,7 +461,7 @@ class SqlBufferStore:
             return True
 
     async def flags(self) -> Mapping[str, bool]:
-        async with self._engine.connect() as conn:
+        async with self._reading() as conn:
             rows = (await conn.execute(sql.FLAGS)).all()
         return {r.flag_name: bool(r.is_enabled) for r in rows}
 

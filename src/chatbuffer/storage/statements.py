@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, func, insert, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from chatbuffer.storage.tables import (
@@ -200,6 +200,24 @@ CLAIM_BUFFERS = (
     .values(status="processing", updated_at=_time("p_now"))
 )
 
+# The conversations' state is informational, so a conversation row that intake holds right now
+# is skipped rather than waited for (waiting here could deadlock with intake).
+_CLAIMED_CONVERSATIONS = (
+    select(conversations.c.id)
+    .where(
+        tuple_(conversations.c.account_id, conversations.c.chatwoot_conversation_id).in_(
+            bindparam("p_keys", expanding=True)
+        )
+    )
+    .with_for_update(skip_locked=True)
+)
+
+MARK_PROCESSING = (
+    update(conversations)
+    .where(conversations.c.id.in_(_CLAIMED_CONVERSATIONS.scalar_subquery()))
+    .values(conversation_state="processing", updated_at=_time("p_now"))
+)
+
 NEXT_DUE = select(func.min(jobs.c.scheduled_for)).where(jobs.c.status == "scheduled")
 NEXT_LEASE_EXPIRY = select(func.min(jobs.c.lease_expires_at)).where(jobs.c.status == "running")
 
@@ -218,11 +236,6 @@ STILL_HELD = (
     .where(HELD, buffers.c.status == "processing")
 )
 
-MARK_PROCESSING = (
-    update(conversations)
-    .where(CONVERSATION, conversations.c.conversation_state != "processing")
-    .values(conversation_state="processing", updated_at=_time("p_now"))
-)
 
 BUFFER_MESSAGES = (
     select(messages)
