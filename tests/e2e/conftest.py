@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -130,14 +130,19 @@ class World:
     def replies(self, conversation: int) -> list[dict[str, Any]]:
         return self.chatwoot.replies(ACCOUNT, conversation)
 
+    async def wait_for(self, condition: Callable[[], bool], timeout_s: float) -> bool:
+        """Poll ``condition`` until it holds or ``timeout_s`` passes."""
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.02)
+        return True
+
     async def wait_for_replies(
         self, conversation: int, count: int, timeout_s: float
     ) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if len(self.replies(conversation)) >= count:
-                return self.replies(conversation)
-            await asyncio.sleep(0.02)
+        await self.wait_for(lambda: len(self.replies(conversation)) >= count, timeout_s)
         return self.replies(conversation)
 
     def prompts(self) -> list[str]:
@@ -150,7 +155,11 @@ class World:
 
 
 @pytest.fixture
-async def world(db_url: str, tmp_path: Path) -> AsyncIterator[World]:
+async def world(
+    db_url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[World]:
+    """Simulators plus a running service; ``@pytest.mark.lease_ms(n)`` sets its lease."""
+    lease = request.node.get_closest_marker("lease_ms")
     port = free_port()
     model = ScriptedModelServer()
     chatwoot = ChatwootSimulator(
@@ -177,7 +186,7 @@ async def world(db_url: str, tmp_path: Path) -> AsyncIterator[World]:
         CHATWOOT_BASE_URL=chatwoot_url,
         CHATWOOT_API_TOKEN=TOKEN,
         CHATWOOT_WEBHOOK_SECRET=SECRET,
-        WORKER_LEASE_MS="3000",
+        WORKER_LEASE_MS=str(lease.args[0] if lease else 3000),
         LOG_LEVEL="INFO",
     )
     service = Service(env=env, port=port, log=tmp_path / "service.log")

@@ -7,6 +7,8 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
 from chatbuffer.simulator import payloads
 from tests.e2e.conftest import ACCOUNT, REPLY_BOUND_S, WINDOW_MS, World
 
@@ -121,3 +123,23 @@ async def test_killed_before_the_window_closes_and_restarted_answers_exactly_onc
     assert "#6060" in replies[0]["content"]
     [prompt] = world.prompts()
     assert world.burst_lines(prompt) == ["my order 6060", "is late"]
+
+
+@pytest.mark.lease_ms(10_000)  # the production default
+async def test_a_buffer_held_by_a_killed_worker_is_answered_once_within_15_s(
+    world: World,
+) -> None:
+    world.model.delay_next(30)  # the model is still writing when the process dies
+    await world.say(70, "order 7070, where is it?")
+    asked = await world.wait_for(lambda: bool(world.model.requests), REPLY_BOUND_S)
+    assert asked, "the worker never asked the model"
+    world.service.kill()
+    killed_at = time.monotonic()
+    await world.service.start()
+    replies = await world.wait_for_replies(70, 1, 15)
+    taken_over_s = time.monotonic() - killed_at
+    await asyncio.sleep(0.5)
+    assert len(world.replies(70)) == len(replies) == 1
+    assert taken_over_s <= 15
+    assert "#7070" in replies[0]["content"]
+    assert world.chatwoot.typing_events(ACCOUNT, 70)[-1] == "off"

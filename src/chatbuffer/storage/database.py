@@ -58,12 +58,19 @@ def psycopg_conninfo(url: str) -> str:
 
 def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     """An async engine; on SQLite, WAL plus ``BEGIN IMMEDIATE`` so writers queue instead of fail."""
+    # hide_parameters: a database error must not carry a customer's message into the logs.
     if is_sqlite(url):
-        engine = create_async_engine(async_url(url), connect_args={"timeout": 30})
+        engine = create_async_engine(
+            async_url(url), connect_args={"timeout": 30}, hide_parameters=True
+        )
         _configure_sqlite(engine)
         return engine
     return create_async_engine(
-        async_url(url), pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+        async_url(url),
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        hide_parameters=True,
     )
 
 
