@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+import openai
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -22,7 +23,7 @@ from chatbuffer.ai.openai_model import OpenAIReplyModel
 from chatbuffer.chatwoot.client import ChatwootClient
 from chatbuffer.clock import SystemClock
 from chatbuffer.domain.buffer import BufferPolicy
-from chatbuffer.domain.ports import ChatwootAPI, Clock, Observer, ReplyModel
+from chatbuffer.domain.ports import ChatwootAPI, Clock, Observer, ReplyModel, Transcriber
 from chatbuffer.domain.retry import RetryPolicy
 from chatbuffer.errors import ConfigurationError
 from chatbuffer.intake.webhook import IntakeRules, WebhookIntake
@@ -30,6 +31,8 @@ from chatbuffer.observability.events import FanOut, LoggingObserver
 from chatbuffer.settings import Settings
 from chatbuffer.storage import database
 from chatbuffer.storage.repository import SqlBufferStore
+from chatbuffer.transcription.fetch import AttachmentFetcher
+from chatbuffer.transcription.openai_transcriber import OpenAITranscriber
 from chatbuffer.web.asgi import WebConfig, create_asgi_app
 from chatbuffer.worker import listener
 from chatbuffer.worker.pipeline import Pipeline, PipelineConfig
@@ -68,15 +71,17 @@ class Runtime:
         observers: Sequence[Observer] = (),
         chatwoot: ChatwootAPI | None = None,
         model: ReplyModel | None = None,
+        transcriber: Transcriber | None = None,
     ) -> None:
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
         self.observer = FanOut([LoggingObserver(), *observers])
         self._chatwoot = chatwoot
         self._model = model
+        self._transcriber = transcriber
         self._engine: AsyncEngine | None = None
         self._store: SqlBufferStore | None = None
-        self._owned: list[ChatwootClient | OpenAIReplyModel] = []
+        self._owned: list[ChatwootClient | OpenAIReplyModel | AttachmentFetcher] = []
         self.waker = Waker(self.clock)
         self._intake: WebhookIntake | None = None
 
@@ -143,15 +148,14 @@ class Runtime:
     def asgi(self, *, with_worker: bool) -> FastAPI:
         """The web app; its lifespan opens this runtime (and runs the worker in ``serve``)."""
         secret = self.settings.chatwoot_webhook_secret
-        runtime = self
 
         @asynccontextmanager
         async def lifespan() -> AsyncIterator[None]:
-            async with runtime.opened():
+            async with self.opened():
                 if not with_worker:
                     yield
                     return
-                async with runtime.worker_running():
+                async with self.worker_running():
                     yield
 
         return create_asgi_app(
@@ -168,7 +172,7 @@ class Runtime:
 
     # -- worker ---------------------------------------------------------------------------
 
-    def _adapters(self) -> tuple[ChatwootAPI, ReplyModel]:
+    def _adapters(self) -> tuple[ChatwootAPI, ReplyModel, Transcriber | None]:
         s = self.settings
         chatwoot = self._chatwoot
         if chatwoot is None:
@@ -181,23 +185,35 @@ class Runtime:
             )
             self._owned.append(client)
             chatwoot = client
-        model = self._model
-        if model is None:
-            if s.openai_api_key is None:
-                raise ConfigurationError("OPENAI_API_KEY is required")
-            openai_model = OpenAIReplyModel(
-                base_url=s.openai_base_url,
-                api_key=s.openai_api_key.get_secret_value(),
-                model=s.openai_model,
-                timeout_s=s.ai_processing_timeout_ms / 1000,
+        if s.openai_api_key is None:
+            raise ConfigurationError("OPENAI_API_KEY is required")
+        # One connection pool for the model and the transcriptions; the SDK's own retries are
+        # off because the worker owns retries.
+        openai_client = openai.AsyncOpenAI(
+            base_url=s.openai_base_url,
+            api_key=s.openai_api_key.get_secret_value(),
+            timeout=s.ai_processing_timeout_ms / 1000,
+            max_retries=0,
+        )
+        openai_model = OpenAIReplyModel(model=s.openai_model, client=openai_client)
+        self._owned.append(openai_model)
+        model = self._model or openai_model
+        transcriber: Transcriber | None = self._transcriber
+        if transcriber is None and s.transcription_enabled and s.chatwoot_base_url:
+            fetcher = AttachmentFetcher(
+                chatwoot_base_url=s.chatwoot_base_url,
+                max_bytes=s.attachment_max_bytes,
+                timeout_s=s.attachment_timeout_ms / 1000,
             )
-            self._owned.append(openai_model)
-            model = openai_model
-        return chatwoot, model
+            self._owned.append(fetcher)
+            transcriber = OpenAITranscriber(
+                client=openai_client, model=s.openai_transcription_model, fetcher=fetcher
+            )
+        return chatwoot, model, transcriber
 
     def scheduler(self) -> Scheduler:
         s = self.settings
-        chatwoot, model = self._adapters()
+        chatwoot, model, transcriber = self._adapters()
         pipeline = Pipeline(
             store=self.store,
             chatwoot=chatwoot,
@@ -205,6 +221,7 @@ class Runtime:
             clock=self.clock,
             observer=self.observer,
             flags=self._flags.get,
+            transcriber=transcriber,
             config=PipelineConfig(
                 quality_threshold=s.response_quality_threshold,
                 typing_enabled=s.chatwoot_typing_indicator_enabled,

@@ -24,17 +24,18 @@ from chatbuffer.domain.ports import EventName
 from chatbuffer.settings import load_settings
 from chatbuffer.simulator import payloads
 from chatbuffer.simulator.chatwoot import ChatwootSimulator
-from chatbuffer.simulator.model import ScriptedModelServer
+from chatbuffer.simulator.model import ScriptedModelServer, voice_note
 from chatbuffer.simulator.server import serve_in_background
 from chatbuffer.storage import database
 
 ACCOUNT_ID = 1
 CONVERSATION_ID = 1532
+# (seconds after the previous message, what the contact sends, whether it is a voice note)
 BURST = [
-    (0.0, "hi"),
-    (0.8, "I ordered a blue jacket last week"),
-    (1.1, "it still hasn't arrived 😕"),
-    (0.7, "order 4411"),
+    (0.0, "hi", False),
+    (0.8, "I ordered a blue jacket last week", False),
+    (1.1, "it still hasn't arrived, can you check?", True),
+    (0.7, "order 4411", False),
 ]
 REPLY_GRACE_S = 15.0
 NOTABLE = frozenset({"message_duplicate", "attempt_failed", "buffer_failed", "handoff", "no_reply"})
@@ -132,18 +133,24 @@ async def _demo(database_url: str, window_ms: int) -> int:
         f"(production default 30s); SQLite database in a temporary folder\n"
     )
     try:
-        for message_id, (gap, text) in enumerate(BURST, start=90_812):
+        for message_id, (gap, text, spoken) in enumerate(BURST, start=90_812):
             await asyncio.sleep(gap)
-            timeline.line(f"contact     {text!r}")
-            delivery = await chatwoot.send_webhook(
-                payloads.incoming_text(
-                    account_id=ACCOUNT_ID,
-                    conversation_id=CONVERSATION_ID,
-                    message_id=message_id,
-                    content=text,
-                    created_at=datetime.now(UTC),
+            common: dict[str, Any] = {
+                "account_id": ACCOUNT_ID,
+                "conversation_id": CONVERSATION_ID,
+                "message_id": message_id,
+                "created_at": datetime.now(UTC),
+            }
+            if spoken:
+                timeline.line(f"contact     [voice note, Chatwoot has no transcript] {text!r}")
+                path = chatwoot.add_file(f"voice-{message_id}.ogg", voice_note(text))
+                body = payloads.incoming_attachment(
+                    **common, file_type="audio", data_url=f"{chatwoot_url}{path}"
                 )
-            )
+            else:
+                timeline.line(f"contact     {text!r}")
+                body = payloads.incoming_text(**common, content=text)
+            delivery = await chatwoot.send_webhook(body)
             if delivery.status_code != 200:
                 why = delivery.status_code or delivery.error
                 print(f"chatbuffer demo: the service refused a webhook ({why})", file=sys.stderr)
@@ -158,7 +165,8 @@ async def _demo(database_url: str, window_ms: int) -> int:
         seen = [line[2:] for line in str(prompt).splitlines() if line.startswith("- ")]
         print(
             f"\nChatwoot received {len(replies)} reply for {len(BURST)} messages "
-            f"(typing: {' -> '.join(typing) or 'none'}); the model was asked once "
+            f"(typing: {' -> '.join(typing) or 'none'}); the voice note was transcribed "
+            f"({len(model.transcriptions)} call); the model was asked once "
             f"({len(model.requests)} call) and saw, in order:"
         )
         for line in seen[: len(BURST)]:

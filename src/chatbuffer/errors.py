@@ -9,7 +9,8 @@
     │   └── MalformedPayload        400 / 422
     └── DependencyError             a call to something outside failed; retried by the worker
         ├── ChatwootError           the Chatwoot API failed or refused a call
-        └── ModelError              the LLM failed, timed out or answered something unusable
+        ├── ModelError              the LLM failed, timed out or answered something unusable
+        └── TranscriptionError      a voice note could not be fetched or transcribed
 
 Adapters translate foreign exceptions (httpx2, openai, sqlalchemy) into this tree at their edge,
 so the worker decides retries from our types only.
@@ -80,3 +81,11 @@ class ChatwootError(DependencyError):
 
 class ModelError(DependencyError):
     """The LLM failed, timed out, or answered with something that is not a usable decision."""
+
+
+class TranscriptionError(DependencyError):
+    """A voice note could not be downloaded or transcribed.
+
+    Not retryable when the attachment itself is the problem (not on the Chatwoot host, too large,
+    gone): the burst is then answered with a marker in place of the transcript.
+    """

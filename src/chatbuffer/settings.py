@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     openai_api_key: SecretStr | None = None
     openai_model: str = "gpt-4o-mini"
     ai_processing_timeout_ms: int = Field(30_000, ge=100)
+    transcription_enabled: bool = True
+    openai_transcription_model: str = "whisper-1"
+    attachment_max_bytes: int = Field(25 * 1024 * 1024, ge=1_024)
+    attachment_timeout_ms: int = Field(15_000, ge=100)
     response_quality_threshold: float = Field(0.7, ge=0.0, le=1.0)
 
     chatwoot_base_url: str | None = None

@@ -101,6 +101,8 @@ class World:
     chatwoot: ChatwootSimulator
     model: ScriptedModelServer
     service: Service
+    chatwoot_url: str
+    model_url: str
     next_message_id: int = 5000
 
     async def say(
@@ -192,7 +194,13 @@ async def world(
     service = Service(env=env, port=port, log=tmp_path / "service.log")
     await service.start()
     try:
-        yield World(chatwoot=chatwoot, model=model, service=service)
+        yield World(
+            chatwoot=chatwoot,
+            model=model,
+            service=service,
+            chatwoot_url=chatwoot_url,
+            model_url=model_url,
+        )
     finally:
         service.stop()
         await stop_chatwoot()

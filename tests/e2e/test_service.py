@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from chatbuffer.simulator import payloads
+from chatbuffer.simulator.model import voice_note
 from tests.e2e.conftest import ACCOUNT, REPLY_BOUND_S, WINDOW_MS, World
 
 QUIET_CHECK_S = WINDOW_MS / 1000 + 1.5
@@ -143,3 +144,42 @@ async def test_a_buffer_held_by_a_killed_worker_is_answered_once_within_15_s(
     assert taken_over_s <= 15
     assert "#7070" in replies[0]["content"]
     assert world.chatwoot.typing_events(ACCOUNT, 70)[-1] == "off"
+
+
+async def test_a_voice_note_chatwoot_did_not_transcribe_is_transcribed_from_chatwoot(
+    world: World,
+) -> None:
+    path = world.chatwoot.add_file("note.ogg", voice_note("my order 8080 never came"))
+    await world.say(80, "hello")
+    body = payloads.incoming_attachment(
+        account_id=ACCOUNT,
+        conversation_id=80,
+        message_id=9200,
+        created_at=datetime.now(UTC),
+        file_type="audio",
+        data_url=f"{world.chatwoot_url}{path}",
+    )
+    assert await world.deliver(body) == 200
+    [reply] = await world.wait_for_replies(80, 1, REPLY_BOUND_S + 1)
+    assert "#8080" in reply["content"]
+    [prompt] = world.prompts()
+    assert world.burst_lines(prompt) == ["hello", "[voice note] my order 8080 never came"]
+    downloads = [r for r in world.chatwoot.requests if r.path.startswith("/rails/")]
+    assert len(downloads) == 2  # the redirect and the file
+    assert all("api_access_token" not in r.headers for r in downloads)
+
+
+async def test_a_voice_note_pointing_off_chatwoot_is_not_fetched(world: World) -> None:
+    body = payloads.incoming_attachment(
+        account_id=ACCOUNT,
+        conversation_id=81,
+        message_id=9201,
+        created_at=datetime.now(UTC),
+        file_type="audio",
+        data_url=f"{world.model_url}/v1/audio/secret.ogg",
+    )
+    assert await world.deliver(body) == 200
+    await world.wait_for_replies(81, 1, REPLY_BOUND_S)
+    assert world.model.transcriptions == []
+    [prompt] = world.prompts()
+    assert world.burst_lines(prompt) == ["[voice note] (voice note; no transcript available)"]

@@ -9,12 +9,13 @@ from sqlalchemy import select, update
 
 from chatbuffer.domain.aggregation import Prompt
 from chatbuffer.domain.buffer import BufferPolicy
-from chatbuffer.domain.model import ConversationKey, InboundMessage, ModelDecision
+from chatbuffer.domain.model import Attachment, ConversationKey, InboundMessage, ModelDecision
 from chatbuffer.domain.retry import RetryPolicy
-from chatbuffer.errors import ChatwootError, ModelError
+from chatbuffer.errors import ChatwootError, ModelError, TranscriptionError
 from chatbuffer.storage.tables import (
     bot_replies,
     buffer_processing_jobs,
+    buffered_messages,
     feature_flags,
     message_buffer,
 )
@@ -50,7 +51,7 @@ def decision(confidence: float = 0.9, should: bool = True) -> ModelDecision:
 
 
 class Harness:
-    def __init__(self, store, script) -> None:
+    def __init__(self, store, script, transcriber=None) -> None:
         self.store = store
         self.clock = FakeClock()
         self.chatwoot = RecordingChatwoot()
@@ -62,6 +63,7 @@ class Harness:
             model=self.model,
             clock=self.clock,
             observer=self.observer,
+            transcriber=transcriber,
             config=PipelineConfig(
                 quality_threshold=0.7,
                 typing_enabled=True,
@@ -204,3 +206,78 @@ async def test_typing_flag_switches_typing_off(store, flag: str, expect_typing: 
     await h.run_due()
     assert bool(h.chatwoot.typing) is expect_typing
     assert len(h.chatwoot.sent) == 1
+
+
+class Transcripts:
+    """A transcriber that answers from a table, or raises what it is given."""
+
+    def __init__(self, answers: dict[str, str | Exception]) -> None:
+        self.answers = answers
+        self.calls: list[str] = []
+
+    async def transcribe(self, attachment: Attachment) -> str:
+        assert attachment.data_url is not None
+        self.calls.append(attachment.data_url)
+        answer = self.answers[attachment.data_url]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def voice(mid: int, url: str, transcript: str | None = None) -> InboundMessage:
+    return InboundMessage(
+        key=KEY,
+        chatwoot_message_id=mid,
+        content=None,
+        kind="audio",
+        content_type="text",
+        received_at=datetime(2026, 1, 1, tzinfo=UTC),
+        attachments=(Attachment(file_type="audio", data_url=url, transcript=transcript),),
+    )
+
+
+async def test_voice_notes_without_a_transcript_are_transcribed_once_and_kept(store) -> None:
+    transcripts = Transcripts({"https://cw/a.ogg": "my parcel is late"})
+    h = Harness(store, lambda prompt: decision(), transcripts)
+    await h.store.record_incoming(message(1, "hi"), POLICY, h.clock.now())
+    await h.store.record_incoming(voice(2, "https://cw/a.ogg"), POLICY, h.clock.now())
+    await h.store.record_incoming(
+        voice(3, "https://cw/b.ogg", transcript="already transcribed by Chatwoot"),
+        POLICY,
+        h.clock.now(),
+    )
+    await h.run_due()
+    assert transcripts.calls == ["https://cw/a.ogg"]
+    [prompt] = h.model.prompts
+    lines = [line for line in prompt.user.splitlines() if line.startswith("- [voice")]
+    assert lines[:2] == [
+        "- [voice note] my parcel is late",
+        "- [voice note] already transcribed by Chatwoot",
+    ]
+    stored = {r.chatwoot_message_id: r.attachments for r in await h.table(buffered_messages)}
+    assert stored[2][0]["transcript"] == "my parcel is late"
+
+
+async def test_an_untranscribable_voice_note_is_answered_with_a_marker(store) -> None:
+    refused = TranscriptionError("not on the Chatwoot host", retryable=False)
+    h = Harness(store, lambda prompt: decision(), Transcripts({"https://evil/x.ogg": refused}))
+    await h.store.record_incoming(voice(1, "https://evil/x.ogg"), POLICY, h.clock.now())
+    await h.run_due()
+    [prompt] = h.model.prompts
+    assert "- [voice note] (voice note; no transcript available)" in prompt.user
+    assert len(h.chatwoot.sent) == 1
+
+
+async def test_a_passing_transcription_failure_retries_the_buffer(store) -> None:
+    transcripts = Transcripts({"https://cw/a.ogg": TranscriptionError("timed out")})
+    h = Harness(store, lambda prompt: decision(), transcripts)
+    await h.store.record_incoming(voice(1, "https://cw/a.ogg"), POLICY, h.clock.now())
+    await h.run_due()
+    assert h.model.prompts == []
+    [row] = await h.table(buffer_processing_jobs)
+    assert (row.status, row.error_message) == ("scheduled", "timed out")
+    transcripts.answers["https://cw/a.ogg"] = "second time lucky"
+    h.clock.advance(2)
+    [again] = await h.store.claim_due(h.clock.now(), "w1", LEASE, 10)
+    await h.pipeline.process(again, "w1")
+    assert "- [voice note] second time lucky" in h.model.prompts[0].user

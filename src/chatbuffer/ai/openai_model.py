@@ -29,23 +29,13 @@ class _DecisionWire(BaseModel):
 class OpenAIReplyModel:
     """Implements :class:`chatbuffer.domain.ports.ReplyModel`.
 
-    The SDK's own retries are off: the worker owns retries, so one policy (and one attempt count
-    on the job) covers every failure.
+    Build the client with ``max_retries=0``: the worker owns retries, so one policy (and one
+    attempt count on the job) covers every failure.
     """
 
-    def __init__(
-        self,
-        *,
-        base_url: str,
-        api_key: str,
-        model: str,
-        timeout_s: float,
-        client: openai.AsyncOpenAI | None = None,
-    ) -> None:
+    def __init__(self, *, model: str, client: openai.AsyncOpenAI) -> None:
         self._model = model
-        self._client = client or openai.AsyncOpenAI(
-            base_url=base_url, api_key=api_key, timeout=timeout_s, max_retries=0
-        )
+        self._client = client
 
     async def aclose(self) -> None:
         await self._client.close()

@@ -50,6 +50,12 @@ class ChatwootAPI(Protocol):
     async def set_status(self, key: ConversationKey, status: str) -> None: ...
 
 
+class Transcriber(Protocol):
+    """Turns a voice note into text."""
+
+    async def transcribe(self, attachment: Attachment) -> str: ...
+
+
 class ReplyModel(Protocol):
     """Writes the decision for one burst."""
 

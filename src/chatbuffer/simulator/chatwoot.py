@@ -34,6 +34,7 @@ _Handler = Callable[["RecordedRequest", int, int], Awaitable[Response]]
 
 _CONVERSATION_PATH = r"/api/v1/accounts/(?P<account>\d+)/conversations/(?P<conversation>\d+)"
 _FIRST_MESSAGE_ID = 10_000
+_FILES_PREFIX = "/rails/active_storage/"
 _WEBHOOK_TIMEOUT_S = 5.0  # Chatwoot's default WEBHOOK_TIMEOUT
 _STATUSES = frozenset({"open", "resolved", "pending", "snoozed"})
 
@@ -110,6 +111,7 @@ class ChatwootSimulator:
         self._message_ids = itertools.count(_FIRST_MESSAGE_ID)
         self._conversations: dict[tuple[int, int], _Conversation] = {}
         self._faults: list[_Fault] = []
+        self._files: dict[str, tuple[str, bytes, str]] = {}
         self.requests: list[RecordedRequest] = []
         self.violations: list[Violation] = []
         self.deliveries: list[WebhookDelivery] = []
@@ -223,6 +225,9 @@ class ChatwootSimulator:
             json=parsed,
         )
         self.requests.append(recorded)
+        if recorded.path.startswith(_FILES_PREFIX):
+            # File downloads are signed ActiveStorage URLs, not API calls: no token, no spec.
+            return self._serve_file(recorded)
 
         problems = ["request body is not valid JSON"] if malformed else []
         if self._validator is not None:
@@ -253,6 +258,27 @@ class ChatwootSimulator:
             if match and method == recorded.method:
                 return await handler(recorded, int(match["account"]), int(match["conversation"]))
         return JSONResponse({"error": "Resource could not be found"}, status_code=404)
+
+    def add_file(self, name: str, content: bytes, content_type: str = "audio/ogg") -> str:
+        """Store an attachment; return its ``data_url`` path (prefix it with the base URL).
+
+        Like Chatwoot's, the URL answers with a redirect to where the bytes are stored.
+        """
+        token = uuid.uuid4().hex
+        self._files[token] = (name, content, content_type)
+        return f"{_FILES_PREFIX}blobs/redirect/{token}/{name}"
+
+    def _serve_file(self, request: RecordedRequest) -> Response:
+        parts = request.path.removeprefix(_FILES_PREFIX).split("/")
+        if request.method != "GET" or len(parts) != 4 or parts[2] not in self._files:
+            return JSONResponse({"error": "Resource could not be found"}, status_code=404)
+        kind, _, token, name = parts
+        if kind == "blobs":
+            return Response(
+                status_code=302, headers={"Location": f"{_FILES_PREFIX}disk/x/{token}/{name}"}
+            )
+        _, content, content_type = self._files[token]
+        return Response(content, media_type=content_type)
 
     def _take_fault(self, path: str) -> _Fault | None:
         for fault in self._faults:

@@ -16,11 +16,20 @@ from typing import Any, TypeVar
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 Script = Callable[[list[dict[str, Any]]], dict[str, Any] | str]
 
+VOICE_MAGIC = b"CHATBUFFER-SIMULATED-VOICE:"
+
+
+def voice_note(text: str) -> bytes:
+    """Bytes standing in for a recording of ``text``; the simulator transcribes them back."""
+    return VOICE_MAGIC + text.encode()
+
+
+_BURST_HEADING = "Combined message content:\n"
 _ORDER_NUMBER = re.compile(r"#?\b(\d{4,})\b")
 
 
@@ -42,6 +51,10 @@ def support_agent(messages: list[dict[str, Any]]) -> dict[str, Any]:
     message (lines starting with ``- ``, else the whole text) and names any order numbers."""
     user_texts = [_text_of(m.get("content")) for m in messages if m.get("role") == "user"]
     text = user_texts[-1] if user_texts else ""
+    # chatbuffer's prompt lists the burst under this heading; other sections (transcripts,
+    # history) repeat or predate it.
+    if _BURST_HEADING in text:
+        text = text.split(_BURST_HEADING, 1)[1].split("\n\n", 1)[0]
     points = [
         line.strip()[2:].strip() for line in text.splitlines() if line.strip().startswith("- ")
     ] or ([text.strip()] if text.strip() else [])
@@ -97,8 +110,12 @@ class ScriptedModelServer:
         self._failures: list[_Failure] = []
         self._delays: list[_Delay] = []
         self.requests: list[dict[str, Any]] = []
+        self.transcriptions: list[str] = []
         self.app = Starlette(
-            routes=[Route("/v1/chat/completions", self._complete, methods=["POST"])]
+            routes=[
+                Route("/v1/chat/completions", self._complete, methods=["POST"]),
+                Route("/v1/audio/transcriptions", self._transcribe, methods=["POST"]),
+            ]
         )
 
     def fail_next(self, status: int, *, times: int = 1, retry_after: int | None = None) -> None:
@@ -108,6 +125,18 @@ class ScriptedModelServer:
     def delay_next(self, seconds: float, *, times: int = 1) -> None:
         """Hold the next ``times`` completions for ``seconds`` before answering."""
         self._delays.append(_Delay(seconds, times))
+
+    async def _transcribe(self, request: Request) -> Response:
+        """A deterministic speech-to-text: audio made by :func:`voice_note` says its text."""
+        # The context closes the spooled upload file; left open it warns when collected.
+        async with request.form() as form:
+            upload = form.get("file")
+            if upload is None or isinstance(upload, str):
+                return _error(400, "'file' is required.", "invalid_request_error")
+            audio = await upload.read()
+            self.transcriptions.append(upload.filename or "")
+        text = audio.removeprefix(VOICE_MAGIC).decode() if audio.startswith(VOICE_MAGIC) else ""
+        return PlainTextResponse(text)
 
     async def _complete(self, request: Request) -> Response:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from chatbuffer.domain import aggregation, decision
-from chatbuffer.domain.model import HandOff, SendReply, StaySilent
+from chatbuffer.domain.model import HandOff, InboundMessage, SendReply, StaySilent
 from chatbuffer.domain.ports import (
     BufferContents,
     BufferStore,
@@ -18,9 +18,10 @@ from chatbuffer.domain.ports import (
     Observer,
     PostedMessage,
     ReplyModel,
+    Transcriber,
 )
 from chatbuffer.domain.retry import RetryPolicy
-from chatbuffer.errors import ChatwootError, DependencyError
+from chatbuffer.errors import ChatwootError, DependencyError, TranscriptionError
 from chatbuffer.intake.webhook import REPLY_MARKER
 
 logger = logging.getLogger(__name__)
@@ -47,8 +48,10 @@ class Pipeline:
         observer: Observer,
         config: PipelineConfig,
         flags: Callable[[], Awaitable[Mapping[str, bool]]] | None = None,
+        transcriber: Transcriber | None = None,
     ) -> None:
         self._store = store
+        self._transcriber = transcriber
         self._flags = flags or store.flags
         self._chatwoot = chatwoot
         self._model = model
@@ -92,8 +95,9 @@ class Pipeline:
     async def _answer(
         self, job: ClaimedJob, owner: str, contents: BufferContents, flags: Mapping[str, bool]
     ) -> None:
+        burst = await self._transcribe(contents.messages)
         prompt = aggregation.build_prompt(
-            contents.messages,
+            burst,
             contents.history,
             include_history=flags.get("enhanced_ai_processing", True),
         )
@@ -138,6 +142,45 @@ class Pipeline:
             self._observer.event(
                 "no_reply", key, buffer_id=str(job.buffer_id), reason=outcome.reason
             )
+
+    async def _transcribe(self, messages: Sequence[InboundMessage]) -> list[InboundMessage]:
+        """Fill in the transcripts Chatwoot did not provide, and keep them for retries.
+
+        A voice note that cannot be transcribed for good (not on the Chatwoot host, too large,
+        refused) is left without a transcript, and the model is told so; a passing failure
+        raises, so the whole buffer is retried.
+        """
+        if self._transcriber is None:
+            return list(messages)
+        done: list[InboundMessage] = []
+        for message in messages:
+            attachments = list(message.attachments)
+            changed = False
+            for i, attachment in enumerate(attachments):
+                if attachment.file_type != "audio" or attachment.transcript:
+                    continue
+                try:
+                    text = await self._transcriber.transcribe(attachment)
+                except TranscriptionError as exc:
+                    if exc.retryable:
+                        raise
+                    logger.warning(
+                        "voice note %s of %s not transcribed: %s",
+                        message.chatwoot_message_id,
+                        message.key,
+                        exc,
+                    )
+                    continue
+                if text:
+                    attachments[i] = replace(attachment, transcript=text)
+                    changed = True
+            if changed:
+                message = replace(message, attachments=tuple(attachments))
+                await self._store.update_attachments(
+                    message.key, message.chatwoot_message_id, message.attachments
+                )
+            done.append(message)
+        return done
 
     async def _typing(self, job: ClaimedJob, *, on: bool) -> None:
         # Typing is a courtesy: its failure must never cost the reply.

@@ -1,0 +1,1 @@
+"""Adapters that turn voice notes into text."""

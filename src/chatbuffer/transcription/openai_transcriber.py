@@ -1,0 +1,49 @@
+"""``OpenAITranscriber``: Whisper-style transcription through the official ``openai`` SDK."""
+
+from __future__ import annotations
+
+import openai
+
+from chatbuffer.domain.model import Attachment
+from chatbuffer.errors import TranscriptionError
+from chatbuffer.transcription.fetch import AttachmentFetcher
+
+
+class OpenAITranscriber:
+    """Implements :class:`chatbuffer.domain.ports.Transcriber` with ``audio.transcriptions``.
+
+    Works with any endpoint that speaks OpenAI's transcription API (OpenAI, Groq, a local
+    faster-whisper server).
+    """
+
+    def __init__(
+        self, *, client: openai.AsyncOpenAI, model: str, fetcher: AttachmentFetcher
+    ) -> None:
+        self._client = client
+        self._model = model
+        self._fetcher = fetcher
+
+    async def transcribe(self, attachment: Attachment) -> str:
+        if not attachment.data_url:
+            raise TranscriptionError("the voice note has no download URL", retryable=False)
+        download = await self._fetcher.fetch(attachment.data_url)
+        try:
+            result = await self._client.audio.transcriptions.create(
+                model=self._model,
+                file=(download.filename, download.content, download.content_type or "audio/ogg"),
+                response_format="text",
+            )
+        except openai.APITimeoutError as exc:
+            raise TranscriptionError("the transcription did not finish in time") from exc
+        except openai.APIStatusError as exc:
+            status = exc.status_code
+            raise TranscriptionError(
+                f"the transcription endpoint answered {status}",
+                retryable=status >= 500 or status in {408, 409, 429},
+            ) from exc
+        except openai.APIError as exc:
+            raise TranscriptionError(
+                f"could not reach the transcription endpoint: {type(exc).__name__}"
+            ) from exc
+        text = result if isinstance(result, str) else getattr(result, "text", "")
+        return str(text).strip()
