@@ -143,6 +143,7 @@ class Runtime:
             ),
             policy=self.buffer_policy,
             on_scheduled=self.waker.poke,
+            human_pause=timedelta(milliseconds=self.settings.human_takeover_pause_ms),
         )
 
     def asgi(self, *, with_worker: bool) -> FastAPI:

@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     chatwoot_timeout_ms: int = Field(10_000, ge=100)
 
     bot_active_statuses: str = "pending"
+    human_takeover_pause_ms: int = Field(3_600_000, ge=0)
 
     worker_concurrency: int = Field(64, ge=1, le=1_000)
     worker_lease_ms: int = Field(10_000, ge=1_000)

@@ -183,3 +183,26 @@ async def test_a_voice_note_pointing_off_chatwoot_is_not_fetched(world: World) -
     assert world.model.transcriptions == []
     [prompt] = world.prompts()
     assert world.burst_lines(prompt) == ["[voice note] (voice note; no transcript available)"]
+
+
+async def test_after_a_human_answers_the_bot_stays_out_until_handed_back(world: World) -> None:
+    agent = payloads.agent_reply(
+        account_id=ACCOUNT,
+        conversation_id=90,
+        message_id=9300,
+        content="Hi, Bruno here, I'll take it from now.",
+        created_at=datetime.now(UTC),
+    )
+    assert await world.deliver(agent) == 200
+    await world.say(90, "thanks Bruno, order 9090 is the one")
+    await asyncio.sleep(QUIET_CHECK_S)
+    assert world.replies(90) == []
+    assert world.model.requests == []
+    # The agent hands the conversation back to the bot.
+    back = payloads.conversation_status_changed(
+        account_id=ACCOUNT, conversation_id=90, status="pending"
+    )
+    assert await world.deliver(back) == 200
+    await world.say(90, "bot, are you there? order 9191")
+    [reply] = await world.wait_for_replies(90, 1, REPLY_BOUND_S)
+    assert "#9191" in reply["content"]

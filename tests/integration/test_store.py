@@ -215,6 +215,30 @@ async def test_human_takeover_cancels_open_and_processing_buffers(store) -> None
     assert await store.cancel_open(KEY, clock.now(), "again") == 0
 
 
+async def test_a_human_takeover_keeps_the_bot_out_until_the_pause_ends(store) -> None:
+    clock = FakeClock()
+    await store.record_incoming(message(1), POLICY, clock.now())
+    until = clock.now() + timedelta(minutes=60)
+    assert await store.cancel_open(KEY, clock.now(), "a human agent answered", until) == 1
+    clock.advance(60)
+    paused = await store.record_incoming(message(2), POLICY, clock.now())
+    assert not paused.stored and paused.human_active_until == until
+    assert len(await rows(store, buffered_messages)) == 1
+    clock.advance(timedelta(minutes=60))
+    later = await store.record_incoming(message(3), POLICY, clock.now())
+    assert later.stored and later.opened_buffer
+
+
+async def test_a_pause_is_set_even_with_nothing_to_cancel_and_can_be_lifted(store) -> None:
+    clock = FakeClock()
+    until = clock.now() + timedelta(minutes=60)
+    assert await store.cancel_open(KEY, clock.now(), "a human agent answered", until) == 0
+    assert not (await store.record_incoming(message(1), POLICY, clock.now())).stored
+    assert await store.resume_bot(KEY, clock.now())
+    assert not await store.resume_bot(KEY, clock.now())
+    assert (await store.record_incoming(message(1), POLICY, clock.now())).stored
+
+
 async def test_history_holds_earlier_bursts_and_replies_in_order(store) -> None:
     clock = FakeClock()
     await store.record_incoming(message(1, text="where is my order?"), POLICY, clock.now())

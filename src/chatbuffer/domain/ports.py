@@ -94,6 +94,8 @@ class IntakeResult:
     message_count: int
     due_at: datetime | None
     closed: bool
+    #: Set when the message was not buffered because a human is handling the conversation.
+    human_active_until: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +141,15 @@ class BufferStore(Protocol):
         self, key: ConversationKey, chatwoot_message_id: int, attachments: Sequence[Attachment]
     ) -> bool: ...
 
-    async def cancel_open(self, key: ConversationKey, now: datetime, reason: str) -> int: ...
+    async def cancel_open(
+        self,
+        key: ConversationKey,
+        now: datetime,
+        reason: str,
+        pause_until: datetime | None = None,
+    ) -> int: ...
+
+    async def resume_bot(self, key: ConversationKey, now: datetime) -> bool: ...
 
     async def claim_due(
         self, now: datetime, owner: str, lease: timedelta, limit: int

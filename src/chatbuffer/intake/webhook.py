@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -52,11 +52,22 @@ class UpdateAttachments:
 
 @dataclass(frozen=True, slots=True)
 class CancelBuffers:
+    """Drop the pending answer; ``human`` also keeps the bot out for a while."""
+
     key: ConversationKey
     reason: str
+    human: bool = False
 
 
-Action = Ignore | Buffer | UpdateAttachments | CancelBuffers
+@dataclass(frozen=True, slots=True)
+class ResumeBot:
+    """The conversation was handed back to the bot: end a human takeover pause."""
+
+    key: ConversationKey
+    status: str
+
+
+Action = Ignore | Buffer | UpdateAttachments | CancelBuffers | ResumeBot
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +118,10 @@ def classify(
         key = ConversationKey(account_id, parsed.id)
         if parsed.status and parsed.status not in rules.active_statuses:
             return CancelBuffers(key, f"conversation became {parsed.status}")
+        # Only a real status change hands a conversation back; conversation_updated also fires
+        # for a human's reply (first_reply_created_at, waiting_since) with the status unchanged.
+        if parsed.event == "conversation_status_changed" and parsed.status:
+            return ResumeBot(key, parsed.status)
         return Ignore("conversation change needs no action")
     key = ConversationKey(account_id, parsed.conversation.id)
     return _classify_message(parsed, key, rules, now)
@@ -125,7 +140,7 @@ def _classify_message(
         if event.event == "message_created" and (
             sender_type == "user" or attributes.get("external_echo") is True
         ):
-            return CancelBuffers(key, "a human agent answered")
+            return CancelBuffers(key, "a human agent answered", human=True)
         return Ignore("outgoing message")
     if event.message_type != "incoming":
         return Ignore(f"{event.message_type} message")
@@ -183,7 +198,9 @@ class WebhookIntake:
         rules: IntakeRules,
         policy: Callable[[], Awaitable[BufferPolicy]],
         on_scheduled: Callable[[datetime], None] | None = None,
+        human_pause: timedelta = timedelta(0),
     ) -> None:
+        self._human_pause = human_pause
         self._store = store
         self._clock = clock
         self._observer = observer
@@ -196,8 +213,17 @@ class WebhookIntake:
         action = classify(parse(body), self._rules, now)
         if isinstance(action, Ignore):
             return {"status": "ignored", "reason": action.reason}
+        if isinstance(action, ResumeBot):
+            resumed = await self._store.resume_bot(action.key, now)
+            return {
+                "status": "resumed" if resumed else "ignored",
+                "reason": f"conversation became {action.status}",
+            }
         if isinstance(action, CancelBuffers):
-            cancelled = await self._store.cancel_open(action.key, now, action.reason)
+            pause_until = now + self._human_pause if action.human and self._human_pause else None
+            cancelled = await self._store.cancel_open(
+                action.key, now, action.reason, pause_until=pause_until
+            )
             if cancelled:
                 self._observer.event(
                     "buffer_cancelled", action.key, reason=action.reason, buffers=cancelled
@@ -213,6 +239,12 @@ class WebhookIntake:
     async def _buffer(self, message: InboundMessage, now: datetime) -> Mapping[str, Any]:
         result = await self._store.record_incoming(message, await self._policy(), now)
         key = message.key
+        if result.human_active_until is not None:
+            return {
+                "status": "ignored",
+                "reason": "a human agent is handling this conversation",
+                "until": result.human_active_until.isoformat(),
+            }
         if not result.stored:
             self._observer.event("message_duplicate", key, message_id=message.chatwoot_message_id)
             return {"status": "duplicate", "message_id": message.chatwoot_message_id}

@@ -94,7 +94,17 @@ class SqlBufferStore:
     ) -> IntakeResult:
         key = _key(message.key)
         async with self._engine.begin() as conn:
-            await self._lock_conversation(conn, message.key, now)
+            human_until = await self._lock_conversation(conn, message.key, now)
+            if human_until is not None and now < human_until:
+                return IntakeResult(
+                    stored=False,
+                    buffer_id=None,
+                    opened_buffer=False,
+                    message_count=0,
+                    due_at=None,
+                    closed=False,
+                    human_active_until=human_until,
+                )
             if await conn.scalar(
                 sql.MESSAGE_EXISTS, {**key, "p_message_id": message.chatwoot_message_id}
             ):
@@ -156,10 +166,13 @@ class SqlBufferStore:
 
     async def _lock_conversation(
         self, conn: AsyncConnection, key: ConversationKey, now: datetime
-    ) -> None:
+    ) -> datetime | None:
+        """Lock (creating if needed) the conversation row; return its ``human_active_until``."""
         params = _key(key)
-        if await conn.scalar(sql.LOCK_CONVERSATION, params) is not None:
-            return
+        found = (await conn.execute(sql.LOCK_CONVERSATION, params)).first()
+        if found is not None:
+            human_until: datetime | None = found.human_active_until
+            return human_until
         row = {
             "id": uuid.uuid4(),
             "account_id": key.account_id,
@@ -171,9 +184,10 @@ class SqlBufferStore:
             # Two first messages of a new conversation may race here; one insert wins and
             # both then queue on the row lock.
             await conn.execute(sql.INSERT_CONVERSATION_PG, row)
-            await conn.scalar(sql.LOCK_CONVERSATION, params)
-        else:
-            await conn.execute(sql.INSERT_CONVERSATION, row)
+            locked = (await conn.execute(sql.LOCK_CONVERSATION, params)).first()
+            return locked.human_active_until if locked is not None else None
+        await conn.execute(sql.INSERT_CONVERSATION, row)
+        return None
 
     async def _active_buffer(
         self, conn: AsyncConnection, key: dict[str, Any]
@@ -271,17 +285,32 @@ class SqlBufferStore:
             )
             return bool(result.rowcount)
 
-    async def cancel_open(self, key: ConversationKey, now: datetime, reason: str) -> int:
-        """Cancel the conversation's unanswered buffers: a person is answering instead."""
-        params = {**_key(key), "p_now": now, "p_reason": reason}
+    async def cancel_open(
+        self,
+        key: ConversationKey,
+        now: datetime,
+        reason: str,
+        pause_until: datetime | None = None,
+    ) -> int:
+        """Cancel the conversation's unanswered buffers; with ``pause_until``, keep the bot
+        out of the conversation until then (a person is answering instead)."""
+        params = {**_key(key), "p_now": now, "p_reason": reason, "p_until": pause_until}
         async with self._engine.begin() as conn:
             await self._lock_conversation(conn, key, now)
+            if pause_until is not None:
+                await conn.execute(sql.PAUSE_BOT, params)
             cancelled = (await conn.execute(sql.CANCEL_BUFFERS, params)).scalars().all()
             if not cancelled:
                 return 0
             await conn.execute(sql.CANCEL_JOBS, {**params, "p_buffer_ids": list(cancelled)})
             await conn.execute(sql.CONVERSATION_IDLE, params)
             return len(cancelled)
+
+    async def resume_bot(self, key: ConversationKey, now: datetime) -> bool:
+        """End a human takeover pause early (the conversation was handed back to the bot)."""
+        async with self._engine.begin() as conn:
+            result = await conn.execute(sql.RESUME_BOT, {**_key(key), "p_now": now})
+            return bool(result.rowcount)
 
     # -- worker ---------------------------------------------------------------------------
 

@@ -59,7 +59,11 @@ CONVERSATION = and_(
 
 # -- intake -----------------------------------------------------------------------------------
 
-LOCK_CONVERSATION = select(conversations.c.id).where(CONVERSATION).with_for_update()
+LOCK_CONVERSATION = (
+    select(conversations.c.id, conversations.c.human_active_until)
+    .where(CONVERSATION)
+    .with_for_update()
+)
 INSERT_CONVERSATION = insert(conversations)
 INSERT_CONVERSATION_PG = pg_insert(conversations).on_conflict_do_nothing()
 
@@ -149,6 +153,18 @@ CANCEL_JOBS = (
         processed_at=_time("p_now"),
         updated_at=_time("p_now"),
     )
+)
+
+PAUSE_BOT = (
+    update(conversations)
+    .where(CONVERSATION)
+    .values(human_active_until=_time("p_until"), updated_at=_time("p_now"))
+)
+
+RESUME_BOT = (
+    update(conversations)
+    .where(CONVERSATION, conversations.c.human_active_until.is_not(None))
+    .values(human_active_until=None, updated_at=_time("p_now"))
 )
 
 CONVERSATION_IDLE = (

@@ -181,6 +181,8 @@ conversations = Table(
     Column("message_count", Integer, nullable=False, server_default="0"),
     # idle | buffering | processing
     Column("conversation_state", Text, nullable=False, server_default="idle"),
+    # Until then a human agent is handling the conversation and the bot stays out of it.
+    Column("human_active_until", UTCDateTime, nullable=True),
     Column("created_at", UTCDateTime, nullable=False, server_default=_now_default()),
     Column("updated_at", UTCDateTime, nullable=False, server_default=_now_default()),
 )

@@ -14,6 +14,7 @@ from chatbuffer.intake.webhook import (
     CancelBuffers,
     Ignore,
     IntakeRules,
+    ResumeBot,
     UpdateAttachments,
     classify,
     parse,
@@ -120,12 +121,26 @@ def test_a_human_answer_cancels_the_buffer(builder: Any) -> None:
         account_id=1, conversation_id=7, message_id=9, content="I'll help", created_at=NOW
     )
     action = act(body)
-    assert action == CancelBuffers(ConversationKey(1, 7), "a human agent answered")
+    assert action == CancelBuffers(ConversationKey(1, 7), "a human agent answered", human=True)
 
 
 def test_conversation_leaving_the_active_statuses_cancels() -> None:
     body = payloads.conversation_status_changed(account_id=1, conversation_id=7, status="resolved")
     assert act(body) == CancelBuffers(ConversationKey(1, 7), "conversation became resolved")
+
+
+def test_a_status_change_back_to_an_active_status_resumes_the_bot() -> None:
+    body = payloads.conversation_status_changed(account_id=1, conversation_id=7, status="pending")
+    assert act(body) == ResumeBot(ConversationKey(1, 7), "pending")
+
+
+def test_conversation_updated_in_an_active_status_does_not_resume() -> None:
+    # Chatwoot sends conversation_updated when a human replies (first_reply_created_at changes).
+    body = {
+        **payloads.conversation_status_changed(account_id=1, conversation_id=7, status="pending")
+    }
+    body["event"] = "conversation_updated"
+    assert act(body) == Ignore("conversation change needs no action")
 
 
 def test_unknown_events_are_ignored_by_name() -> None:
