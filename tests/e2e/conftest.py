@@ -53,6 +53,7 @@ class Service:
     env: dict[str, str]
     port: int
     log: Path
+    command: str = "serve"
     process: subprocess.Popen[bytes] | None = None
     url: str = field(init=False)
 
@@ -62,7 +63,7 @@ class Service:
     async def start(self) -> None:
         handle = self.log.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "chatbuffer", "serve", "--port", str(self.port)],
+            [sys.executable, "-m", "chatbuffer", self.command, "--port", str(self.port)],
             env=self.env,
             stdout=handle,
             stderr=subprocess.STDOUT,
@@ -72,14 +73,14 @@ class Service:
         async with httpx2.AsyncClient(trust_env=False) as client:
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
-                    raise RuntimeError(f"chatbuffer serve exited:\n{self.log.read_text()}")
+                    raise RuntimeError(f"chatbuffer exited:\n{self.log.read_text()}")
                 try:
                     if (await client.get(f"{self.url}/readyz")).status_code == 200:
                         return
                 except httpx2.HTTPError:
                     pass
                 await asyncio.sleep(0.05)
-        raise RuntimeError(f"chatbuffer serve did not become ready:\n{self.log.read_text()}")
+        raise RuntimeError(f"chatbuffer did not become ready:\n{self.log.read_text()}")
 
     def kill(self) -> None:
         assert self.process is not None

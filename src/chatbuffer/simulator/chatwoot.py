@@ -134,6 +134,15 @@ class ChatwootSimulator:
 
     # -- test controls ---------------------------------------------------------------------
 
+    @property
+    def webhook_url(self) -> str | None:
+        return self._webhook_url
+
+    @webhook_url.setter
+    def webhook_url(self, url: str | None) -> None:
+        """Point deliveries elsewhere, e.g. at another API replica."""
+        self._webhook_url = url
+
     def fail_next(
         self,
         path_suffix: str,
