@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -157,6 +158,68 @@ class World:
         return [line[2:] for line in section.splitlines()]
 
 
+@dataclass
+class Simulators:
+    """The Chatwoot and model simulators, served on 127.0.0.1."""
+
+    chatwoot: ChatwootSimulator
+    model: ScriptedModelServer
+    chatwoot_url: str
+    model_url: str
+
+    def service_env(self, database_url: str, **overrides: str) -> dict[str, str]:
+        """The environment of a chatbuffer process wired to these simulators."""
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(
+                ("CHATWOOT_", "OPENAI_", "MESSAGE_BUFFER", "MAX_BUFFER", "DATABASE_URL")
+            )
+        }
+        env.update(
+            DATABASE_URL=database_url,
+            MESSAGE_BUFFER_DURATION_MS=str(WINDOW_MS),
+            OPENAI_BASE_URL=f"{self.model_url}/v1",
+            OPENAI_API_KEY="sk-e2e",
+            OPENAI_MODEL="scripted",
+            CHATWOOT_BASE_URL=self.chatwoot_url,
+            CHATWOOT_API_TOKEN=TOKEN,
+            CHATWOOT_WEBHOOK_SECRET=SECRET,
+            LOG_LEVEL="INFO",
+        )
+        env.update(overrides)
+        return env
+
+    def world(self, service: Service) -> World:
+        return World(
+            chatwoot=self.chatwoot,
+            model=self.model,
+            service=service,
+            chatwoot_url=self.chatwoot_url,
+            model_url=self.model_url,
+        )
+
+
+@asynccontextmanager
+async def simulators(webhook_port: int) -> AsyncIterator[Simulators]:
+    """Both simulators; the Chatwoot one validates every request against Chatwoot's spec."""
+    model = ScriptedModelServer()
+    chatwoot = ChatwootSimulator(
+        api_token=TOKEN,
+        validator=load_validator(),
+        webhook_url=f"http://127.0.0.1:{webhook_port}/webhooks/chatwoot",
+        webhook_secret=SECRET,
+    )
+    model_url, stop_model = await serve_in_background(model.app)
+    chatwoot_url, stop_chatwoot = await serve_in_background(chatwoot.app)
+    try:
+        yield Simulators(chatwoot, model, chatwoot_url, model_url)
+    finally:
+        await stop_chatwoot()
+        await stop_model()
+    assert chatwoot.violations == [], chatwoot.violations
+
+
 @pytest.fixture
 async def world(
     db_url: str, tmp_path: Path, request: pytest.FixtureRequest
@@ -164,46 +227,11 @@ async def world(
     """Simulators plus a running service; ``@pytest.mark.lease_ms(n)`` sets its lease."""
     lease = request.node.get_closest_marker("lease_ms")
     port = free_port()
-    model = ScriptedModelServer()
-    chatwoot = ChatwootSimulator(
-        api_token=TOKEN,
-        validator=load_validator(),
-        webhook_url=f"http://127.0.0.1:{port}/webhooks/chatwoot",
-        webhook_secret=SECRET,
-    )
-    model_url, stop_model = await serve_in_background(model.app)
-    chatwoot_url, stop_chatwoot = await serve_in_background(chatwoot.app)
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(
-            ("CHATWOOT_", "OPENAI_", "MESSAGE_BUFFER", "MAX_BUFFER", "DATABASE_URL")
-        )
-    }
-    env.update(
-        DATABASE_URL=db_url,
-        MESSAGE_BUFFER_DURATION_MS=str(WINDOW_MS),
-        OPENAI_BASE_URL=f"{model_url}/v1",
-        OPENAI_API_KEY="sk-e2e",
-        OPENAI_MODEL="scripted",
-        CHATWOOT_BASE_URL=chatwoot_url,
-        CHATWOOT_API_TOKEN=TOKEN,
-        CHATWOOT_WEBHOOK_SECRET=SECRET,
-        WORKER_LEASE_MS=str(lease.args[0] if lease else 3000),
-        LOG_LEVEL="INFO",
-    )
-    service = Service(env=env, port=port, log=tmp_path / "service.log")
-    await service.start()
-    try:
-        yield World(
-            chatwoot=chatwoot,
-            model=model,
-            service=service,
-            chatwoot_url=chatwoot_url,
-            model_url=model_url,
-        )
-    finally:
-        service.stop()
-        await stop_chatwoot()
-        await stop_model()
-    assert chatwoot.violations == [], chatwoot.violations
+    async with simulators(port) as sims:
+        env = sims.service_env(db_url, WORKER_LEASE_MS=str(lease.args[0] if lease else 3000))
+        service = Service(env=env, port=port, log=tmp_path / "service.log")
+        await service.start()
+        try:
+            yield sims.world(service)
+        finally:
+            service.stop()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 import time
@@ -11,12 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from chatbuffer.simulator.chatwoot import ChatwootSimulator
-from chatbuffer.simulator.model import ScriptedModelServer
-from chatbuffer.simulator.server import serve_in_background
 from tests.conftest import _empty_postgres
-from tests.e2e.conftest import REPLY_BOUND_S, SECRET, TOKEN, WINDOW_MS, Service, World, free_port
-from tests.support.swagger import load_validator
+from tests.e2e.conftest import REPLY_BOUND_S, Service, Simulators, free_port, simulators
 
 pytestmark = pytest.mark.e2e
 
@@ -42,62 +37,42 @@ async def test_api_and_worker_processes_answer_within_the_window(
 ) -> None:
     _empty_postgres(postgres_url)
     ports = [free_port(), free_port()]
-    model = ScriptedModelServer()
-    chatwoot = ChatwootSimulator(
-        api_token=TOKEN,
-        validator=load_validator(),
-        webhook_url=f"http://127.0.0.1:{ports[0]}/webhooks/chatwoot",
-        webhook_secret=SECRET,
-    )
-    model_url, stop_model = await serve_in_background(model.app)
-    chatwoot_url, stop_chatwoot = await serve_in_background(chatwoot.app)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHATWOOT_", "OPENAI_"))} | {
-        "DATABASE_URL": postgres_url,
-        "MESSAGE_BUFFER_DURATION_MS": str(WINDOW_MS),
+    async with simulators(ports[0]) as sims:
         # A long sweep: only the cross-process NOTIFY can make the reply arrive in time.
-        "BUFFER_PROCESSING_INTERVAL_MS": "60000",
-        "OPENAI_BASE_URL": f"{model_url}/v1",
-        "OPENAI_API_KEY": "sk-e2e",
-        "CHATWOOT_BASE_URL": chatwoot_url,
-        "CHATWOOT_API_TOKEN": TOKEN,
-        "CHATWOOT_WEBHOOK_SECRET": SECRET,
-    }
-    apis = [
-        Service(env=env, port=port, log=tmp_path / f"api{port}.log", command="api")
-        for port in ports
-    ]
-    workers: list[subprocess.Popen[bytes]] = []
-    try:
-        for api in apis:
-            await api.start()
-        workers = [start_worker(env, tmp_path / f"worker{i}.log") for i in range(2)]
-        world = World(
-            chatwoot=chatwoot,
-            model=model,
-            service=apis[0],
-            chatwoot_url=chatwoot_url,
-            model_url=model_url,
-        )
-        # Both API replicas take deliveries; each conversation's burst is split across them.
-        for conversation in (101, 102, 103):
+        env = sims.service_env(postgres_url, BUFFER_PROCESSING_INTERVAL_MS="60000")
+        apis = [
+            Service(env=env, port=port, log=tmp_path / f"api{port}.log", command="api")
+            for port in ports
+        ]
+        workers: list[subprocess.Popen[bytes]] = []
+        try:
             for api in apis:
-                chatwoot.webhook_url = f"{api.url}/webhooks/chatwoot"
-                await world.say(conversation, f"order {conversation}{api.port % 10} via {api.port}")
-        sent_at = time.monotonic()
-        for conversation in (101, 102, 103):
-            replies = await world.wait_for_replies(conversation, 1, REPLY_BOUND_S)
-            assert len(replies) == 1, f"conversation {conversation}: {replies}"
-        assert time.monotonic() - sent_at <= REPLY_BOUND_S
-        await asyncio.sleep(0.5)
-        assert sorted(len(world.replies(c)) for c in (101, 102, 103)) == [1, 1, 1]
-        assert len(model.requests) == 3
-        for prompt in world.prompts():
-            assert len(world.burst_lines(prompt)) == 2
-    finally:
-        for worker in workers:
-            worker.terminate()
-            assert worker.wait(timeout=15) == 0
+                await api.start()
+            workers = [start_worker(env, tmp_path / f"worker{i}.log") for i in range(2)]
+            await _burst_through_both_apis(sims, apis)
+        finally:
+            for worker in workers:
+                worker.terminate()
+                assert worker.wait(timeout=15) == 0
+            for api in apis:
+                api.stop()
+
+
+async def _burst_through_both_apis(sims: Simulators, apis: list[Service]) -> None:
+    world = sims.world(apis[0])
+    chatwoot, model = sims.chatwoot, sims.model
+    # Both API replicas take deliveries; each conversation's burst is split across them.
+    for conversation in (101, 102, 103):
         for api in apis:
-            api.stop()
-        await stop_chatwoot()
-        await stop_model()
+            chatwoot.webhook_url = f"{api.url}/webhooks/chatwoot"
+            await world.say(conversation, f"order {conversation}{api.port % 10} via {api.port}")
+    sent_at = time.monotonic()
+    for conversation in (101, 102, 103):
+        replies = await world.wait_for_replies(conversation, 1, REPLY_BOUND_S)
+        assert len(replies) == 1, f"conversation {conversation}: {replies}"
+    assert time.monotonic() - sent_at <= REPLY_BOUND_S
+    await asyncio.sleep(0.5)
+    assert sorted(len(world.replies(c)) for c in (101, 102, 103)) == [1, 1, 1]
+    assert len(model.requests) == 3
+    for prompt in world.prompts():
+        assert len(world.burst_lines(prompt)) == 2
