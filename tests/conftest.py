@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -38,24 +40,42 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A fresh, migrated PostgreSQL database for this test session, dropped at the end."""
+@dataclass(frozen=True)
+class ScratchDatabase:
+    url: str
+    drop: Callable[[], None]
+
+
+@contextmanager
+def scratch_postgres(prefix: str) -> Iterator[ScratchDatabase]:
+    """A new, empty PostgreSQL database, dropped (also by ``drop()``) at the end."""
     admin = postgres_admin_url()
     if admin is None:
         pytest.skip(f"PostgreSQL tests need {POSTGRES_ENV}")
-    name = f"chatbuffer_test_{uuid.uuid4().hex[:10]}"
+    name = f"chatbuffer_{prefix}_{uuid.uuid4().hex[:10]}"
     admin_engine = create_engine(database.sync_url(admin), isolation_level="AUTOCOMMIT")
-    with admin_engine.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(admin).set(database=name).render_as_string(hide_password=False)
-    try:
-        database.migrate(url)
-        yield url
-    finally:
+
+    def drop() -> None:
         with admin_engine.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+    with admin_engine.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield ScratchDatabase(
+            make_url(admin).set(database=name).render_as_string(hide_password=False), drop
+        )
+    finally:
+        drop()
         admin_engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database for this test session, dropped at the end."""
+    with scratch_postgres("test") as scratch:
+        database.migrate(scratch.url)
+        yield scratch.url
 
 
 def _empty_postgres(url: str) -> None:

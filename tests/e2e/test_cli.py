@@ -14,17 +14,14 @@ import sqlite3
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import httpx2
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from chatbuffer.storage import database
-from tests.conftest import postgres_admin_url
+from tests.conftest import scratch_postgres
 from tests.e2e.conftest import free_port
 
 pytestmark = pytest.mark.e2e
@@ -162,19 +159,8 @@ def servers() -> Iterator[list[Server]]:
 @pytest.fixture
 def empty_postgres() -> Iterator[str]:
     """A brand-new, unmigrated PostgreSQL database, dropped afterwards."""
-    admin = postgres_admin_url()
-    if admin is None:
-        pytest.skip("PostgreSQL tests need CHATBUFFER_TEST_POSTGRES_URL")
-    name = f"chatbuffer_cli_{uuid.uuid4().hex[:10]}"
-    admin_engine = create_engine(database.sync_url(admin), isolation_level="AUTOCOMMIT")
-    with admin_engine.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(admin).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin_engine.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin_engine.dispose()
+    with scratch_postgres("cli") as scratch:
+        yield scratch.url
 
 
 def sqlite_revision(path: Path) -> str:

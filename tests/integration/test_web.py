@@ -21,8 +21,7 @@ import httpx2
 import orjson
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import create_engine, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chatbuffer.app import Runtime
@@ -42,7 +41,7 @@ from chatbuffer.storage.tables import (
 )
 from chatbuffer.testing import FakeClock
 from chatbuffer.web.asgi import WEBHOOK_PATH, WebConfig, create_asgi_app
-from tests.conftest import postgres_admin_url
+from tests.conftest import scratch_postgres
 
 SECRET = "web-test-secret-9d41c7b2e8"
 ACCOUNT = 1
@@ -560,25 +559,9 @@ def vanishing_db(
         shutil.copy(sqlite_template, folder / "chatbuffer.db")
         yield Vanishing(f"sqlite:///{folder / 'chatbuffer.db'}", lambda: shutil.rmtree(folder))
         return
-    admin = postgres_admin_url()
-    if admin is None:
-        pytest.skip("PostgreSQL tests need CHATBUFFER_TEST_POSTGRES_URL")
-    name = f"chatbuffer_vanish_{uuid.uuid4().hex[:10]}"
-    admin_engine = create_engine(database.sync_url(admin), isolation_level="AUTOCOMMIT")
-
-    def drop() -> None:
-        with admin_engine.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-    with admin_engine.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        url = make_url(admin).set(database=name).render_as_string(hide_password=False)
-        database.migrate(url)
-        yield Vanishing(url, drop)
-    finally:
-        drop()
-        admin_engine.dispose()
+    with scratch_postgres("vanish") as scratch:
+        database.migrate(scratch.url)
+        yield Vanishing(scratch.url, scratch.drop)
 
 
 async def test_readiness_fails_once_the_database_is_gone(vanishing_db: Vanishing) -> None:
