@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from chatbuffer.domain.aggregation import Prompt
 from chatbuffer.domain.model import ModelDecision
-from chatbuffer.domain.retry import parse_retry_after
+from chatbuffer.domain.retry import parse_retry_after, retryable_status
 from chatbuffer.errors import ModelError
 
 
@@ -57,7 +57,7 @@ class OpenAIReplyModel:
             status = exc.status_code
             raise ModelError(
                 f"the model endpoint answered {status}",
-                retryable=status >= 500 or status in {408, 409, 429},
+                retryable=retryable_status(status),
                 retry_after=parse_retry_after(exc.response.headers.get("retry-after")),
             ) from exc
         except openai.APIError as exc:

@@ -8,11 +8,8 @@ from typing import Any
 import httpx2
 
 from chatbuffer.domain.model import ConversationKey
-from chatbuffer.domain.retry import parse_retry_after
+from chatbuffer.domain.retry import parse_retry_after, retryable_status
 from chatbuffer.errors import ChatwootError
-
-# 408 and 429 say "try again later"; other 4xx answers will not change on a retry.
-RETRYABLE_STATUSES = frozenset({408, 409, 425, 429})
 
 
 class ChatwootClient:
@@ -93,6 +90,6 @@ class ChatwootClient:
         status = response.status_code
         raise ChatwootError(
             f"Chatwoot answered {status} to POST {path}",
-            retryable=status >= 500 or status in RETRYABLE_STATUSES,
+            retryable=retryable_status(status),
             retry_after=parse_retry_after(response.headers.get("retry-after")),
         )

@@ -28,6 +28,15 @@ class RetryPolicy:
         return not retryable or attempt >= self.max_attempts
 
 
+#: 4xx answers that mean "not now" rather than "never": timeout, conflict, too early, too many.
+RETRYABLE_CLIENT_STATUSES = frozenset({408, 409, 425, 429})
+
+
+def retryable_status(status: int) -> bool:
+    """Whether an HTTP answer with this status may succeed when tried again."""
+    return status >= 500 or status in RETRYABLE_CLIENT_STATUSES
+
+
 def parse_retry_after(value: str | None) -> float | None:
     """Seconds from a ``Retry-After`` header given in seconds; None when absent or a date."""
     if value is None:

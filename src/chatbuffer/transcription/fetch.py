@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 import httpx2
 
+from chatbuffer.domain.retry import retryable_status
 from chatbuffer.errors import TranscriptionError
 
 MAX_REDIRECTS = 3
@@ -70,7 +71,8 @@ class AttachmentFetcher:
                     status = response.status_code
                     raise TranscriptionError(
                         f"the attachment download answered {status}",
-                        retryable=status >= 500 or status in {404, 408, 429},
+                        # Chatwoot answers 404 until the upload has been stored.
+                        retryable=status == 404 or retryable_status(status),
                     )
                 declared = response.headers.get("content-length")
                 if declared is not None and declared.isdigit() and int(declared) > self._max_bytes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import openai
 
 from chatbuffer.domain.model import Attachment
+from chatbuffer.domain.retry import retryable_status
 from chatbuffer.errors import TranscriptionError
 from chatbuffer.transcription.fetch import AttachmentFetcher
 
@@ -39,7 +40,7 @@ class OpenAITranscriber:
             status = exc.status_code
             raise TranscriptionError(
                 f"the transcription endpoint answered {status}",
-                retryable=status >= 500 or status in {408, 409, 429},
+                retryable=retryable_status(status),
             ) from exc
         except openai.APIError as exc:
             raise TranscriptionError(

@@ -4,7 +4,7 @@ from datetime import timedelta
 
 from chatbuffer.domain import decision
 from chatbuffer.domain.model import HandOff, ModelDecision, SendReply, StaySilent
-from chatbuffer.domain.retry import RetryPolicy, parse_retry_after
+from chatbuffer.domain.retry import RetryPolicy, parse_retry_after, retryable_status
 
 
 def answer(should: bool = True, content: str = "Hello!", confidence: float = 0.9) -> ModelDecision:
@@ -54,3 +54,13 @@ def test_retry_after_header_parsing() -> None:
     assert parse_retry_after("12") == 12.0
     assert parse_retry_after(None) is None
     assert parse_retry_after("Wed, 21 Oct 2026 07:28:00 GMT") is None
+
+
+def test_which_http_answers_are_worth_another_try() -> None:
+    assert [s for s in (400, 401, 403, 404, 408, 409, 422, 425, 429) if retryable_status(s)] == [
+        408,
+        409,
+        425,
+        429,
+    ]
+    assert all(retryable_status(s) for s in (500, 502, 503, 504))
