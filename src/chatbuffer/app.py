@@ -228,6 +228,7 @@ class Runtime:
                 typing_enabled=s.chatwoot_typing_indicator_enabled,
                 history_limit=s.history_limit,
                 retry=RetryPolicy(max_attempts=s.max_processing_attempts),
+                max_buffer_size=s.max_buffer_size,
             ),
         )
         return Scheduler(

@@ -206,3 +206,17 @@ async def test_after_a_human_answers_the_bot_stays_out_until_handed_back(world: 
     await world.say(90, "bot, are you there? order 9191")
     [reply] = await world.wait_for_replies(90, 1, REPLY_BOUND_S)
     assert "#9191" in reply["content"]
+
+
+async def test_a_message_while_the_model_writes_gives_one_reply_to_the_whole_burst(
+    world: World,
+) -> None:
+    world.model.delay_next(1.5)
+    await world.say(95, "my order 9595")
+    assert await world.wait_for(lambda: bool(world.model.requests), REPLY_BOUND_S)
+    await world.say(95, "and the invoice please")
+    replies = await world.wait_for_replies(95, 1, REPLY_BOUND_S + 1.5)
+    await asyncio.sleep(0.5)
+    assert len(world.replies(95)) == len(replies) == 1
+    last = world.prompts()[-1]
+    assert world.burst_lines(last) == ["my order 9595", "and the invoice please"]

@@ -57,10 +57,13 @@ class Harness:
         self.chatwoot = RecordingChatwoot()
         self.model = ScriptedReplyModel(script)
         self.observer = RecordingObserver()
-        self.pipeline = Pipeline(
-            store=store,
+        self.pipeline = self.build(self.model, transcriber)
+
+    def build(self, model, transcriber=None, max_size: int = POLICY.max_size) -> Pipeline:
+        return Pipeline(
+            store=self.store,
             chatwoot=self.chatwoot,
-            model=self.model,
+            model=model,
             clock=self.clock,
             observer=self.observer,
             transcriber=transcriber,
@@ -69,6 +72,7 @@ class Harness:
                 typing_enabled=True,
                 history_limit=10,
                 retry=RetryPolicy(max_attempts=3, base_delay=timedelta(seconds=2)),
+                max_buffer_size=max_size,
             ),
         )
 
@@ -281,3 +285,72 @@ async def test_a_passing_transcription_failure_retries_the_buffer(store) -> None
     [again] = await h.store.claim_due(h.clock.now(), "w1", LEASE, 10)
     await h.pipeline.process(again, "w1")
     assert "- [voice note] second time lucky" in h.model.prompts[0].user
+
+
+class WritesDuringGeneration:
+    """A model during whose call the contact sends another message."""
+
+    def __init__(self, harness: Harness, text: str) -> None:
+        self.harness = harness
+        self.text = text
+        self.prompts: list[Prompt] = []
+
+    async def decide(self, prompt: Prompt) -> ModelDecision:
+        self.prompts.append(prompt)
+        if len(self.prompts) == 1:
+            h = self.harness
+            await h.store.record_incoming(message(99, self.text), POLICY, h.clock.now())
+        return decision()
+
+
+async def test_a_message_during_generation_drops_the_stale_reply_and_answers_once(
+    store,
+) -> None:
+    h = Harness(store, lambda prompt: decision())
+    model = WritesDuringGeneration(h, "oh and also the invoice")
+    h.pipeline = h.build(model)
+    await h.burst("hi", "order 4411")
+    await h.run_due()
+    assert h.chatwoot.sent == []  # the first answer would have ignored the invoice
+    assert "buffer_superseded" in h.observer.names()
+    await h.run_due()
+    [reply] = h.chatwoot.sent
+    assert reply.content == "Your order 4411 ships today."
+    assert len(model.prompts) == 2
+    lines = [line for line in model.prompts[1].user.splitlines() if line.startswith("- ")]
+    assert lines == ["- hi", "- order 4411", "- oh and also the invoice"]
+    statuses = sorted(b.status for b in await h.table(message_buffer))
+    assert statuses == ["completed", "superseded"]
+
+
+async def test_a_message_before_the_model_call_costs_no_model_call(store) -> None:
+    h = Harness(store, lambda prompt: decision())
+    await h.burst("hi")
+    h.clock.advance(30)
+    [job] = await h.store.claim_due(h.clock.now(), "w1", LEASE, 10)
+    await h.store.record_incoming(message(2, "wait, one more thing"), POLICY, h.clock.now())
+    await h.pipeline.process(job, "w1")
+    assert h.model.prompts == []
+    assert h.chatwoot.sent == []
+    await h.run_due()
+    [prompt] = h.model.prompts
+    lines = [line for line in prompt.user.splitlines() if line.startswith("- ")]
+    assert lines == ["- hi", "- wait, one more thing"]
+    assert len(h.chatwoot.sent) == 1
+
+
+async def test_no_merge_beyond_the_maximum_buffer_size(store) -> None:
+    h = Harness(store, lambda prompt: decision())
+    small = BufferPolicy(
+        quiet_period=timedelta(seconds=30), max_age=timedelta(seconds=300), max_size=2
+    )
+    await h.store.record_incoming(message(1, "one"), small, h.clock.now())
+    h.clock.advance(30)
+    [job] = await h.store.claim_due(h.clock.now(), "w1", LEASE, 10)
+    await h.store.record_incoming(message(2, "two"), small, h.clock.now())
+    await h.store.record_incoming(message(3, "three"), small, h.clock.now())
+    assert await h.store.supersede(job, "w1", h.clock.now(), max_size=2) is None
+    await h.build(h.model, max_size=2).process(
+        job, "w1"
+    )  # answered as it is: merging would make 3 > 2
+    assert len(h.chatwoot.sent) == 1

@@ -205,7 +205,7 @@ async def test_human_takeover_cancels_open_and_processing_buffers(store) -> None
     [job] = await store.claim_due(clock.now(), "w1", LEASE, 10)
     await store.record_incoming(message(2), POLICY, clock.now())
     assert await store.cancel_open(KEY, clock.now(), "a human agent answered") == 2
-    assert not await store.still_held(job, "w1")
+    assert await store.before_send(job, "w1") == "cancelled"
     assert {b.status for b in await rows(store, message_buffer)} == {"cancelled"}
     assert {j.status for j in await rows(store, buffer_processing_jobs)} == {"cancelled"}
     clock.advance(60)
@@ -310,3 +310,25 @@ async def test_concurrent_workers_never_claim_the_same_buffer(store) -> None:
     assert len(claimed) == len(set(claimed))
     rest = await store.claim_due(clock.now(), "late", LEASE, 100)
     assert len(claimed) + len(rest) == 40
+
+
+async def test_a_newer_buffer_waits_while_an_older_one_is_unanswered(store) -> None:
+    clock = FakeClock()
+    await store.record_incoming(message(1), POLICY, clock.now())
+    clock.advance(30)
+    [older] = await store.claim_due(clock.now(), "w1", LEASE, 10)
+    clock.advance(1)
+    await store.record_incoming(message(2), POLICY, clock.now())
+    clock.advance(31)  # the newer buffer is due, but its conversation is still being answered
+    assert await store.extend_lease(older, "w1", clock.now() + LEASE)  # the heartbeat
+    assert await store.claim_due(clock.now(), "w2", LEASE, 10) == []
+    # No busy loop: the only wake-up left is the older buffer's lease expiry.
+    assert await store.next_wake_at() == clock.now() + LEASE
+    assert await store.before_send(older, "w1") == "newer"
+    into = await store.supersede(older, "w1", clock.now(), max_size=50)
+    assert into is not None
+    [merged] = await store.claim_due(clock.now(), "w2", LEASE, 10)
+    assert merged.buffer_id == into
+    contents = await store.load(merged, history_limit=10)
+    assert [m.chatwoot_message_id for m in contents.messages] == [1, 2]
+    assert await store.before_send(merged, "w2") == "send"

@@ -63,13 +63,12 @@ class ReplyModel(Protocol):
 
 
 EventName = Literal[
-    "message_received",
     "message_duplicate",
     "buffer_opened",
     "buffer_extended",
     "buffer_closed",
-    "buffer_claimed",
     "buffer_cancelled",
+    "buffer_superseded",
     "reply_sent",
     "handoff",
     "no_reply",
@@ -119,6 +118,7 @@ class BufferContents:
 
 
 ReplyKind = Literal["reply", "handoff_note"]
+SendCheck = Literal["send", "cancelled", "newer"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +161,11 @@ class BufferStore(Protocol):
 
     async def load(self, job: ClaimedJob, history_limit: int) -> BufferContents: ...
 
-    async def still_held(self, job: ClaimedJob, owner: str) -> bool: ...
+    async def before_send(self, job: ClaimedJob, owner: str) -> SendCheck: ...
+
+    async def supersede(
+        self, job: ClaimedJob, owner: str, now: datetime, max_size: int
+    ) -> uuid.UUID | None: ...
 
     async def complete(
         self,

@@ -42,6 +42,7 @@ from chatbuffer.domain.ports import (
     ClaimedJob,
     IntakeResult,
     PostedMessage,
+    SendCheck,
 )
 from chatbuffer.storage import database
 from chatbuffer.storage import statements as sql
@@ -416,9 +417,47 @@ class SqlBufferStore:
         entries.sort(key=lambda e: e.at)
         return entries[-limit:]
 
-    async def still_held(self, job: ClaimedJob, owner: str) -> bool:
+    async def before_send(self, job: ClaimedJob, owner: str) -> SendCheck:
+        """Whether the buffer may still be answered: ``send``, ``cancelled`` (lost, or a
+        human took over) or ``newer`` (the contact wrote again since it closed)."""
+        params = {**_held(job, owner), "p_buffer_id": job.buffer_id}
         async with self._reading() as conn:
-            return (await conn.scalar(sql.STILL_HELD, _held(job, owner))) is not None
+            row = (await conn.execute(sql.BEFORE_SEND, params)).first()
+        if row is None:
+            return "cancelled"
+        return "newer" if row.newer else "send"
+
+    async def supersede(
+        self, job: ClaimedJob, owner: str, now: datetime, max_size: int
+    ) -> uuid.UUID | None:
+        """Fold this buffer's messages into the conversation's newer open buffer.
+
+        Returns the buffer that now holds them, or None (nothing newer, it is being processed
+        already, the merge would exceed ``max_size`` messages, or the lease was lost), in which
+        case nothing changed.
+        """
+        params: dict[str, Any] = {
+            **_held(job, owner),
+            "p_buffer_id": job.buffer_id,
+            "p_now": now,
+            "p_note": "superseded: the contact wrote again while the reply was being written",
+        }
+        async with self._engine.begin() as conn:
+            await self._lock_conversation(conn, job.key, now)
+            newer = (await conn.execute(sql.NEWER_BUFFER, params)).first()
+            if newer is None:
+                return None
+            moved = await conn.scalar(sql.COUNT_MESSAGES, params) or 0
+            if newer.message_count + moved > max_size:
+                return None
+            if (await conn.execute(sql.COMPLETE_JOB, params)).rowcount != 1:
+                return None
+            await conn.execute(sql.SUPERSEDE_BUFFER, params)
+            params.update(p_into=newer.id, p_moved=moved)
+            await conn.execute(sql.MOVE_MESSAGES, params)
+            await conn.execute(sql.GROW_BUFFER, params)
+            new_id: uuid.UUID = newer.id
+            return new_id
 
     async def complete(
         self,

@@ -180,10 +180,26 @@ _DUE = or_(
     and_(jobs.c.status == "running", jobs.c.lease_expires_at < _time("p_now")),
 )
 
+_earlier = buffers.alias("earlier")
+
+#: A conversation's buffers are answered in order: one waits while an older one of the same
+#: conversation is still unanswered (being processed, or waiting for a retry). When the older one
+#: is done it folds into the waiting one (see ``NEWER_BUFFER``), so the whole burst gets one reply.
+_WAITS_FOR_EARLIER = (
+    select(_earlier.c.id)
+    .where(
+        _earlier.c.account_id == buffers.c.account_id,
+        _earlier.c.conversation_id == buffers.c.conversation_id,
+        _earlier.c.status.in_(("closed", "processing")),
+        _earlier.c.created_at < buffers.c.created_at,
+    )
+    .exists()
+)
+
 CLAIM_CANDIDATES = (
     select(jobs.c.id, jobs.c.buffer_id)
     .select_from(jobs.join(buffers, buffers.c.id == jobs.c.buffer_id))
-    .where(_DUE, buffers.c.status.in_(CLAIMABLE_BUFFER))
+    .where(_DUE, buffers.c.status.in_(CLAIMABLE_BUFFER), ~_WAITS_FOR_EARLIER)
     .order_by(jobs.c.scheduled_for)
     .limit(bindparam("p_limit"))
     # Never wait for a lock: a row locked by intake or another worker is someone else's now.
@@ -234,7 +250,11 @@ MARK_PROCESSING = (
     .values(conversation_state="processing", updated_at=_time("p_now"))
 )
 
-NEXT_DUE = select(func.min(jobs.c.scheduled_for)).where(jobs.c.status == "scheduled")
+NEXT_DUE = (
+    select(func.min(jobs.c.scheduled_for))
+    .select_from(jobs.join(buffers, buffers.c.id == jobs.c.buffer_id))
+    .where(jobs.c.status == "scheduled", ~_WAITS_FOR_EARLIER)
+)
 NEXT_LEASE_EXPIRY = select(func.min(jobs.c.lease_expires_at)).where(jobs.c.status == "running")
 
 HELD = and_(
@@ -246,10 +266,46 @@ HELD = and_(
 
 EXTEND_LEASE = update(jobs).where(HELD).values(lease_expires_at=_time("p_until"))
 
-STILL_HELD = (
-    select(jobs.c.id)
+_THIS_BUFFER_CREATED = (
+    select(buffers.c.created_at).where(buffers.c.id == bindparam("p_buffer_id")).scalar_subquery()
+)
+
+#: Buffers of the same conversation opened after this one and not yet taken by a worker.
+_NEWER_OPEN = and_(
+    _key(buffers),
+    buffers.c.status.in_(("active", "closed")),
+    buffers.c.created_at > _THIS_BUFFER_CREATED,
+)
+
+#: Before posting: is the job still ours, and has the contact written since?
+BEFORE_SEND = (
+    select(jobs.c.id, select(buffers.c.id).where(_NEWER_OPEN).exists().label("newer"))
     .select_from(jobs.join(buffers, buffers.c.id == jobs.c.buffer_id))
     .where(HELD, buffers.c.status == "processing")
+)
+
+NEWER_BUFFER = (
+    select(buffers.c.id, buffers.c.message_count)
+    .where(_NEWER_OPEN)
+    .order_by(buffers.c.created_at)
+    .limit(1)
+    .with_for_update()
+)
+
+MOVE_MESSAGES = (
+    update(messages)
+    .where(_key(messages), messages.c.buffer_id == bindparam("p_buffer_id"))
+    .values(buffer_id=bindparam("p_into"))
+)
+
+GROW_BUFFER = (
+    update(buffers)
+    .where(_key(buffers), buffers.c.id == bindparam("p_into"))
+    .values(message_count=buffers.c.message_count + bindparam("p_moved"), updated_at=_time("p_now"))
+)
+
+COUNT_MESSAGES = select(func.count()).where(
+    _key(messages), messages.c.buffer_id == bindparam("p_buffer_id")
 )
 
 
@@ -321,6 +377,7 @@ COMPLETE_JOB = finish_job("completed")
 RETRY_JOB = finish_job("scheduled")
 FAIL_JOB = finish_job("failed")
 COMPLETE_BUFFER = finish_buffer("completed")
+SUPERSEDE_BUFFER = finish_buffer("superseded")
 RETRY_BUFFER = finish_buffer("closed")
 FAIL_BUFFER = finish_buffer("failed")
 

@@ -33,6 +33,7 @@ class PipelineConfig:
     typing_enabled: bool
     history_limit: int
     retry: RetryPolicy
+    max_buffer_size: int = 50
 
 
 class Pipeline:
@@ -95,6 +96,10 @@ class Pipeline:
     async def _answer(
         self, job: ClaimedJob, owner: str, contents: BufferContents, flags: Mapping[str, bool]
     ) -> None:
+        # The contact may have written again between the due time and now: fold this burst into
+        # the newer one before paying for a model call.
+        if await self._check(job, owner) != "send":
+            return
         burst = await self._transcribe(contents.messages)
         prompt = aggregation.build_prompt(
             burst,
@@ -104,9 +109,9 @@ class Pipeline:
         answer = await self._model.decide(prompt)
         outcome = decision.route(answer, quality_threshold=self._config.quality_threshold)
         key = job.key
-        # A person may have taken over while the model was writing; never answer over them.
-        if not await self._store.still_held(job, owner):
-            self._observer.event("no_reply", key, buffer_id=str(job.buffer_id), reason="cancelled")
+        # While the model wrote, a person may have taken over (never answer over them) or the
+        # contact may have written again (then this reply is stale: answer the whole burst once).
+        if await self._check(job, owner) != "send":
             return
         marker = {REPLY_MARKER: {"buffer_id": str(job.buffer_id)}}
         if isinstance(outcome, SendReply):
@@ -142,6 +147,24 @@ class Pipeline:
             self._observer.event(
                 "no_reply", key, buffer_id=str(job.buffer_id), reason=outcome.reason
             )
+
+    async def _check(self, job: ClaimedJob, owner: str) -> str:
+        """``send``, or the reason not to: ``cancelled`` or ``superseded``."""
+        verdict = await self._store.before_send(job, owner)
+        buffer_id = str(job.buffer_id)
+        if verdict == "cancelled":
+            self._observer.event("no_reply", job.key, buffer_id=buffer_id, reason="cancelled")
+            return "cancelled"
+        if verdict == "newer":
+            into = await self._store.supersede(
+                job, owner, self._clock.now(), self._config.max_buffer_size
+            )
+            if into is not None:
+                self._observer.event(
+                    "buffer_superseded", job.key, buffer_id=buffer_id, into=str(into)
+                )
+                return "superseded"
+        return "send"
 
     async def _transcribe(self, messages: Sequence[InboundMessage]) -> list[InboundMessage]:
         """Fill in the transcripts Chatwoot did not provide, and keep them for retries.

@@ -53,7 +53,6 @@ class Scheduler:
         self._config = config
         self.owner = owner or f"worker-{uuid.uuid4().hex[:12]}"
         self._in_flight: set[asyncio.Task[None]] = set()
-        self._saturated = False
 
     async def run(self, stop: asyncio.Event) -> None:
         logger.info("worker %s started (concurrency %d)", self.owner, self._config.concurrency)
@@ -82,17 +81,15 @@ class Scheduler:
             task = asyncio.create_task(self._run_job(job), name=f"buffer-{job.buffer_id}")
             self._in_flight.add(task)
             task.add_done_callback(self._finished)
-        self._saturated = len(claimed) == free
-        if self._saturated:
+        if len(claimed) == free:
             return  # more may be due right now
         await self._waker.sleep_until(await self._store.next_wake_at(), sweep)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
-        # Only when the last claim left due buffers behind does a free slot call for a new
-        # claim; otherwise the sleep already ends at the next due time.
-        if self._saturated:
-            self._waker.poke()
+        # A free slot may let a due buffer in, and a finished buffer may release a newer one of
+        # its conversation that was waiting for it.
+        self._waker.poke()
 
     async def _run_job(self, job: ClaimedJob) -> None:
         heartbeat = asyncio.create_task(self._heartbeat(job))
