@@ -155,7 +155,11 @@ async def test_failures_are_recorded_retried_with_backoff_then_marked_failed(sto
     assert (row.status, row.attempts) == ("failed", 3)
     [buf] = await h.table(message_buffer)
     assert buf.status == "failed"
-    assert h.chatwoot.sent == []
+    # Nothing was said to the customer; a human is told and the conversation is opened for them.
+    [note] = h.chatwoot.sent
+    assert note.private
+    assert "after 3 attempts (the model did not answer in time)" in note.content
+    assert h.chatwoot.statuses == [(KEY, "open")]
     assert "buffer_failed" in h.observer.names()
 
 

@@ -26,6 +26,14 @@ def route(decision: ModelDecision, *, quality_threshold: float) -> Outcome:
     return SendReply(content=decision.content)
 
 
+def failure_note(error: str, *, attempts: int) -> str:
+    """The private note a human agent sees when the bot could not answer at all."""
+    return (
+        f"chatbuffer could not answer this conversation after {attempts} "
+        f"attempt{'s' if attempts != 1 else ''} ({error}). Please reply to the customer."
+    )
+
+
 def handoff_note(outcome: HandOff) -> str:
     """The private note a human agent sees when the bot steps back."""
     draft = outcome.draft.strip() or "(no draft)"

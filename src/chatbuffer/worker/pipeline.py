@@ -205,6 +205,23 @@ class Pipeline:
             done.append(message)
         return done
 
+    async def _hand_over_failure(self, job: ClaimedJob, error: str) -> None:
+        """The bot gave up: tell a human, so the customer is not left without an answer."""
+        note = decision.failure_note(error, attempts=job.attempts)
+        try:
+            await self._chatwoot.send_message(
+                job.key,
+                note,
+                private=True,
+                content_attributes={REPLY_MARKER: {"buffer_id": str(job.buffer_id)}},
+            )
+            await self._chatwoot.set_status(job.key, "open")
+        except ChatwootError as exc:
+            # Chatwoot itself may be what failed; the buffer stays visible as failed.
+            logger.warning("could not hand failed buffer %s to a human: %s", job.buffer_id, exc)
+            return
+        self._observer.event("handoff", job.key, buffer_id=str(job.buffer_id), reason=error)
+
     async def _typing(self, job: ClaimedJob, *, on: bool) -> None:
         # Typing is a courtesy: its failure must never cost the reply.
         try:
@@ -223,14 +240,15 @@ class Pipeline:
         policy = self._config.retry
         now = self._clock.now()
         if policy.gives_up(job.attempts, retryable=retryable):
-            await self._store.fail(job, owner, error, now)
-            self._observer.event(
-                "buffer_failed",
-                job.key,
-                buffer_id=str(job.buffer_id),
-                attempt=job.attempts,
-                error=error,
-            )
+            if await self._store.fail(job, owner, error, now):
+                self._observer.event(
+                    "buffer_failed",
+                    job.key,
+                    buffer_id=str(job.buffer_id),
+                    attempt=job.attempts,
+                    error=error,
+                )
+                await self._hand_over_failure(job, error)
             return
         retry_at = now + policy.delay(job.attempts, retry_after=retry_after)
         await self._store.release_for_retry(job, owner, error, retry_at)
