@@ -1,0 +1,66 @@
+"""Migrations on both databases: up, down and up again; RLS on PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+
+from alembic import command
+from sqlalchemy import create_engine, inspect, text
+
+from chatbuffer.storage import database
+from chatbuffer.storage.tables import metadata
+from tests.conftest import scratch_postgres
+
+
+def test_sqlite_upgrades_downgrades_and_upgrades_again(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    assert database.migrate(url) == database.head_revision(url)
+    command.downgrade(database.alembic_config(url), "base")
+    engine = create_engine(database.sync_url(url))
+    assert set(inspect(engine).get_table_names()) == {"alembic_version"}
+    database.migrate(url)
+    assert set(metadata.tables) <= set(inspect(engine).get_table_names())
+    engine.dispose()
+
+
+def test_postgres_upgrades_downgrades_and_upgrades_again() -> None:
+    with scratch_postgres("migrate") as scratch:
+        database.migrate(scratch.url)
+        command.downgrade(database.alembic_config(scratch.url), "base")
+        database.migrate(scratch.url)
+        engine = create_engine(database.sync_url(scratch.url))
+        assert set(metadata.tables) <= set(inspect(engine).get_table_names())
+        engine.dispose()
+
+
+def test_postgres_denies_rows_to_any_role_but_the_owner(postgres_url: str) -> None:
+    role = f"chatbuffer_public_{uuid.uuid4().hex[:8]}"
+    engine = create_engine(database.sync_url(postgres_url))
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("DELETE FROM feature_flags WHERE flag_name = 'rls_probe'"))
+            conn.execute(
+                text(
+                    "INSERT INTO feature_flags (id, flag_name, is_enabled) "
+                    "VALUES (:id, 'rls_probe', true)"
+                ),
+                {"id": uuid.uuid4()},
+            )
+            conn.execute(text(f'CREATE ROLE "{role}" NOLOGIN'))
+            # Even an explicit grant (the Supabase default for the public schema) shows nothing.
+            for table in metadata.tables:
+                conn.execute(text(f'GRANT SELECT ON {table} TO "{role}"'))
+        with engine.begin() as conn:
+            owner_sees = conn.scalar(text("SELECT count(*) FROM feature_flags"))
+            conn.execute(text(f'SET LOCAL ROLE "{role}"'))
+            public_sees = [
+                conn.scalar(text(f"SELECT count(*) FROM {table}")) for table in metadata.tables
+            ]
+        assert owner_sees >= 5
+        assert public_sees == [0] * len(metadata.tables)
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("DELETE FROM feature_flags WHERE flag_name = 'rls_probe'"))
+            conn.execute(text(f'DROP OWNED BY "{role}"'))
+            conn.execute(text(f'DROP ROLE IF EXISTS "{role}"'))
+        engine.dispose()
