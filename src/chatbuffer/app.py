@@ -240,6 +240,7 @@ class Runtime:
                 concurrency=s.worker_concurrency,
                 lease=timedelta(milliseconds=s.worker_lease_ms),
                 sweep_interval=timedelta(milliseconds=s.buffer_processing_interval_ms),
+                shutdown_grace=timedelta(milliseconds=s.worker_shutdown_grace_ms),
             ),
         )
 

@@ -54,6 +54,7 @@ class Settings(BaseSettings):
 
     worker_concurrency: int = Field(64, ge=1, le=1_000)
     worker_lease_ms: int = Field(10_000, ge=1_000)
+    worker_shutdown_grace_ms: int = Field(20_000, ge=0)
     max_processing_attempts: int = Field(5, ge=1, le=100)
     webhook_max_body_bytes: int = Field(1_048_576, ge=1_024)
     webhook_signature_max_age_s: int = Field(300, ge=1)

@@ -88,14 +88,34 @@ class Service:
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(timeout=10)
 
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+    async def terminate(self) -> int:
+        """SIGTERM, and the exit code once the process has shut down.
+
+        Waits without blocking the loop: the simulators live in it and the process may still be
+        talking to them while it shuts down.
+        """
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while (code := self.process.poll()) is None:
+            if time.monotonic() > deadline:
+                raise RuntimeError("chatbuffer did not stop within 30 s of SIGTERM")
+            await asyncio.sleep(0.02)
+        return code
+
+    async def restart(self) -> None:
+        await self.terminate()
+        await self.start()
+
+    async def stop(self) -> None:
+        """End the process whatever state it is in (test teardown)."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        try:
+            await self.terminate()
+        except RuntimeError:
+            self.process.kill()
+            self.process.wait()
 
 
 @dataclass
@@ -234,4 +254,4 @@ async def world(
         try:
             yield sims.world(service)
         finally:
-            service.stop()
+            await service.stop()

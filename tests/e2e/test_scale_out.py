@@ -55,7 +55,7 @@ async def test_api_and_worker_processes_answer_within_the_window(
                 worker.terminate()
                 assert worker.wait(timeout=15) == 0
             for api in apis:
-                api.stop()
+                await api.stop()
 
 
 async def _burst_through_both_apis(sims: Simulators, apis: list[Service]) -> None:

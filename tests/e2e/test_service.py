@@ -220,3 +220,21 @@ async def test_a_message_while_the_model_writes_gives_one_reply_to_the_whole_bur
     assert len(world.replies(95)) == len(replies) == 1
     last = world.prompts()[-1]
     assert world.burst_lines(last) == ["my order 9595", "and the invoice please"]
+
+
+@pytest.mark.lease_ms(10_000)
+async def test_sigterm_hands_an_unfinished_buffer_back_at_once(world: World) -> None:
+    world.service.env["WORKER_SHUTDOWN_GRACE_MS"] = "300"
+    await world.service.restart()
+    world.model.delay_next(30)  # still writing when the process is told to stop
+    await world.say(96, "order 9696?")
+    assert await world.wait_for(lambda: bool(world.model.requests), REPLY_BOUND_S)
+    stopped_at = time.monotonic()
+    assert await world.service.terminate() == 0
+    assert time.monotonic() - stopped_at < 5
+    await world.service.start()
+    # Handed back: answered without waiting for the 10 s lease to run out.
+    [reply] = await world.wait_for_replies(96, 1, 5)
+    assert "#9696" in reply["content"]
+    await asyncio.sleep(0.5)
+    assert len(world.replies(96)) == 1

@@ -28,6 +28,7 @@ class SchedulerConfig:
     concurrency: int
     lease: timedelta
     sweep_interval: timedelta
+    shutdown_grace: timedelta = timedelta(seconds=20)
 
     @property
     def heartbeat_every(self) -> timedelta:
@@ -95,6 +96,13 @@ class Scheduler:
         heartbeat = asyncio.create_task(self._heartbeat(job))
         try:
             await self._pipeline.process(job, self.owner)
+        except asyncio.CancelledError:
+            # Shutting down past the grace period: hand the buffer back now, so another worker
+            # takes it at once instead of after the lease runs out.
+            await self._store.release_for_retry(
+                job, self.owner, "the worker shut down before finishing", self._clock.now()
+            )
+            raise
         except Exception:
             logger.exception("buffer %s could not be processed", job.buffer_id)
         finally:
@@ -120,5 +128,14 @@ class Scheduler:
                 return
 
     async def _drain(self) -> None:
-        if self._in_flight:
-            await asyncio.gather(*self._in_flight, return_exceptions=True)
+        """Let in-flight buffers finish within the grace period; hand back the rest."""
+        if not self._in_flight:
+            return
+        grace = self._config.shutdown_grace.total_seconds()
+        logger.info("worker %s draining %d buffers", self.owner, len(self._in_flight))
+        _, unfinished = await asyncio.wait(self._in_flight, timeout=grace)
+        for task in unfinished:
+            task.cancel()
+        await asyncio.gather(*unfinished, return_exceptions=True)
+        if unfinished:
+            logger.info("worker %s handed back %d buffers", self.owner, len(unfinished))
