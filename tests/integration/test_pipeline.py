@@ -358,3 +358,29 @@ async def test_no_merge_beyond_the_maximum_buffer_size(store) -> None:
         job, "w1"
     )  # answered as it is: merging would make 3 > 2
     assert len(h.chatwoot.sent) == 1
+
+
+async def test_a_flood_of_500_messages_a_minute_costs_at_most_one_model_call_per_full_buffer(
+    store,
+) -> None:
+    h = Harness(store, lambda prompt: decision())
+    for mid in range(1, 501):
+        await h.store.record_incoming(message(mid, f"spam {mid}"), POLICY, h.clock.now())
+        h.clock.advance(0.12)  # 500 messages in 60 s: the quiet period never comes
+        for job in await h.store.claim_due(h.clock.now(), "w1", LEASE, 10):
+            await h.pipeline.process(job, "w1")
+    h.clock.advance(30)
+    for job in await h.store.claim_due(h.clock.now(), "w1", LEASE, 10):
+        await h.pipeline.process(job, "w1")
+    assert len(h.model.prompts) <= 500 // POLICY.max_size
+    assert len(h.chatwoot.sent) == len(h.model.prompts)
+    # Every message was read by the model exactly once.
+    seen = [
+        line
+        for prompt in h.model.prompts
+        for line in prompt.user.split("Combined message content:\n", 1)[1]
+        .split("\n\n", 1)[0]
+        .splitlines()
+    ]
+    assert sorted(seen) == sorted(f"- spam {mid}" for mid in range(1, 501))
+    assert max(b.message_count for b in await h.table(message_buffer)) <= POLICY.max_size
