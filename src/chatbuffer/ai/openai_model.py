@@ -10,8 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from chatbuffer.domain.aggregation import Prompt
 from chatbuffer.domain.model import ModelDecision
-from chatbuffer.domain.retry import parse_retry_after, retryable_status
 from chatbuffer.errors import ModelError
+from chatbuffer.openai_errors import translated
 
 
 class _DecisionWire(BaseModel):
@@ -41,7 +41,7 @@ class OpenAIReplyModel:
         await self._client.close()
 
     async def decide(self, prompt: Prompt) -> ModelDecision:
-        try:
+        with translated(ModelError, "model endpoint"):
             completion = await self._client.chat.completions.create(
                 model=self._model,
                 messages=[
@@ -51,17 +51,6 @@ class OpenAIReplyModel:
                 response_format={"type": "json_object"},
                 temperature=0.3,
             )
-        except openai.APITimeoutError as exc:
-            raise ModelError("the model did not answer in time") from exc
-        except openai.APIStatusError as exc:
-            status = exc.status_code
-            raise ModelError(
-                f"the model endpoint answered {status}",
-                retryable=retryable_status(status),
-                retry_after=parse_retry_after(exc.response.headers.get("retry-after")),
-            ) from exc
-        except openai.APIError as exc:
-            raise ModelError(f"could not reach the model endpoint: {type(exc).__name__}") from exc
         if not completion.choices:
             raise ModelError("the model returned no choices")
         return parse_decision(completion.choices[0].message.content)

@@ -381,9 +381,10 @@ def agent_reply(
     agent_id: int = 3,
     agent_name: str = "Bruno",
     agent_email: str = "bruno@acme.test",
+    private: bool = False,
     **where: Unpack[MessageArgs],
 ) -> dict[str, Any]:
-    """A human agent answering from the Chatwoot dashboard."""
+    """A human agent answering from the Chatwoot dashboard (``private``: an internal note)."""
     return _message_event(
         _message_conversation(where),
         event="message_created",
@@ -392,6 +393,7 @@ def agent_reply(
         created_at=created_at,
         message_type="outgoing",
         author=_Author(kind="user", id=agent_id, name=agent_name, email=agent_email),
+        private=private,
     )
 
 
@@ -437,25 +439,11 @@ def bot_reply(
 
 
 def private_note(
-    *,
-    message_id: int,
-    content: str,
-    created_at: datetime,
-    agent_id: int = 3,
-    agent_name: str = "Bruno",
-    agent_email: str = "bruno@acme.test",
-    **where: Unpack[MessageArgs],
+    *, message_id: int, content: str, created_at: datetime, **where: Unpack[MessageArgs]
 ) -> dict[str, Any]:
     """An agent's internal note: delivered to webhooks, never to WhatsApp."""
-    return _message_event(
-        _message_conversation(where),
-        event="message_created",
-        message_id=message_id,
-        content=content,
-        created_at=created_at,
-        message_type="outgoing",
-        author=_Author(kind="user", id=agent_id, name=agent_name, email=agent_email),
-        private=True,
+    return agent_reply(
+        message_id=message_id, content=content, created_at=created_at, private=True, **where
     )
 
 

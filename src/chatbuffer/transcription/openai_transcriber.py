@@ -5,8 +5,8 @@ from __future__ import annotations
 import openai
 
 from chatbuffer.domain.model import Attachment
-from chatbuffer.domain.retry import retryable_status
 from chatbuffer.errors import TranscriptionError
+from chatbuffer.openai_errors import translated
 from chatbuffer.transcription.fetch import AttachmentFetcher
 
 
@@ -28,23 +28,11 @@ class OpenAITranscriber:
         if not attachment.data_url:
             raise TranscriptionError("the voice note has no download URL", retryable=False)
         download = await self._fetcher.fetch(attachment.data_url)
-        try:
+        with translated(TranscriptionError, "transcription endpoint"):
             result = await self._client.audio.transcriptions.create(
                 model=self._model,
                 file=(download.filename, download.content, download.content_type or "audio/ogg"),
                 response_format="text",
             )
-        except openai.APITimeoutError as exc:
-            raise TranscriptionError("the transcription did not finish in time") from exc
-        except openai.APIStatusError as exc:
-            status = exc.status_code
-            raise TranscriptionError(
-                f"the transcription endpoint answered {status}",
-                retryable=retryable_status(status),
-            ) from exc
-        except openai.APIError as exc:
-            raise TranscriptionError(
-                f"could not reach the transcription endpoint: {type(exc).__name__}"
-            ) from exc
         text = result if isinstance(result, str) else getattr(result, "text", "")
         return str(text).strip()
