@@ -81,10 +81,36 @@ def create_asgi_app(
     @app.post(
         WEBHOOK_PATH,
         openapi_extra={
+            # Described here because the handler reads the raw bytes itself; the fuzz suite
+            # generates requests from this description.
+            "parameters": [
+                {
+                    "name": "X-Chatwoot-Signature",
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "string"},
+                    "description": "sha256=<hex HMAC of '{timestamp}.{body}'>",
+                },
+                {
+                    "name": "X-Chatwoot-Timestamp",
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "string"},
+                    "description": "Unix seconds when Chatwoot signed the delivery.",
+                },
+            ],
             "requestBody": {
                 "required": True,
                 "content": {"application/json": {"schema": {"type": "object"}}},
-            }
+            },
+            "responses": {
+                "200": {"description": "Stored, ignored, or recognised as a duplicate."},
+                "400": {"description": "The body is not JSON."},
+                "401": {"description": "Missing, stale or wrong signature."},
+                "413": {"description": "The body is larger than WEBHOOK_MAX_BODY_BYTES."},
+                "422": {"description": "The JSON is not a Chatwoot event we can read."},
+                "503": {"description": "The database is unavailable; Chatwoot should retry."},
+            },
         },
     )
     async def chatwoot_webhook(request: Request) -> JSONResponse:
