@@ -76,7 +76,18 @@ class DependencyError(ChatbufferError):
 
 
 class ChatwootError(DependencyError):
-    """The Chatwoot API failed or refused a call."""
+    """The Chatwoot API failed or refused a call; ``status`` is its HTTP status, if it answered."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool = True,
+        retry_after: float | None = None,
+        status: int | None = None,
+    ) -> None:
+        super().__init__(message, retryable=retryable, retry_after=retry_after)
+        self.status = status
 
 
 class ModelError(DependencyError):

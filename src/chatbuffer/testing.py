@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from chatbuffer.domain import marker as markers
 from chatbuffer.domain.aggregation import Prompt
 from chatbuffer.domain.model import ConversationKey, ModelDecision
 from chatbuffer.domain.ports import EventName
@@ -50,16 +51,20 @@ class Sent:
     content: str
     private: bool
     content_attributes: Mapping[str, Any] | None
+    message_id: int = 0
 
 
 @dataclass
 class RecordingChatwoot:
-    """Implements ``ChatwootAPI`` in memory; ``fail_with`` makes the next sends raise."""
+    """Implements ``ChatwootAPI`` in memory; ``fail_with`` makes the next sends raise, and
+    ``lose_answers`` makes the next sends take effect but raise a timeout (a slow Chatwoot)."""
 
     sent: list[Sent] = field(default_factory=list)
     typing: list[tuple[ConversationKey, bool]] = field(default_factory=list)
     statuses: list[tuple[ConversationKey, str]] = field(default_factory=list)
     fail_with: list[ChatwootError] = field(default_factory=list)
+    lose_answers: int = 0
+    lookups: list[tuple[ConversationKey, markers.Marker, int | None]] = field(default_factory=list)
     next_id: int = 1000
 
     async def set_typing(self, key: ConversationKey, *, on: bool) -> None:
@@ -75,9 +80,22 @@ class RecordingChatwoot:
     ) -> int:
         if self.fail_with:
             raise self.fail_with.pop(0)
-        self.sent.append(Sent(key, content, private, content_attributes))
         self.next_id += 1
+        self.sent.append(Sent(key, content, private, content_attributes, self.next_id))
+        if self.lose_answers > 0:
+            self.lose_answers -= 1
+            raise ChatwootError("Chatwoot did not answer POST …/messages in time")
         return self.next_id
+
+    async def find_marked(
+        self, key: ConversationKey, marker: markers.Marker, *, after_message_id: int | None
+    ) -> int | None:
+        self.lookups.append((key, marker, after_message_id))
+        for sent in self.sent:
+            seen = markers.read(sent.content_attributes, private=sent.private)
+            if sent.key == key and seen == marker:
+                return sent.message_id
+        return None
 
     async def set_status(self, key: ConversationKey, status: str) -> None:
         self.statuses.append((key, status))

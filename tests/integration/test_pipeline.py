@@ -9,7 +9,9 @@ from sqlalchemy import select, update
 
 from chatbuffer.domain.aggregation import Prompt
 from chatbuffer.domain.buffer import BufferPolicy
+from chatbuffer.domain.marker import Marker
 from chatbuffer.domain.model import Attachment, ConversationKey, InboundMessage, ModelDecision
+from chatbuffer.domain.ports import PostedMessage
 from chatbuffer.domain.retry import RetryPolicy
 from chatbuffer.errors import ChatwootError, ModelError, TranscriptionError
 from chatbuffer.storage.tables import (
@@ -384,3 +386,103 @@ async def test_a_flood_of_500_messages_a_minute_costs_at_most_one_model_call_per
     ]
     assert sorted(seen) == sorted(f"- spam {mid}" for mid in range(1, 501))
     assert max(b.message_count for b in await h.table(message_buffer)) <= POLICY.max_size
+
+
+# -- idempotent send ------------------------------------------------------------------------
+
+
+async def test_a_reply_chatwoot_took_without_answering_is_not_sent_again(store) -> None:
+    h = Harness(store, lambda prompt: decision())
+    h.chatwoot.lose_answers = 1  # Chatwoot creates the message, the client times out
+    await h.burst("hi", "order 4411")
+    await h.run_due()
+    assert len(h.chatwoot.sent) == 1
+    [reply] = await h.table(bot_replies)
+    assert reply.chatwoot_message_id is None  # the intent, not yet confirmed
+    h.clock.advance(2)
+    [again] = await h.store.claim_due(h.clock.now(), "w1", LEASE, 10)
+    await h.pipeline.process(again, "w1")
+    # The retry found the message by its marker, after the burst's last message.
+    [sent] = h.chatwoot.sent
+    [(_, marker, after)] = h.chatwoot.lookups
+    assert (marker.buffer_id, marker.kind, after) == (again.buffer_id, "reply", 2)
+    assert len(h.model.prompts) == 1
+    [reply] = await h.table(bot_replies)
+    assert reply.chatwoot_message_id == sent.message_id
+    [buf] = await h.table(message_buffer)
+    assert (buf.status, buf.outcome) == ("completed", "replied (resumed)")
+    assert ("send_reconciled", {"found": True}) in [
+        (name, {"found": f.get("found")}) for name, _, f in h.observer.events
+    ]
+
+
+async def test_a_worker_that_died_after_deciding_has_its_reply_posted_once_by_the_next(
+    store,
+) -> None:
+    h = Harness(store, lambda prompt: decision())
+    await h.burst("hi")
+    h.clock.advance(30)
+    [job] = await h.store.claim_due(h.clock.now(), "w1", LEASE, 10)
+    # w1 recorded its intent and died before (or while) posting.
+    intent = PostedMessage("reply", "Hello Ana, it ships today.")
+    assert await h.store.reserve_send(job, "w1", intent, h.clock.now()) == "send"
+    h.clock.advance(LEASE + timedelta(seconds=1))
+    [taken] = await h.store.claim_due(h.clock.now(), "w2", LEASE, 10)
+    await h.pipeline.process(taken, "w2")
+    [sent] = h.chatwoot.sent
+    assert sent.content == "Hello Ana, it ships today."
+    assert h.model.prompts == []  # the decision was kept, not paid for again
+    [reply] = await h.table(bot_replies)
+    assert reply.chatwoot_message_id == sent.message_id
+
+
+async def test_the_webhook_echo_confirms_a_send_so_the_retry_asks_chatwoot_nothing(
+    store,
+) -> None:
+    h = Harness(store, lambda prompt: decision())
+    h.chatwoot.lose_answers = 1
+    await h.burst("hi")
+    [job] = await h.run_due()
+    [sent] = h.chatwoot.sent
+    # Chatwoot's message_created echo of the reply reaches the intake.
+    marker = Marker(job.buffer_id, "reply")
+    assert await h.store.confirm_sent(KEY, marker, sent.message_id)
+    assert not await h.store.confirm_sent(KEY, marker, sent.message_id + 1)  # first one wins
+    h.clock.advance(2)
+    [again] = await h.store.claim_due(h.clock.now(), "w1", LEASE, 10)
+    await h.pipeline.process(again, "w1")
+    assert len(h.chatwoot.sent) == 1 and h.chatwoot.lookups == []
+    [reply] = await h.table(bot_replies)
+    assert reply.chatwoot_message_id == sent.message_id
+
+
+async def test_a_handoff_whose_status_change_failed_does_not_repeat_the_note(store) -> None:
+    h = Harness(store, lambda prompt: decision(confidence=0.2))
+    await h.burst("I want to speak to a person")
+
+    async def refuse_once(key, status):
+        h.chatwoot.set_status = original  # type: ignore[method-assign]
+        raise ChatwootError("Chatwoot answered 503", retryable=True)
+
+    original = h.chatwoot.set_status
+    h.chatwoot.set_status = refuse_once  # type: ignore[method-assign]
+    await h.run_due()
+    h.clock.advance(2)
+    [again] = await h.store.claim_due(h.clock.now(), "w1", LEASE, 10)
+    await h.pipeline.process(again, "w1")
+    [note] = h.chatwoot.sent
+    assert note.private and h.chatwoot.statuses == [(KEY, "open")]
+    assert h.chatwoot.lookups == []  # the note's id was recorded before the status change
+    [buf] = await h.table(message_buffer)
+    assert (buf.status, buf.outcome) == ("completed", "handed off (resumed)")
+
+
+async def test_the_failure_note_is_recorded_with_its_chatwoot_id(store) -> None:
+    h = Harness(store, lambda prompt: ModelError("the model answered 400", retryable=False))
+    await h.burst("hello?")
+    await h.run_due()
+    [note] = h.chatwoot.sent
+    assert note.content_attributes is not None
+    assert note.content_attributes["chatbuffer"]["kind"] == "failure_note"
+    [row] = await h.table(bot_replies)
+    assert (row.kind, row.chatwoot_message_id) == ("failure_note", note.message_id)

@@ -26,6 +26,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chatbuffer.app import Runtime
 from chatbuffer.domain.buffer import BufferPolicy
+from chatbuffer.domain.marker import Marker
+from chatbuffer.domain.ports import PostedMessage
 from chatbuffer.intake.webhook import IntakeRules, WebhookIntake
 from chatbuffer.observability.events import FanOut
 from chatbuffer.settings import load_settings
@@ -33,6 +35,7 @@ from chatbuffer.simulator import payloads
 from chatbuffer.storage import database
 from chatbuffer.storage.repository import SqlBufferStore
 from chatbuffer.storage.tables import (
+    bot_replies,
     buffer_processing_jobs,
     buffered_messages,
     conversations,
@@ -625,3 +628,29 @@ async def test_an_unreachable_database_is_unavailable(tmp_path: Path, backend: s
     assert_clean_error(ready)
     assert (stored.status_code, stored.json()) == (503, STORE_FAILED)
     assert health.status_code == 200
+
+
+async def test_the_echo_of_the_bot_s_reply_confirms_the_recorded_intent(web: Web) -> None:
+    assert web.runtime is not None
+    store = web.runtime.store
+    await web.deliver(web.incoming())
+    web.clock.advance(timedelta(seconds=31))
+    [job] = await store.claim_due(web.clock.now(), "w1", timedelta(seconds=10), 1)
+    intent = PostedMessage("reply", "Your order ships today.")
+    assert await store.reserve_send(job, "w1", intent, web.clock.now()) == "send"
+
+    response = await web.deliver(
+        payloads.bot_reply(
+            account_id=ACCOUNT,
+            conversation_id=CONVERSATION,
+            message_id=8801,
+            content=intent.content,
+            created_at=web.clock.now(),
+            content_attributes=Marker(job.buffer_id, "reply").attributes(),
+        )
+    )
+
+    assert response.json() == {"status": "ignored", "reason": "the bot's own reply"}
+    async with web.engine.connect() as conn:
+        confirmed = (await conn.execute(select(bot_replies.c.chatwoot_message_id))).scalars().all()
+    assert confirmed == [8801]

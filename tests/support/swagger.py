@@ -90,17 +90,24 @@ class SwaggerValidator:
         ]
 
     def __call__(self, request: RecordedRequest) -> list[str]:
-        return self.request_problems(request.method, request.path, request.headers, request.json)
+        return self.request_problems(
+            request.method, request.path, request.headers, request.json, request.query
+        )
 
     def request_problems(
-        self, method: str, path: str, headers: Mapping[str, str], body: Any | None
+        self,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        body: Any | None,
+        query: Mapping[str, str] | None = None,
     ) -> list[str]:
         found = self._operation(method, path)
         if isinstance(found, str):
             return [found]
         template, operation, arguments = found
         where = f"{method.upper()} {template}"
-        problems = self._parameter_problems(template, operation, arguments)
+        problems = self._parameter_problems(template, operation, arguments, dict(query or {}))
         problems += self._security_problems(operation, headers)
         problems += self._body_problems(template, method, operation, body)
         return [f"{where}: {problem}" for problem in problems]
@@ -159,25 +166,37 @@ class SwaggerValidator:
     # -- checks ------------------------------------------------------------------------------
 
     def _parameter_problems(
-        self, template: str, operation: Mapping[str, Any], arguments: dict[str, str]
+        self,
+        template: str,
+        operation: Mapping[str, Any],
+        arguments: dict[str, str],
+        query: dict[str, str],
     ) -> list[str]:
-        declared: dict[str, dict[str, Any]] = {}
+        declared: dict[tuple[str, str], dict[str, Any]] = {}
         for raw in [
             *self._spec["paths"][template].get("parameters", []),
             *operation.get("parameters", []),
         ]:
             parameter = self._deref(raw)
-            if parameter.get("in") == "path":
-                declared[str(parameter["name"])] = parameter.get("schema", {})
+            if parameter.get("in") in ("path", "query"):
+                declared[(str(parameter["in"]), str(parameter["name"]))] = parameter.get(
+                    "schema", {}
+                )
         problems = []
-        for name, text in arguments.items():
-            schema = declared.get(name, {})
-            value = _coerce(text, schema.get("type"))
-            if value is None:
-                problems.append(f"path parameter {name}={text!r} is not a valid {schema['type']}")
-                continue
-            for error in OAS31Validator(schema).iter_errors(value):
-                problems.append(f"path parameter {name}={text!r}: {error.message}")
+        for place, values in (("path", arguments), ("query", query)):
+            for name, text in values.items():
+                if (place, name) not in declared:
+                    problems.append(f"{place} parameter {name} is not in the spec")
+                    continue
+                schema = declared[(place, name)]
+                value = _coerce(text, schema.get("type"))
+                if value is None:
+                    problems.append(
+                        f"{place} parameter {name}={text!r} is not a valid {schema['type']}"
+                    )
+                    continue
+                for error in OAS31Validator(schema).iter_errors(value):
+                    problems.append(f"{place} parameter {name}={text!r}: {error.message}")
         return problems
 
     def _security_problems(

@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx2
 
+from chatbuffer.domain import marker as markers
 from chatbuffer.domain.model import ConversationKey
 from chatbuffer.domain.retry import parse_retry_after, retryable_status
 from chatbuffer.errors import ChatwootError
@@ -71,14 +72,51 @@ class ChatwootClient:
     async def set_status(self, key: ConversationKey, status: str) -> None:
         await self._post(self._path(key, "/toggle_status"), {"status": status})
 
-    async def _post(self, path: str, body: Mapping[str, Any]) -> Any:
+    async def find_marked(
+        self, key: ConversationKey, marker: markers.Marker, *, after_message_id: int | None
+    ) -> int | None:
         try:
-            response = await self._client.post(path, json=body)
+            params = {} if after_message_id is None else {"after": after_message_id}
+            answer = await self._request("GET", self._path(key, "/messages"), params=params)
+            found = answer.get("payload") if isinstance(answer, dict) else None
+        except ChatwootError as exc:
+            if exc.status not in (401, 403):
+                raise
+            # Agent-bot tokens may not list messages (docs/chatwoot.md §3); the conversation
+            # itself still shows its last message, which is where a just-posted reply sits.
+            answer = await self._request("GET", self._path(key))
+            found = answer.get("messages") if isinstance(answer, dict) else None
+        for message in found if isinstance(found, list) else []:
+            if not isinstance(message, dict) or not isinstance(message.get("id"), int):
+                continue
+            attributes = message.get("content_attributes")
+            seen = markers.read(
+                attributes if isinstance(attributes, dict) else None,
+                private=bool(message.get("private")),
+            )
+            if seen == marker:
+                message_id: int = message["id"]
+                return message_id
+        return None
+
+    async def _post(self, path: str, body: Mapping[str, Any]) -> Any:
+        return await self._request("POST", path, json=body)
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Mapping[str, Any] | None = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> Any:
+        try:
+            response = await self._client.request(method, path, json=json, params=params)
         except httpx2.TimeoutException as exc:
-            raise ChatwootError(f"Chatwoot did not answer POST {path} in time") from exc
+            raise ChatwootError(f"Chatwoot did not answer {method} {path} in time") from exc
         except httpx2.HTTPError as exc:
             raise ChatwootError(
-                f"could not reach Chatwoot for POST {path}: {type(exc).__name__}"
+                f"could not reach Chatwoot for {method} {path}: {type(exc).__name__}"
             ) from exc
         if response.is_success:
             if not response.content:
@@ -89,7 +127,8 @@ class ChatwootClient:
                 return None
         status = response.status_code
         raise ChatwootError(
-            f"Chatwoot answered {status} to POST {path}",
+            f"Chatwoot answered {status} to {method} {path}",
             retryable=retryable_status(status),
             retry_after=parse_retry_after(response.headers.get("retry-after")),
+            status=status,
         )

@@ -14,6 +14,7 @@ from typing import Any, Literal, Protocol
 
 from chatbuffer.domain.aggregation import Prompt
 from chatbuffer.domain.buffer import BufferPolicy
+from chatbuffer.domain.marker import Marker, ReplyKind
 from chatbuffer.domain.model import (
     Attachment,
     ConversationKey,
@@ -49,6 +50,13 @@ class ChatwootAPI(Protocol):
 
     async def set_status(self, key: ConversationKey, status: str) -> None: ...
 
+    async def find_marked(
+        self, key: ConversationKey, marker: Marker, *, after_message_id: int | None
+    ) -> int | None:
+        """The id of a message carrying ``marker`` posted after ``after_message_id``, if the
+        conversation shows one; used before posting again after a crash or a timeout."""
+        ...
+
 
 class Transcriber(Protocol):
     """Turns a voice note into text."""
@@ -74,6 +82,7 @@ EventName = Literal[
     "no_reply",
     "attempt_failed",
     "buffer_failed",
+    "send_reconciled",
 ]
 
 
@@ -115,19 +124,25 @@ class BufferContents:
 
     messages: Sequence[InboundMessage]
     history: Sequence[HistoryEntry]
+    #: What an earlier attempt meant to post or posted for this buffer (empty on a first try).
+    posted: Sequence[PostedMessage] = ()
 
 
-ReplyKind = Literal["reply", "handoff_note"]
 SendCheck = Literal["send", "cancelled", "newer"]
 
 
 @dataclass(frozen=True, slots=True)
 class PostedMessage:
-    """A message the bot posted to Chatwoot for a buffer."""
+    """A message the bot means to post, or has posted, for a buffer.
+
+    Recorded before the POST with no ``chatwoot_message_id`` (the intent), and given the id once
+    Chatwoot's answer or its webhook echo confirms it: an intent without an id after a crash is
+    the case the retry must check Chatwoot for before posting again.
+    """
 
     kind: ReplyKind
     content: str
-    chatwoot_message_id: int
+    chatwoot_message_id: int | None = None
 
 
 class BufferStore(Protocol):
@@ -163,6 +178,20 @@ class BufferStore(Protocol):
 
     async def before_send(self, job: ClaimedJob, owner: str) -> SendCheck: ...
 
+    async def reserve_send(
+        self, job: ClaimedJob, owner: str, intent: PostedMessage, now: datetime
+    ) -> SendCheck:
+        """``before_send``, and unless the job is lost record ``intent`` in the same
+        transaction, so a crash after the POST leaves a trace to check."""
+        ...
+
+    async def confirm_sent(
+        self, key: ConversationKey, marker: Marker, chatwoot_message_id: int
+    ) -> bool:
+        """Record the Chatwoot id of a posted message (from the POST's answer, the webhook echo
+        or a reconciliation)."""
+        ...
+
     async def supersede(
         self, job: ClaimedJob, owner: str, now: datetime, max_size: int
     ) -> uuid.UUID | None: ...
@@ -180,6 +209,15 @@ class BufferStore(Protocol):
         self, job: ClaimedJob, owner: str, error: str, retry_at: datetime
     ) -> bool: ...
 
-    async def fail(self, job: ClaimedJob, owner: str, error: str, now: datetime) -> bool: ...
+    async def fail(
+        self,
+        job: ClaimedJob,
+        owner: str,
+        error: str,
+        now: datetime,
+        note: PostedMessage | None = None,
+    ) -> bool:
+        """Mark the buffer failed for good; ``note`` is the hand-over note about to be posted."""
+        ...
 
     async def flags(self) -> Mapping[str, bool]: ...

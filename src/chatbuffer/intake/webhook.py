@@ -13,14 +13,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from chatbuffer.domain import marker as markers
 from chatbuffer.domain.buffer import BufferPolicy
 from chatbuffer.domain.model import Attachment, ConversationKey, InboundMessage, MessageKind
 from chatbuffer.domain.ports import BufferStore, Clock, Observer
 from chatbuffer.errors import MalformedPayload
 from chatbuffer.intake.payloads import ConversationEvent, MessageEvent
 
-#: Key in ``content_attributes`` that marks a message chatbuffer itself posted.
-REPLY_MARKER = "chatbuffer"
+REPLY_MARKER = markers.REPLY_MARKER
 
 MESSAGE_EVENTS = frozenset({"message_created", "message_updated"})
 CONVERSATION_EVENTS = frozenset(
@@ -60,6 +60,15 @@ class CancelBuffers:
 
 
 @dataclass(frozen=True, slots=True)
+class ConfirmSent:
+    """Chatwoot echoed a message the bot posted: its id confirms the send."""
+
+    key: ConversationKey
+    marker: markers.Marker
+    chatwoot_message_id: int
+
+
+@dataclass(frozen=True, slots=True)
 class ResumeBot:
     """The conversation was handed back to the bot: end a human takeover pause."""
 
@@ -67,7 +76,7 @@ class ResumeBot:
     status: str
 
 
-Action = Ignore | Buffer | UpdateAttachments | CancelBuffers | ResumeBot
+Action = Ignore | Buffer | UpdateAttachments | CancelBuffers | ResumeBot | ConfirmSent
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,11 +140,16 @@ def _classify_message(
     event: MessageEvent, key: ConversationKey, rules: IntakeRules, now: datetime
 ) -> Action:
     attributes = event.content_attributes or {}
+    if event.message_type == "outgoing" and markers.is_marked(attributes):
+        marker = markers.read(attributes, private=bool(event.private))
+        if marker is not None and event.event == "message_created":
+            return ConfirmSent(key, marker, event.id)
+        return Ignore("the bot's own reply")
     if event.private:
         return Ignore("private note")
     if event.message_type == "outgoing":
         sender_type = event.sender.type if event.sender else None
-        if REPLY_MARKER in attributes or sender_type == "agent_bot":
+        if sender_type == "agent_bot":
             return Ignore("the bot's own reply")
         if event.event == "message_created" and (
             sender_type == "user" or attributes.get("external_echo") is True
@@ -213,6 +227,10 @@ class WebhookIntake:
         action = classify(parse(body), self._rules, now)
         if isinstance(action, Ignore):
             return {"status": "ignored", "reason": action.reason}
+        if isinstance(action, ConfirmSent):
+            # Only the store learns from it; the answer is the same either way.
+            await self._store.confirm_sent(action.key, action.marker, action.chatwoot_message_id)
+            return {"status": "ignored", "reason": "the bot's own reply"}
         if isinstance(action, ResumeBot):
             resumed = await self._store.resume_bot(action.key, now)
             return {

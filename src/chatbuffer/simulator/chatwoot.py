@@ -48,6 +48,7 @@ class RecordedRequest:
     path: str
     headers: dict[str, str]
     json: Any | None  # the parsed JSON body, None when there was no (valid) JSON body
+    query: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,8 +99,12 @@ class ChatwootSimulator:
         bot_id: int = 1,
         bot_name: str = "Chatbuffer",
         inbox_id: int = 4,
+        user_token: bool = False,
     ) -> None:
+        """By default ``api_token`` is an agent bot's, which reaches only the bot endpoints;
+        ``user_token`` makes it a user's, which may also list a conversation's messages."""
         self._api_token = api_token
+        self._user_token = user_token
         self._validator = validator
         self._webhook_url = webhook_url
         self._webhook_secret = webhook_secret
@@ -120,6 +125,7 @@ class ChatwootSimulator:
             ("POST", re.compile(_CONVERSATION_PATH + "/toggle_typing_status"), self._typing),
             ("POST", re.compile(_CONVERSATION_PATH + "/toggle_status"), self._toggle_status),
             ("GET", re.compile(_CONVERSATION_PATH), self._show),
+            ("GET", re.compile(_CONVERSATION_PATH + "/messages"), self._list_messages),
         ]
         # One catch-all route, so requests to unknown paths are recorded and validated too.
         self.app = Starlette(
@@ -232,6 +238,7 @@ class ChatwootSimulator:
             path=request.url.path,
             headers={k.lower(): v for k, v in request.headers.items()},
             json=parsed,
+            query=dict(request.query_params),
         )
         self.requests.append(recorded)
         if recorded.path.startswith(_FILES_PREFIX):
@@ -360,6 +367,24 @@ class ChatwootSimulator:
                     "snoozed_until": snoozed_until,
                 },
             }
+        )
+
+    async def _list_messages(
+        self, request: RecordedRequest, account_id: int, conversation_id: int
+    ) -> Response:
+        """``GET …/messages``: the latest 20, or up to 100 after ``?after=<id>``, oldest first."""
+        if not self._user_token:
+            return JSONResponse(
+                {"error": "Access to this endpoint is not authorized for bots"}, status_code=401
+            )
+        messages = self._conversation(account_id, conversation_id).messages
+        after = request.query.get("after")
+        if after is not None and after.lstrip("-").isdigit():
+            listed = [m for m in messages if m["id"] > int(after)][:100]
+        else:
+            listed = messages[-20:]
+        return JSONResponse(
+            {"meta": {"labels": [], "additional_attributes": {}}, "payload": listed}
         )
 
     async def _show(

@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from chatbuffer.domain import buffer
 from chatbuffer.domain.aggregation import describe
+from chatbuffer.domain.marker import Marker
 from chatbuffer.domain.model import (
     Attachment,
     ConversationKey,
@@ -377,7 +378,13 @@ class SqlBufferStore:
             ).all()
             burst = [_inbound(job.key, r) for r in rows]
             history = await self._history(conn, job, burst, history_limit)
-        return BufferContents(messages=burst, history=history)
+            posted = [
+                PostedMessage(r.kind, r.content, r.chatwoot_message_id)
+                for r in await conn.execute(
+                    sql.BUFFER_POSTED, {**key, "p_buffer_id": job.buffer_id}
+                )
+            ]
+        return BufferContents(messages=burst, history=history, posted=posted)
 
     async def _history(
         self,
@@ -422,10 +429,75 @@ class SqlBufferStore:
         human took over) or ``newer`` (the contact wrote again since it closed)."""
         params = {**_held(job, owner), "p_buffer_id": job.buffer_id}
         async with self._reading() as conn:
-            row = (await conn.execute(sql.BEFORE_SEND, params)).first()
+            return await self._send_check(conn, params)
+
+    @staticmethod
+    async def _send_check(conn: AsyncConnection, params: dict[str, Any]) -> SendCheck:
+        row = (await conn.execute(sql.BEFORE_SEND, params)).first()
         if row is None:
             return "cancelled"
         return "newer" if row.newer else "send"
+
+    async def reserve_send(
+        self, job: ClaimedJob, owner: str, intent: PostedMessage, now: datetime
+    ) -> SendCheck:
+        params = {**_held(job, owner), "p_buffer_id": job.buffer_id}
+        async with self._engine.begin() as conn:
+            verdict = await self._send_check(conn, params)
+            # Also on "newer": if the burst cannot be folded into the newer buffer, this reply
+            # is sent after all. An intent left on a superseded buffer was never posted.
+            if verdict != "cancelled":
+                await self._record_posted(conn, job, intent, now)
+            return verdict
+
+    async def confirm_sent(
+        self, key: ConversationKey, marker: Marker, chatwoot_message_id: int
+    ) -> bool:
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                sql.CONFIRM_SENT,
+                {
+                    **_key(key),
+                    "p_buffer_id": marker.buffer_id,
+                    "p_kind": marker.kind,
+                    "p_message_id": chatwoot_message_id,
+                },
+            )
+            return bool(result.rowcount)
+
+    @staticmethod
+    async def _record_posted(
+        conn: AsyncConnection, job: ClaimedJob, posted: PostedMessage, now: datetime
+    ) -> None:
+        """Record an intent, or fill in the id of one; a row that already has an id is kept."""
+        if posted.chatwoot_message_id is not None:
+            confirmed = await conn.execute(
+                sql.CONFIRM_SENT,
+                {
+                    **_key(job.key),
+                    "p_buffer_id": job.buffer_id,
+                    "p_kind": posted.kind,
+                    "p_message_id": posted.chatwoot_message_id,
+                },
+            )
+            if confirmed.rowcount:
+                return
+        params = {**_key(job.key), "p_buffer_id": job.buffer_id}
+        if any(r.kind == posted.kind for r in await conn.execute(sql.BUFFER_POSTED, params)):
+            return
+        await conn.execute(
+            sql.INSERT_REPLY,
+            {
+                "id": uuid.uuid4(),
+                "buffer_id": job.buffer_id,
+                "account_id": job.key.account_id,
+                "conversation_id": job.key.conversation_id,
+                "kind": posted.kind,
+                "content": posted.content,
+                "chatwoot_message_id": posted.chatwoot_message_id,
+                "sent_at": now,
+            },
+        )
 
     async def supersede(
         self, job: ClaimedJob, owner: str, now: datetime, max_size: int
@@ -475,19 +547,7 @@ class SqlBufferStore:
         params = {**_held(job, owner), "p_buffer_id": job.buffer_id, "p_now": now, "p_note": note}
         async with self._engine.begin() as conn:
             if posted is not None:
-                await conn.execute(
-                    sql.INSERT_REPLY,
-                    {
-                        "id": uuid.uuid4(),
-                        "buffer_id": job.buffer_id,
-                        "account_id": job.key.account_id,
-                        "conversation_id": job.key.conversation_id,
-                        "kind": posted.kind,
-                        "content": posted.content,
-                        "chatwoot_message_id": posted.chatwoot_message_id,
-                        "sent_at": now,
-                    },
-                )
+                await self._record_posted(conn, job, posted, now)
             if (await conn.execute(sql.COMPLETE_JOB, params)).rowcount != 1:
                 return False
             await conn.execute(sql.COMPLETE_BUFFER, params)
@@ -513,7 +573,14 @@ class SqlBufferStore:
                 await conn.execute(sql.NOTIFY, {"p_payload": retry_at.isoformat()})
             return True
 
-    async def fail(self, job: ClaimedJob, owner: str, error: str, now: datetime) -> bool:
+    async def fail(
+        self,
+        job: ClaimedJob,
+        owner: str,
+        error: str,
+        now: datetime,
+        note: PostedMessage | None = None,
+    ) -> bool:
         params = {
             **_held(job, owner),
             "p_buffer_id": job.buffer_id,
@@ -526,6 +593,8 @@ class SqlBufferStore:
                 return False
             await conn.execute(sql.FAIL_BUFFER, params)
             await conn.execute(sql.IDLE_IF_PROCESSING, params)
+            if note is not None:
+                await self._record_posted(conn, job, note, now)
             return True
 
     async def flags(self) -> Mapping[str, bool]:

@@ -331,13 +331,34 @@ EARLIER_REPLIES = (
     .where(
         _key(bot_replies),
         bot_replies.c.kind == "reply",
+        # An intent Chatwoot never confirmed may not have reached the contact.
+        bot_replies.c.chatwoot_message_id.is_not(None),
         bot_replies.c.sent_at < _time("p_before"),
     )
     .order_by(bot_replies.c.sent_at.desc())
     .limit(bindparam("p_limit"))
 )
 
+#: What earlier attempts meant to post, or posted, for this buffer.
+BUFFER_POSTED = (
+    select(bot_replies.c.kind, bot_replies.c.content, bot_replies.c.chatwoot_message_id)
+    .where(_key(bot_replies), bot_replies.c.buffer_id == bindparam("p_buffer_id"))
+    .order_by(bot_replies.c.sent_at)
+)
+
 INSERT_REPLY = insert(bot_replies)
+
+#: Only fills a missing id: the first confirmation wins, a late echo changes nothing.
+CONFIRM_SENT = (
+    update(bot_replies)
+    .where(
+        _key(bot_replies),
+        bot_replies.c.buffer_id == bindparam("p_buffer_id"),
+        bot_replies.c.kind == bindparam("p_kind"),
+        bot_replies.c.chatwoot_message_id.is_(None),
+    )
+    .values(chatwoot_message_id=bindparam("p_message_id"))
+)
 
 
 def finish_job(status: str) -> Any:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from chatbuffer.domain import aggregation, decision
+from chatbuffer.domain.marker import Marker
 from chatbuffer.domain.model import HandOff, InboundMessage, SendReply, StaySilent
 from chatbuffer.domain.ports import (
     BufferContents,
@@ -18,11 +19,11 @@ from chatbuffer.domain.ports import (
     Observer,
     PostedMessage,
     ReplyModel,
+    SendCheck,
     Transcriber,
 )
 from chatbuffer.domain.retry import RetryPolicy
 from chatbuffer.errors import ChatwootError, DependencyError, TranscriptionError
-from chatbuffer.intake.webhook import REPLY_MARKER
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +97,12 @@ class Pipeline:
     async def _answer(
         self, job: ClaimedJob, owner: str, contents: BufferContents, flags: Mapping[str, bool]
     ) -> None:
+        earlier = next((p for p in contents.posted if p.kind != "failure_note"), None)
+        if earlier is not None:
+            # An earlier attempt decided what to post and may have posted it: finish that
+            # instead of asking the model again.
+            await self._resume(job, owner, contents, earlier)
+            return
         # The contact may have written again between the due time and now: fold this burst into
         # the newer one before paying for a model call.
         if await self._check(job, owner) != "send":
@@ -109,17 +116,29 @@ class Pipeline:
         answer = await self._model.decide(prompt)
         outcome = decision.route(answer, quality_threshold=self._config.quality_threshold)
         key = job.key
+        if isinstance(outcome, StaySilent):
+            if await self._check(job, owner) == "send":
+                note = f"silent: {outcome.reason}"
+                await self._store.complete(job, owner, self._clock.now(), note)
+                self._observer.event(
+                    "no_reply", key, buffer_id=str(job.buffer_id), reason=outcome.reason
+                )
+            return
+        if isinstance(outcome, SendReply):
+            intent = PostedMessage("reply", outcome.content)
+        else:
+            assert isinstance(outcome, HandOff)
+            intent = PostedMessage("handoff_note", decision.handoff_note(outcome))
         # While the model wrote, a person may have taken over (never answer over them) or the
         # contact may have written again (then this reply is stale: answer the whole burst once).
-        if await self._check(job, owner) != "send":
+        # The intent is recorded in the same transaction as that check.
+        verdict = await self._store.reserve_send(job, owner, intent, self._clock.now())
+        if await self._settle(job, owner, verdict) != "send":
             return
-        marker = {REPLY_MARKER: {"buffer_id": str(job.buffer_id)}}
+        message_id = await self._post(job, intent)
+        reason = "replied" if isinstance(outcome, SendReply) else f"handed off: {outcome.reason}"
+        await self._finish(job, owner, intent, message_id, reason)
         if isinstance(outcome, SendReply):
-            message_id = await self._chatwoot.send_message(
-                key, outcome.content, content_attributes=marker
-            )
-            posted = PostedMessage("reply", outcome.content, message_id)
-            await self._store.complete(job, owner, self._clock.now(), "replied", posted)
             self._observer.event(
                 "reply_sent",
                 key,
@@ -129,28 +148,72 @@ class Pipeline:
                 intent=answer.intent,
                 reply=outcome.content,
             )
-        elif isinstance(outcome, HandOff):
-            note = decision.handoff_note(outcome)
-            message_id = await self._chatwoot.send_message(
-                key, note, private=True, content_attributes=marker
-            )
-            await self._chatwoot.set_status(key, "open")
-            posted = PostedMessage("handoff_note", note, message_id)
-            reason = f"handed off: {outcome.reason}"
-            await self._store.complete(job, owner, self._clock.now(), reason, posted)
+        else:
             self._observer.event(
                 "handoff", key, buffer_id=str(job.buffer_id), reason=outcome.reason
             )
-        else:
-            assert isinstance(outcome, StaySilent)
-            await self._store.complete(job, owner, self._clock.now(), f"silent: {outcome.reason}")
-            self._observer.event(
-                "no_reply", key, buffer_id=str(job.buffer_id), reason=outcome.reason
-            )
 
-    async def _check(self, job: ClaimedJob, owner: str) -> str:
-        """``send``, or the reason not to: ``cancelled`` or ``superseded``."""
-        verdict = await self._store.before_send(job, owner)
+    async def _resume(
+        self, job: ClaimedJob, owner: str, contents: BufferContents, earlier: PostedMessage
+    ) -> None:
+        """Finish what an earlier attempt started, posting its message at most once more.
+
+        Chatwoot has no idempotency key, so when the earlier attempt's POST is unconfirmed
+        (it crashed, or Chatwoot timed out after accepting it) the conversation is searched for
+        the message's marker first; only if it is not there is the same text posted again.
+        """
+        message_id = earlier.chatwoot_message_id
+        marker = Marker(job.buffer_id, earlier.kind)
+        if message_id is None:
+            last_incoming = max((m.chatwoot_message_id for m in contents.messages), default=None)
+            message_id = await self._chatwoot.find_marked(
+                job.key, marker, after_message_id=last_incoming
+            )
+            self._observer.event(
+                "send_reconciled",
+                job.key,
+                buffer_id=str(job.buffer_id),
+                kind=earlier.kind,
+                found=message_id is not None,
+            )
+        if message_id is None:
+            if await self._check(job, owner) != "send":
+                return
+            message_id = await self._post(job, earlier)
+        reason = "replied" if earlier.kind == "reply" else "handed off"
+        await self._finish(job, owner, earlier, message_id, f"{reason} (resumed)")
+        self._observer.event(
+            "reply_sent" if earlier.kind == "reply" else "handoff",
+            job.key,
+            buffer_id=str(job.buffer_id),
+            chatwoot_message_id=message_id,
+            resumed=True,
+        )
+
+    async def _post(self, job: ClaimedJob, message: PostedMessage) -> int:
+        return await self._chatwoot.send_message(
+            job.key,
+            message.content,
+            private=message.kind != "reply",
+            content_attributes=Marker(job.buffer_id, message.kind).attributes(),
+        )
+
+    async def _finish(
+        self, job: ClaimedJob, owner: str, message: PostedMessage, message_id: int, note: str
+    ) -> None:
+        posted = replace(message, chatwoot_message_id=message_id)
+        if message.kind == "handoff_note":
+            # Recorded before the status change, so a retry after a failed toggle does not post
+            # the note again.
+            await self._store.confirm_sent(job.key, Marker(job.buffer_id, message.kind), message_id)
+            await self._chatwoot.set_status(job.key, "open")
+        await self._store.complete(job, owner, self._clock.now(), note, posted)
+
+    async def _check(self, job: ClaimedJob, owner: str) -> SendCheck:
+        """``send``, or the reason not to: ``cancelled`` or ``newer`` (then superseded)."""
+        return await self._settle(job, owner, await self._store.before_send(job, owner))
+
+    async def _settle(self, job: ClaimedJob, owner: str, verdict: SendCheck) -> SendCheck:
         buffer_id = str(job.buffer_id)
         if verdict == "cancelled":
             self._observer.event("no_reply", job.key, buffer_id=buffer_id, reason="cancelled")
@@ -163,7 +226,7 @@ class Pipeline:
                 self._observer.event(
                     "buffer_superseded", job.key, buffer_id=buffer_id, into=str(into)
                 )
-                return "superseded"
+                return "newer"
         return "send"
 
     async def _transcribe(self, messages: Sequence[InboundMessage]) -> list[InboundMessage]:
@@ -205,22 +268,19 @@ class Pipeline:
             done.append(message)
         return done
 
-    async def _hand_over_failure(self, job: ClaimedJob, error: str) -> None:
+    async def _hand_over_failure(self, job: ClaimedJob, note: PostedMessage) -> None:
         """The bot gave up: tell a human, so the customer is not left without an answer."""
-        note = decision.failure_note(error, attempts=job.attempts)
+        marker = Marker(job.buffer_id, note.kind)
         try:
-            await self._chatwoot.send_message(
-                job.key,
-                note,
-                private=True,
-                content_attributes={REPLY_MARKER: {"buffer_id": str(job.buffer_id)}},
-            )
+            message_id = await self._post(job, note)
+            await self._store.confirm_sent(job.key, marker, message_id)
             await self._chatwoot.set_status(job.key, "open")
         except ChatwootError as exc:
-            # Chatwoot itself may be what failed; the buffer stays visible as failed.
+            # Chatwoot itself may be what failed; the buffer stays visible as failed, and
+            # `chatbuffer buffers replay` can try again.
             logger.warning("could not hand failed buffer %s to a human: %s", job.buffer_id, exc)
             return
-        self._observer.event("handoff", job.key, buffer_id=str(job.buffer_id), reason=error)
+        self._observer.event("handoff", job.key, buffer_id=str(job.buffer_id), reason="failed")
 
     async def _typing(self, job: ClaimedJob, *, on: bool) -> None:
         # Typing is a courtesy: its failure must never cost the reply.
@@ -240,7 +300,10 @@ class Pipeline:
         policy = self._config.retry
         now = self._clock.now()
         if policy.gives_up(job.attempts, retryable=retryable):
-            if await self._store.fail(job, owner, error, now):
+            note = PostedMessage(
+                "failure_note", decision.failure_note(error, attempts=job.attempts)
+            )
+            if await self._store.fail(job, owner, error, now, note):
                 self._observer.event(
                     "buffer_failed",
                     job.key,
@@ -248,7 +311,7 @@ class Pipeline:
                     attempt=job.attempts,
                     error=error,
                 )
-                await self._hand_over_failure(job, error)
+                await self._hand_over_failure(job, note)
             return
         retry_at = now + policy.delay(job.attempts, retry_after=retry_after)
         await self._store.release_for_retry(job, owner, error, retry_at)

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
+from chatbuffer.domain.marker import Marker
 from chatbuffer.domain.model import ConversationKey
 from chatbuffer.errors import MalformedPayload
 from chatbuffer.intake.webhook import (
     Buffer,
     CancelBuffers,
+    ConfirmSent,
     Ignore,
     IntakeRules,
     ResumeBot,
@@ -111,6 +114,37 @@ def test_private_note_is_ignored() -> None:
 def test_bot_own_reply_is_ignored() -> None:
     body = payloads.bot_reply(
         account_id=1, conversation_id=7, message_id=9, content="hello", created_at=NOW
+    )
+    assert act(body) == Ignore("the bot's own reply")
+
+
+@pytest.mark.parametrize(("private", "kind"), [(False, "reply"), (True, "handoff_note")])
+def test_the_echo_of_a_marked_message_confirms_the_send(private: bool, kind: str) -> None:
+    buffer_id = uuid.uuid4()
+    body = payloads.bot_reply(
+        account_id=1,
+        conversation_id=7,
+        message_id=9,
+        content="hello",
+        created_at=NOW,
+        private=private,
+        content_attributes={"chatbuffer": {"buffer_id": str(buffer_id), "kind": kind}},
+    )
+    assert act(body) == ConfirmSent(ConversationKey(1, 7), Marker(buffer_id, kind), 9)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "marker",
+    [{"buffer_id": "not-a-uuid"}, {"buffer_id": str(uuid.uuid4()), "kind": "poem"}, "junk"],
+)
+def test_an_unreadable_marker_is_still_the_bot_s_own_message(marker: Any) -> None:
+    body = payloads.bot_reply(
+        account_id=1,
+        conversation_id=7,
+        message_id=9,
+        content="hello",
+        created_at=NOW,
+        content_attributes={"chatbuffer": marker},
     )
     assert act(body) == Ignore("the bot's own reply")
 
