@@ -293,6 +293,19 @@ async def test_a_passing_transcription_failure_retries_the_buffer(store) -> None
     assert "- [voice note] second time lucky" in h.model.prompts[0].user
 
 
+async def test_a_transcription_endpoint_asking_to_wait_is_retried_after_that_wait(store) -> None:
+    busy = TranscriptionError("the transcription endpoint answered 429", retry_after=9)
+    transcripts = Transcripts({"https://cw/a.ogg": busy})
+    h = Harness(store, lambda prompt: decision(), transcripts)
+    await h.store.record_incoming(voice(1, "https://cw/a.ogg"), POLICY, h.clock.now())
+    await h.run_due()
+    [row] = await h.table(buffer_processing_jobs)
+    # Retry-After (9 s) wins over the policy's 2 s first back-off.
+    assert row.scheduled_for == h.clock.now() + timedelta(seconds=9)
+    h.clock.advance(8)
+    assert await h.store.claim_due(h.clock.now(), "w1", LEASE, 10) == []
+
+
 class WritesDuringGeneration:
     """A model during whose call the contact sends another message."""
 

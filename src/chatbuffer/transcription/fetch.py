@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import httpx2
 
-from chatbuffer.domain.retry import retryable_status
+from chatbuffer.domain.retry import parse_retry_after, retryable_status
 from chatbuffer.errors import TranscriptionError
 
 MAX_REDIRECTS = 3
@@ -73,6 +73,7 @@ class AttachmentFetcher:
                         f"the attachment download answered {status}",
                         # Chatwoot answers 404 until the upload has been stored.
                         retryable=status == 404 or retryable_status(status),
+                        retry_after=parse_retry_after(response.headers.get("retry-after")),
                     )
                 declared = response.headers.get("content-length")
                 if declared is not None and declared.isdigit() and int(declared) > self._max_bytes:
