@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -23,7 +24,16 @@ from chatbuffer.ai.openai_model import OpenAIReplyModel
 from chatbuffer.chatwoot.client import ChatwootClient
 from chatbuffer.clock import SystemClock
 from chatbuffer.domain.buffer import BufferPolicy
-from chatbuffer.domain.ports import ChatwootAPI, Clock, Observer, ReplyModel, Transcriber
+from chatbuffer.domain.model import ConversationKey
+from chatbuffer.domain.ports import (
+    BufferSummary,
+    ChatwootAPI,
+    Clock,
+    Observer,
+    ReplayResult,
+    ReplyModel,
+    Transcriber,
+)
 from chatbuffer.domain.retry import RetryPolicy
 from chatbuffer.errors import ConfigurationError
 from chatbuffer.intake.webhook import IntakeRules, WebhookIntake
@@ -132,6 +142,18 @@ class Runtime:
     async def ping(self) -> None:
         await self.store.ping()
 
+    # The admin API reaches the store through the runtime, which opens it in the app's lifespan.
+
+    async def list_buffers(
+        self, status: str, limit: int, key: ConversationKey | None = None
+    ) -> list[BufferSummary]:
+        return await self.store.list_buffers(status, limit, key)
+
+    async def replay(
+        self, buffer_id: uuid.UUID, now: datetime
+    ) -> tuple[ReplayResult, BufferSummary | None]:
+        return await self.store.replay(buffer_id, now)
+
     def _build_intake(self) -> WebhookIntake:
         return WebhookIntake(
             store=self.store,
@@ -149,6 +171,7 @@ class Runtime:
     def asgi(self, *, with_worker: bool) -> FastAPI:
         """The web app; its lifespan opens this runtime (and runs the worker in ``serve``)."""
         secret = self.settings.chatwoot_webhook_secret
+        admin_token = self.settings.admin_token
 
         @asynccontextmanager
         async def lifespan() -> AsyncIterator[None]:
@@ -167,8 +190,10 @@ class Runtime:
                 webhook_secret=secret.get_secret_value() if secret else None,
                 max_body_bytes=self.settings.webhook_max_body_bytes,
                 signature_max_age_s=self.settings.webhook_signature_max_age_s,
+                admin_token=admin_token.get_secret_value() if admin_token else None,
             ),
             lifespan=lifespan,
+            admin=self,
         )
 
     # -- worker ---------------------------------------------------------------------------

@@ -30,6 +30,22 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
         sub.add_argument("--port", type=_port, default=8000, help="port to bind (default 8000)")
     commands.add_parser("worker", help="only the worker that answers due buffers")
+    buffers = commands.add_parser(
+        "buffers",
+        help="list failed buffers or replay one, through a running api (needs ADMIN_TOKEN)",
+        description="Talks to a running `chatbuffer serve` or `api` with ADMIN_TOKEN.",
+    )
+    buffers.add_argument(
+        "--url",
+        default="http://127.0.0.1:8000",
+        help="base URL of a running chatbuffer api (default http://127.0.0.1:8000)",
+    )
+    actions = buffers.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="buffers with a status, newest first")
+    listing.add_argument("--status", default="failed", help="buffer status (default failed)")
+    listing.add_argument("--limit", type=_positive_int, default=50, help="at most (default 50)")
+    replay = actions.add_parser("replay", help="answer a failed buffer again, now")
+    replay.add_argument("buffer_id", help="the buffer's id, as `buffers list` shows it")
     commands.add_parser("migrate", help="create or upgrade the database schema")
     demo = commands.add_parser(
         "demo", help="a burst of messages turning into one reply, against built-in simulators"
@@ -63,6 +79,12 @@ def _positive_ms(value: str) -> int:
     return ms
 
 
+def _positive_int(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 1000:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to 1000, not {value!r}")
+    return int(value)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -81,6 +103,19 @@ def _run(args: argparse.Namespace) -> int:
         return demo.run(window_ms=args.window_ms)
 
     settings = load_settings()
+    if args.command == "buffers":
+        from chatbuffer import admin_client
+
+        token = settings.admin_token
+        if token is None:
+            raise ConfigurationError("ADMIN_TOKEN is not set; the buffers command needs it")
+        client = admin_client.AdminClient(args.url, token.get_secret_value())
+        if args.action == "list":
+            print(admin_client.format_table(client.list_buffers(args.status, args.limit)))
+        else:
+            summary = client.replay(args.buffer_id)
+            print(f"chatbuffer: buffer {summary['buffer_id']} is scheduled to be answered again")
+        return 0
     role: Role = args.command
     settings.require_for(role)
 

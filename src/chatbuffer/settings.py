@@ -59,6 +59,7 @@ class Settings(BaseSettings):
     webhook_max_body_bytes: int = Field(1_048_576, ge=1_024)
     webhook_signature_max_age_s: int = Field(300, ge=1)
     history_limit: int = Field(20, ge=0, le=200)
+    admin_token: SecretStr | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("database_url")
@@ -67,6 +68,13 @@ class Settings(BaseSettings):
         scheme = value.split(":", 1)[0].split("+", 1)[0].lower()
         if scheme not in {"sqlite", "postgresql", "postgres"}:
             raise ValueError("must start with sqlite:// or postgresql://")
+        return value
+
+    @field_validator("admin_token")
+    @classmethod
+    def _strong_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters (e.g. openssl rand -hex 32)")
         return value
 
     @field_validator("bot_active_statuses")

@@ -58,6 +58,7 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
         ("DATABASE_URL", "mysql://x/y", "DATABASE_URL is invalid"),
         ("RESPONSE_QUALITY_THRESHOLD", "1.5", "RESPONSE_QUALITY_THRESHOLD is invalid"),
         ("CHATWOOT_BASE_URL", "chatwoot.local", "CHATWOOT_BASE_URL is invalid"),
+        ("ADMIN_TOKEN", "short-secret", "ADMIN_TOKEN is invalid: must be at least 16"),
     ],
 )
 def test_bad_values_stop_with_one_line_naming_the_setting(

@@ -221,3 +221,34 @@ class BufferStore(Protocol):
         ...
 
     async def flags(self) -> Mapping[str, bool]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class BufferSummary:
+    """One buffer as an operator sees it."""
+
+    buffer_id: uuid.UUID
+    key: ConversationKey
+    status: str
+    message_count: int
+    attempts: int
+    error: str | None
+    outcome: str | None
+    updated_at: datetime
+
+
+ReplayResult = Literal["scheduled", "not_found", "not_failed"]
+
+
+class BufferAdmin(Protocol):
+    """What the admin API may see and do; every call is an operator's, never the hot path."""
+
+    async def list_buffers(
+        self, status: str, limit: int, key: ConversationKey | None = None
+    ) -> list[BufferSummary]: ...
+
+    async def replay(
+        self, buffer_id: uuid.UUID, now: datetime
+    ) -> tuple[ReplayResult, BufferSummary | None]:
+        """Schedule a failed buffer to be answered again now, with fresh attempts."""
+        ...

@@ -40,9 +40,11 @@ from chatbuffer.domain.model import (
 )
 from chatbuffer.domain.ports import (
     BufferContents,
+    BufferSummary,
     ClaimedJob,
     IntakeResult,
     PostedMessage,
+    ReplayResult,
     SendCheck,
 )
 from chatbuffer.storage import database
@@ -597,6 +599,45 @@ class SqlBufferStore:
                 await self._record_posted(conn, job, note, now)
             return True
 
+    # -- admin ----------------------------------------------------------------------------
+
+    async def list_buffers(
+        self, status: str, limit: int, key: ConversationKey | None = None
+    ) -> list[BufferSummary]:
+        params: dict[str, Any] = {"p_status": status, "p_limit": limit}
+        statement = sql.LIST_BUFFERS
+        if key is not None:
+            params.update(_key(key))
+            statement = sql.LIST_CONVERSATION_BUFFERS
+        async with self._reading() as conn:
+            return [_summary(r) for r in await conn.execute(statement, params)]
+
+    async def replay(
+        self, buffer_id: uuid.UUID, now: datetime
+    ) -> tuple[ReplayResult, BufferSummary | None]:
+        """Put a failed buffer back in the queue, due now, with its attempts reset.
+
+        What an earlier attempt recorded (an unconfirmed reply, say) is kept, so the replay
+        checks Chatwoot for it before posting anything.
+        """
+        async with self._engine.begin() as conn:
+            found = (
+                await conn.execute(sql.BUFFER_SUMMARY, {"p_buffer_id": buffer_id, "p_limit": 1})
+            ).first()
+            if found is None:
+                return "not_found", None
+            key = ConversationKey(found.account_id, found.conversation_id)
+            params = {**_key(key), "p_buffer_id": buffer_id, "p_now": now}
+            if (await conn.execute(sql.REPLAY_JOB, params)).rowcount != 1:
+                return "not_failed", _summary(found)
+            await conn.execute(sql.REPLAY_BUFFER, params)
+            if self._postgres:
+                await conn.execute(sql.NOTIFY, {"p_payload": now.isoformat()})
+            after = (
+                await conn.execute(sql.BUFFER_SUMMARY, {"p_buffer_id": buffer_id, "p_limit": 1})
+            ).first()
+        return "scheduled", _summary(after)
+
     async def flags(self) -> Mapping[str, bool]:
         async with self._reading() as conn:
             rows = (await conn.execute(sql.FLAGS)).all()
@@ -614,4 +655,17 @@ def _inbound(key: ConversationKey, row: Any) -> InboundMessage:
         attachments=tuple(Attachment.from_json(a) for a in row.attachments or []),
         sender=row.sender_info or {},
         conversation=row.conversation_info or {},
+    )
+
+
+def _summary(row: Any) -> BufferSummary:
+    return BufferSummary(
+        buffer_id=row.id,
+        key=ConversationKey(row.account_id, row.conversation_id),
+        status=row.status,
+        message_count=row.message_count,
+        attempts=row.attempts,
+        error=row.error_message,
+        outcome=row.outcome,
+        updated_at=row.updated_at,
     )

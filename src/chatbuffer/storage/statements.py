@@ -415,3 +415,44 @@ IDLE_IF_PROCESSING = (
 )
 
 FLAGS = select(feature_flags.c.flag_name, feature_flags.c.is_enabled)
+
+# -- admin (operators only; not on the hot path) -----------------------------------------------
+
+_SUMMARY = (
+    select(
+        buffers.c.id,
+        buffers.c.account_id,
+        buffers.c.conversation_id,
+        buffers.c.status,
+        buffers.c.message_count,
+        buffers.c.outcome,
+        buffers.c.updated_at,
+        jobs.c.attempts,
+        jobs.c.error_message,
+    )
+    .select_from(buffers.join(jobs, jobs.c.buffer_id == buffers.c.id))
+    .order_by(buffers.c.updated_at.desc())
+    .limit(bindparam("p_limit"))
+)
+LIST_BUFFERS = _SUMMARY.where(buffers.c.status == bindparam("p_status"))
+LIST_CONVERSATION_BUFFERS = LIST_BUFFERS.where(_key(buffers))
+BUFFER_SUMMARY = _SUMMARY.where(buffers.c.id == bindparam("p_buffer_id"))
+
+REPLAY_JOB = (
+    update(jobs)
+    .where(_key(jobs), jobs.c.buffer_id == bindparam("p_buffer_id"), jobs.c.status == "failed")
+    .values(
+        status="scheduled",
+        attempts=0,
+        scheduled_for=_time("p_now"),
+        lease_owner=None,
+        lease_expires_at=None,
+        processed_at=None,
+        updated_at=_time("p_now"),
+    )
+)
+REPLAY_BUFFER = (
+    update(buffers)
+    .where(_key(buffers), buffers.c.id == bindparam("p_buffer_id"), buffers.c.status == "failed")
+    .values(status="closed", outcome=None, processed_at=None, updated_at=_time("p_now"))
+)

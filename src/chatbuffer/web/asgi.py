@@ -18,9 +18,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from chatbuffer.domain.ports import Clock
+from chatbuffer.domain.ports import BufferAdmin, Clock
 from chatbuffer.errors import MalformedPayload, PayloadTooLarge, WebhookRejected
 from chatbuffer.intake import signature
+from chatbuffer.web.admin import admin_router
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ class WebConfig:
     webhook_secret: str | None
     max_body_bytes: int
     signature_max_age_s: int
+    admin_token: str | None = None
 
 
 def create_asgi_app(
@@ -41,6 +43,7 @@ def create_asgi_app(
     clock: Clock,
     config: WebConfig,
     lifespan: Callable[[], AbstractAsyncContextManager[None]] | None = None,
+    admin: BufferAdmin | None = None,
 ) -> FastAPI:
     @asynccontextmanager
     async def _lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -131,6 +134,9 @@ def create_asgi_app(
             raise MalformedPayload("the body is not valid JSON") from None
         result = await handle(payload)
         return JSONResponse(dict(result), status_code=200)
+
+    if admin is not None:
+        app.include_router(admin_router(admin=admin, token=config.admin_token, clock=clock))
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

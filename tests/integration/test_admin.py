@@ -1,0 +1,152 @@
+"""The admin API in-process, on both databases: the token guards it, failed buffers are listed,
+and a replay puts exactly that buffer back in the queue without touching anything else."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import httpx2
+import pytest
+from sqlalchemy import select
+
+from chatbuffer.app import Runtime
+from chatbuffer.domain.buffer import BufferPolicy
+from chatbuffer.domain.model import ConversationKey, InboundMessage
+from chatbuffer.settings import load_settings
+from chatbuffer.storage.tables import buffer_processing_jobs, message_buffer
+from chatbuffer.testing import FakeClock
+from tests.integration.test_web import serving, snapshot
+
+TOKEN = "admin-test-token-3f9a61c0d2"
+START = datetime(2026, 5, 4, 10, 0, tzinfo=UTC)
+POLICY = BufferPolicy(timedelta(seconds=30), timedelta(seconds=300), 50)
+LEASE = timedelta(seconds=10)
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+class Admin:
+    def __init__(self, runtime: Runtime, client: httpx2.AsyncClient, clock: FakeClock) -> None:
+        self.runtime = runtime
+        self.client = client
+        self.clock = clock
+
+    async def failed_buffer(self, conversation: int, error: str = "the model answered 400"):
+        """A buffer that failed for good, as the worker leaves it."""
+        store = self.runtime.store
+        key = ConversationKey(1, conversation)
+        message = InboundMessage(
+            key=key,
+            chatwoot_message_id=conversation * 10,
+            content="hello?",
+            kind="text",
+            content_type="text",
+            received_at=self.clock.now(),
+        )
+        await store.record_incoming(message, POLICY, self.clock.now())
+        self.clock.advance(31)
+        [job] = await store.claim_due(self.clock.now(), "w1", LEASE, 10)
+        assert await store.fail(job, "w1", error, self.clock.now())
+        return job
+
+
+@pytest.fixture
+async def admin(db_url: str) -> AsyncIterator[Admin]:
+    clock = FakeClock(START)
+    runtime = Runtime(load_settings(database_url=db_url, admin_token=TOKEN), clock=clock)
+    async with serving(runtime.asgi(with_worker=False)) as client:
+        yield Admin(runtime, client, clock)
+
+
+async def test_the_admin_api_is_off_without_a_token(db_url: str) -> None:
+    runtime = Runtime(load_settings(database_url=db_url), clock=FakeClock(START))
+    async with serving(runtime.asgi(with_worker=False)) as client:
+        response = await client.get("/admin/buffers", headers=AUTH)
+    assert response.status_code == 403
+    assert response.json() == {"error": "the admin API is disabled; set ADMIN_TOKEN to enable it"}
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer wrong-token-000000000"}, {"Authorization": TOKEN}],
+    ids=["missing", "wrong", "not-bearer"],
+)
+async def test_a_request_without_the_token_changes_nothing(admin: Admin, headers) -> None:
+    job = await admin.failed_buffer(500)
+    before = await snapshot(admin.runtime.store.engine)
+    for response in [
+        await admin.client.get("/admin/buffers", headers=headers),
+        await admin.client.post(f"/admin/buffers/{job.buffer_id}/replay", headers=headers),
+    ]:
+        assert response.status_code == 401
+        assert response.json() == {"error": "a valid admin token is required"}
+        assert TOKEN not in response.text
+    assert await snapshot(admin.runtime.store.engine) == before
+
+
+async def test_failed_buffers_are_listed_with_their_error(admin: Admin) -> None:
+    first = await admin.failed_buffer(501, "the model answered 400")
+    second = await admin.failed_buffer(502, "Chatwoot answered 404 to POST …/messages")
+    response = await admin.client.get("/admin/buffers", headers=AUTH)
+    assert response.status_code == 200
+    listed = response.json()["buffers"]
+    assert [(b["buffer_id"], b["conversation_id"], b["status"], b["error"]) for b in listed] == [
+        (str(second.buffer_id), 502, "failed", "Chatwoot answered 404 to POST …/messages"),
+        (str(first.buffer_id), 501, "failed", "the model answered 400"),
+    ]
+    one = await admin.client.get(
+        "/admin/buffers", params={"account_id": 1, "conversation_id": 501}, headers=AUTH
+    )
+    assert [b["buffer_id"] for b in one.json()["buffers"]] == [str(first.buffer_id)]
+    completed = await admin.client.get("/admin/buffers?status=completed", headers=AUTH)
+    assert completed.json() == {"buffers": []}
+
+
+async def test_a_replay_schedules_the_failed_buffer_now_with_fresh_attempts(admin: Admin) -> None:
+    job = await admin.failed_buffer(503)
+    admin.clock.advance(3600)
+    response = await admin.client.post(f"/admin/buffers/{job.buffer_id}/replay", headers=AUTH)
+    assert response.status_code == 200, response.text
+    assert response.json()["buffer"]["status"] == "closed"
+    async with admin.runtime.store.engine.connect() as conn:
+        row = (await conn.execute(select(buffer_processing_jobs))).one()
+        buf = (await conn.execute(select(message_buffer))).one()
+    assert (row.status, row.attempts, row.scheduled_for) == ("scheduled", 0, admin.clock.now())
+    assert (buf.status, buf.outcome) == ("closed", None)
+    # A worker takes it at once, as its first attempt.
+    [again] = await admin.runtime.store.claim_due(admin.clock.now(), "w2", LEASE, 10)
+    assert (again.buffer_id, again.attempts) == (job.buffer_id, 1)
+
+
+async def test_only_failed_buffers_can_be_replayed(admin: Admin) -> None:
+    job = await admin.failed_buffer(504)
+    replay = f"/admin/buffers/{job.buffer_id}/replay"
+    assert (await admin.client.post(replay, headers=AUTH)).is_success
+    before = await snapshot(admin.runtime.store.engine)
+    again = await admin.client.post(replay, headers=AUTH)
+    assert again.status_code == 409
+    assert again.json() == {
+        "error": f"buffer {job.buffer_id} is closed; only failed buffers can be replayed"
+    }
+    unknown = uuid.uuid4()
+    missing = await admin.client.post(f"/admin/buffers/{unknown}/replay", headers=AUTH)
+    assert (missing.status_code, missing.json()) == (404, {"error": f"no buffer {unknown}"})
+    bad = await admin.client.post("/admin/buffers/42/replay", headers=AUTH)
+    assert (bad.status_code, bad.json()) == (422, {"error": "'42' is not a buffer id"})
+    assert await snapshot(admin.runtime.store.engine) == before
+
+
+@pytest.mark.parametrize(
+    ("query", "error"),
+    [
+        ("status=broken", "unknown status 'broken'"),
+        ("limit=0", "invalid request"),
+        ("limit=ten", "invalid request"),
+        ("account_id=1", "account_id and conversation_id go together"),
+    ],
+)
+async def test_bad_listing_parameters_are_422(admin: Admin, query: str, error: str) -> None:
+    response = await admin.client.get(f"/admin/buffers?{query}", headers=AUTH)
+    assert response.status_code == 422
+    assert response.json()["error"].startswith(error)
