@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,7 +27,7 @@ import pytest
 
 from chatbuffer.simulator import payloads
 from chatbuffer.simulator.chatwoot import ChatwootSimulator
-from chatbuffer.simulator.model import ScriptedModelServer
+from chatbuffer.simulator.model import Script, ScriptedModelServer
 from chatbuffer.simulator.server import serve_in_background
 from tests.support.swagger import load_validator
 
@@ -108,14 +109,27 @@ class Service:
         await self.start()
 
     async def stop(self) -> None:
-        """End the process whatever state it is in (test teardown)."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        try:
-            await self.terminate()
-        except RuntimeError:
-            self.process.kill()
-            self.process.wait()
+        """End the process whatever state it is in (test teardown), then check that its log
+        never showed a secret it was given."""
+        if self.process is not None and self.process.poll() is None:
+            try:
+                await self.terminate()
+            except RuntimeError:
+                self.process.kill()
+                self.process.wait()
+        self.assert_log_free_of(self.secrets())
+
+    def secrets(self) -> list[str]:
+        return [
+            value
+            for name, value in self.env.items()
+            if re.search(r"TOKEN|SECRET|API_KEY|PASSWORD", name) and len(value) >= 6
+        ] + list(re.findall(r"://[^:/@]+:([^@/]+)@", self.env.get("DATABASE_URL", "")))
+
+    def assert_log_free_of(self, texts: Sequence[str]) -> None:
+        log = self.log.read_text(errors="replace") if self.log.exists() else ""
+        leaked = [text for text in texts if text in log]
+        assert not leaked, f"the service log shows {len(leaked)} value(s) it must not"
 
 
 @dataclass
@@ -126,6 +140,7 @@ class World:
     chatwoot_url: str
     model_url: str
     next_message_id: int = 5000
+    said: list[str] = field(default_factory=list)
 
     async def say(
         self, conversation: int, text: str, *, message_id: int | None = None, **extra: Any
@@ -145,6 +160,7 @@ class World:
             )
         )
         assert delivery.status_code == 200, delivery
+        self.said.append(text)
         return message_id
 
     async def deliver(self, body: dict[str, Any]) -> int | None:
@@ -221,9 +237,14 @@ class Simulators:
 
 
 @asynccontextmanager
-async def simulators(webhook_port: int) -> AsyncIterator[Simulators]:
-    """Both simulators; the Chatwoot one validates every request against Chatwoot's spec."""
-    model = ScriptedModelServer()
+async def simulators(
+    webhook_port: int, *, model_script: Script | None = None
+) -> AsyncIterator[Simulators]:
+    """Both simulators; the Chatwoot one validates every request against Chatwoot's spec.
+
+    ``model_script`` replaces the model's default answers (e.g. with invalid JSON).
+    """
+    model = ScriptedModelServer(script=model_script)
     chatwoot = ChatwootSimulator(
         api_token=TOKEN,
         validator=load_validator(),
@@ -251,7 +272,11 @@ async def world(
         env = sims.service_env(db_url, WORKER_LEASE_MS=str(lease.args[0] if lease else 3000))
         service = Service(env=env, port=port, log=tmp_path / "service.log")
         await service.start()
+        world = sims.world(service)
         try:
-            yield sims.world(service)
+            yield world
         finally:
             await service.stop()
+        # Message text is logged at DEBUG only; these services log at INFO. Short texts
+        # ("hi") could match unrelated log words, so only distinctive ones are checked.
+        service.assert_log_free_of([text for text in world.said if len(text) >= 12])
