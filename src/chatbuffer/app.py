@@ -103,7 +103,7 @@ class Runtime:
 
     async def open(self) -> None:
         self._engine = database.create_engine(
-            self.settings.database_url, pool_size=min(20, self.settings.worker_concurrency + 4)
+            self.settings.database_url, pool_size=self.settings.database_pool_size
         )
         self._store = SqlBufferStore(self._engine)
         self._flags = _FlagCache(self._store, self.clock)

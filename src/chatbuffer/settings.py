@@ -26,6 +26,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
 
     database_url: str = "sqlite:///./chatbuffer.db"
+    database_pool_size: int = Field(20, ge=1, le=500)
 
     message_buffer_duration_ms: int = Field(30_000, ge=0)
     max_buffer_size: int = Field(50, ge=1, le=10_000)

@@ -64,3 +64,30 @@ def test_postgres_denies_rows_to_any_role_but_the_owner(postgres_url: str) -> No
             conn.execute(text(f'DROP OWNED BY "{role}"'))
             conn.execute(text(f'DROP ROLE IF EXISTS "{role}"'))
         engine.dispose()
+
+
+def test_buffers_stored_before_0004_keep_their_order(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'order.db'}"
+    command.upgrade(database.alembic_config(url), "0003")
+    engine = create_engine(database.sync_url(url))
+    opened = ["2026-01-01 10:00:00", "2026-01-01 10:05:00", "2026-01-01 10:01:00"]
+    with engine.begin() as conn:
+        for conversation, at in zip([7, 7, 8], opened, strict=True):
+            conn.execute(
+                text(
+                    "INSERT INTO message_buffer (id, account_id, conversation_id, status, "
+                    "buffer_start_time, last_message_time, created_at, updated_at) "
+                    "VALUES (:id, 1, :c, 'completed', :at, :at, :at, :at)"
+                ),
+                {"id": uuid.uuid4().hex, "c": conversation, "at": at},
+            )
+    database.migrate(url)
+    with engine.connect() as conn:
+        order = conn.execute(
+            text(
+                "SELECT conversation_id, conversation_seq FROM message_buffer "
+                "ORDER BY conversation_id, created_at"
+            )
+        ).all()
+    engine.dispose()
+    assert [tuple(row) for row in order] == [(7, 0), (7, 1), (8, 0)]

@@ -332,3 +332,23 @@ async def test_a_newer_buffer_waits_while_an_older_one_is_unanswered(store) -> N
     contents = await store.load(merged, history_limit=10)
     assert [m.chatwoot_message_id for m in contents.messages] == [1, 2]
     assert await store.before_send(merged, "w2") == "send"
+
+
+async def test_a_delivery_that_waited_past_the_claim_is_ordered_after_the_claimed_buffer(
+    store,
+) -> None:
+    """Intake reads its clock before it waits for the conversation's lock; a delivery that waited
+    past the claim carries an earlier time than the buffer now being answered. It must still come
+    after it: wait for it and be folded into nothing older, so the burst is answered once."""
+    clock = FakeClock()
+    t0 = clock.now()
+    await store.record_incoming(message(2), POLICY, t0)
+    clock.advance(31)
+    [held] = await store.claim_due(clock.now(), "w1", LEASE, 10)
+    late = await store.record_incoming(message(1), POLICY, t0 - timedelta(milliseconds=1))
+    assert late.opened_buffer
+    # The late buffer is due, but waits while the held one is unanswered ...
+    assert await store.claim_due(clock.now(), "w2", LEASE, 10) == []
+    # ... and the held one sees it as newer, so it folds into it instead of replying.
+    assert await store.before_send(held, "w1") == "newer"
+    assert await store.supersede(held, "w1", clock.now(), 50) == late.buffer_id

@@ -68,7 +68,8 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     return create_async_engine(
         async_url(url),
         pool_size=pool_size,
-        max_overflow=pool_size,
+        # A hard cap: replicas times pool size is the connection budget to plan PostgreSQL for.
+        max_overflow=0,
         pool_pre_ping=True,
         hide_parameters=True,
     )

@@ -58,6 +58,17 @@ _DUPLICATE = IntakeResult(
 
 
 @dataclass(frozen=True, slots=True)
+class _Conversation:
+    """The locked conversation row: whether a human holds it, and how many messages it has had."""
+
+    human_active_until: datetime | None
+    message_count: int
+
+
+_NEW_CONVERSATION = _Conversation(human_active_until=None, message_count=0)
+
+
+@dataclass(frozen=True, slots=True)
 class _OpenBuffer:
     id: uuid.UUID
     window: buffer.BufferWindow
@@ -98,7 +109,8 @@ class SqlBufferStore:
     ) -> IntakeResult:
         key = _key(message.key)
         async with self._engine.begin() as conn:
-            human_until = await self._lock_conversation(conn, message.key, now)
+            conversation = await self._lock_conversation(conn, message.key, now)
+            human_until = conversation.human_active_until
             if human_until is not None and now < human_until:
                 return IntakeResult(
                     stored=False,
@@ -128,7 +140,9 @@ class SqlBufferStore:
                         sql.CLOSE_BUFFER, {**key, "p_buffer_id": current.id, "p_now": now}
                     )
                 placement = buffer.place(None, policy, now)
-                buffer_id = await self._open(conn, message.key, placement, now)
+                buffer_id = await self._open(
+                    conn, message.key, placement, now, conversation.message_count
+                )
             await conn.execute(
                 sql.INSERT_MESSAGE,
                 {
@@ -170,13 +184,12 @@ class SqlBufferStore:
 
     async def _lock_conversation(
         self, conn: AsyncConnection, key: ConversationKey, now: datetime
-    ) -> datetime | None:
-        """Lock (creating if needed) the conversation row; return its ``human_active_until``."""
+    ) -> _Conversation:
+        """Lock (creating if needed) the conversation row and read it."""
         params = _key(key)
         found = (await conn.execute(sql.LOCK_CONVERSATION, params)).first()
         if found is not None:
-            human_until: datetime | None = found.human_active_until
-            return human_until
+            return _Conversation(found.human_active_until, found.message_count)
         row = {
             "id": uuid.uuid4(),
             "account_id": key.account_id,
@@ -189,9 +202,11 @@ class SqlBufferStore:
             # both then queue on the row lock.
             await conn.execute(sql.INSERT_CONVERSATION_PG, row)
             locked = (await conn.execute(sql.LOCK_CONVERSATION, params)).first()
-            return locked.human_active_until if locked is not None else None
+            if locked is None:
+                return _NEW_CONVERSATION
+            return _Conversation(locked.human_active_until, locked.message_count)
         await conn.execute(sql.INSERT_CONVERSATION, row)
-        return None
+        return _NEW_CONVERSATION
 
     async def _active_buffer(
         self, conn: AsyncConnection, key: dict[str, Any]
@@ -242,6 +257,7 @@ class SqlBufferStore:
         key: ConversationKey,
         placement: buffer.Placement,
         now: datetime,
+        sequence: int,
     ) -> uuid.UUID:
         buffer_id = uuid.uuid4()
         await conn.execute(
@@ -255,6 +271,7 @@ class SqlBufferStore:
                 "buffer_end_time": placement.due,
                 "status": "closed" if placement.closes_now else "active",
                 "message_count": placement.window.message_count,
+                "conversation_seq": sequence,
                 "created_at": now,
                 "updated_at": now,
             },

@@ -60,7 +60,7 @@ CONVERSATION = and_(
 # -- intake -----------------------------------------------------------------------------------
 
 LOCK_CONVERSATION = (
-    select(conversations.c.id, conversations.c.human_active_until)
+    select(conversations.c.id, conversations.c.human_active_until, conversations.c.message_count)
     .where(CONVERSATION)
     .with_for_update()
 )
@@ -191,7 +191,7 @@ _WAITS_FOR_EARLIER = (
         _earlier.c.account_id == buffers.c.account_id,
         _earlier.c.conversation_id == buffers.c.conversation_id,
         _earlier.c.status.in_(("closed", "processing")),
-        _earlier.c.created_at < buffers.c.created_at,
+        _earlier.c.conversation_seq < buffers.c.conversation_seq,
     )
     .exists()
 )
@@ -266,15 +266,17 @@ HELD = and_(
 
 EXTEND_LEASE = update(jobs).where(HELD).values(lease_expires_at=_time("p_until"))
 
-_THIS_BUFFER_CREATED = (
-    select(buffers.c.created_at).where(buffers.c.id == bindparam("p_buffer_id")).scalar_subquery()
+_THIS_BUFFER_SEQ = (
+    select(buffers.c.conversation_seq)
+    .where(_key(buffers), buffers.c.id == bindparam("p_buffer_id"))
+    .scalar_subquery()
 )
 
 #: Buffers of the same conversation opened after this one and not yet taken by a worker.
 _NEWER_OPEN = and_(
     _key(buffers),
     buffers.c.status.in_(("active", "closed")),
-    buffers.c.created_at > _THIS_BUFFER_CREATED,
+    buffers.c.conversation_seq > _THIS_BUFFER_SEQ,
 )
 
 #: Before posting: is the job still ours, and has the contact written since?
@@ -287,7 +289,7 @@ BEFORE_SEND = (
 NEWER_BUFFER = (
     select(buffers.c.id, buffers.c.message_count)
     .where(_NEWER_OPEN)
-    .order_by(buffers.c.created_at)
+    .order_by(buffers.c.conversation_seq)
     .limit(1)
     .with_for_update()
 )

@@ -87,6 +87,9 @@ message_buffer = Table(
     # active -> closed -> processing -> completed | cancelled | failed
     Column("status", Text, nullable=False, server_default="active"),
     Column("message_count", Integer, nullable=False, server_default="0"),
+    # The conversation's message count when this buffer opened, read under the conversation's
+    # lock: orders a conversation's buffers whatever the processes' clocks say.
+    Column("conversation_seq", BigInteger, nullable=False, server_default="0"),
     Column("processed_at", UTCDateTime, nullable=True),
     Column("outcome", Text, nullable=True),
     Column("created_at", UTCDateTime, nullable=False, server_default=_now_default()),
