@@ -10,12 +10,13 @@ bot's webhook.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -117,6 +118,7 @@ class ChatwootSimulator:
         self._conversations: dict[tuple[int, int], _Conversation] = {}
         self._faults: list[_Fault] = []
         self._files: dict[str, tuple[str, bytes, str]] = {}
+        self._webhook_client: httpx2.AsyncClient | None = None
         self.requests: list[RecordedRequest] = []
         self.violations: list[Violation] = []
         self.deliveries: list[WebhookDelivery] = []
@@ -129,14 +131,28 @@ class ChatwootSimulator:
         ]
         # One catch-all route, so requests to unknown paths are recorded and validated too.
         self.app = Starlette(
+            lifespan=self._lifespan,
             routes=[
                 Route(
                     "/{path:path}",
                     self._dispatch,
                     methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
                 )
-            ]
+            ],
         )
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, _app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the webhook client (the served app's shutdown does it too)."""
+        if self._webhook_client is not None:
+            await self._webhook_client.aclose()
+            self._webhook_client = None
 
     # -- test controls ---------------------------------------------------------------------
 
@@ -210,10 +226,20 @@ class ChatwootSimulator:
         headers["Accept"] = "application/json"
         event = str(payload.get("event", ""))
         message_id = payload.get("id") if event.startswith("message_") else None
+        if self._webhook_client is None:
+            # One client for every delivery: building one costs ~80 ms of CPU (TLS set-up). No
+            # kept-alive connections, like Chatwoot's per-delivery requests, so a receiver that
+            # was killed and restarted is reached afresh. trust_env=False: a proxy from the
+            # environment must never see loopback test traffic.
+            self._webhook_client = httpx2.AsyncClient(
+                timeout=_WEBHOOK_TIMEOUT_S,
+                trust_env=False,
+                limits=httpx2.Limits(max_keepalive_connections=0),
+            )
         try:
-            # trust_env=False: a proxy from the environment must never see loopback test traffic.
-            async with httpx2.AsyncClient(timeout=_WEBHOOK_TIMEOUT_S, trust_env=False) as client:
-                response = await client.post(self._webhook_url, content=body, headers=headers)
+            response = await self._webhook_client.post(
+                self._webhook_url, content=body, headers=headers
+            )
         except httpx2.HTTPError as exc:
             delivery = WebhookDelivery(event, message_id, None, type(exc).__name__)
         else:
