@@ -18,6 +18,7 @@ from typing import Any
 
 import openai
 from fastapi import FastAPI
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chatbuffer.ai.openai_model import OpenAIReplyModel
@@ -35,7 +36,7 @@ from chatbuffer.domain.ports import (
     Transcriber,
 )
 from chatbuffer.domain.retry import RetryPolicy
-from chatbuffer.errors import ConfigurationError
+from chatbuffer.errors import ConfigurationError, StorageUnavailable
 from chatbuffer.intake.webhook import IntakeRules, WebhookIntake
 from chatbuffer.observability.events import FanOut, LoggingObserver
 from chatbuffer.settings import Settings
@@ -137,7 +138,12 @@ class Runtime:
     async def handle_webhook(self, body: object) -> Mapping[str, Any]:
         if self._intake is None:
             raise RuntimeError("Runtime is not open")
-        return await self._intake.handle(body)
+        try:
+            return await self._intake.handle(body)
+        except (SQLAlchemyError, OSError) as exc:
+            # The transaction did not commit: the sender must retry, and the operator needs one
+            # line, not a traceback per webhook while the database restarts.
+            raise StorageUnavailable(f"the database is unavailable ({type(exc).__name__})") from exc
 
     async def ping(self) -> None:
         await self.store.ping()

@@ -3,6 +3,7 @@
     ChatbufferError
     ├── ConfigurationError          a setting is missing or contradicts another (start-up stops)
     ├── SchemaNotReady              the database is not migrated to the version this code needs
+    ├── StorageUnavailable          the database could not be reached or failed mid-transaction
     ├── WebhookRejected             a webhook request is refused; carries the HTTP status
     │   ├── PayloadTooLarge         413
     │   ├── InvalidSignature        401
@@ -29,6 +30,10 @@ class ConfigurationError(ChatbufferError):
 
 class SchemaNotReady(ChatbufferError):
     """The database schema is older than this code expects."""
+
+
+class StorageUnavailable(ChatbufferError):
+    """The database did not answer (down, restarting, out of connections); nothing was stored."""
 
 
 class WebhookRejected(ChatbufferError):

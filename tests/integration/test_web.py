@@ -567,7 +567,9 @@ def vanishing_db(
         yield Vanishing(scratch.url, scratch.drop)
 
 
-async def test_readiness_fails_once_the_database_is_gone(vanishing_db: Vanishing) -> None:
+async def test_readiness_fails_once_the_database_is_gone(
+    vanishing_db: Vanishing, caplog: pytest.LogCaptureFixture
+) -> None:
     async with web_on(vanishing_db.url) as web:
         assert (await web.client.get("/readyz")).status_code == 200
 
@@ -578,8 +580,13 @@ async def test_readiness_fails_once_the_database_is_gone(vanishing_db: Vanishing
         ready = await web.client.get("/readyz")
         assert (ready.status_code, ready.json()) == (503, UNAVAILABLE)
         assert_clean_error(ready)
+        caplog.clear()
         stored = await web.deliver(web.incoming())
         assert (stored.status_code, stored.json()) == (503, STORE_FAILED)
+        # One line for the operator, not a traceback per refused webhook.
+        [logged] = [r for r in caplog.records if r.name.startswith("chatbuffer")]
+        assert logged.levelname == "WARNING" and logged.exc_info is None
+        assert logged.getMessage().startswith("webhook not stored: the database is unavailable")
         # The process itself is fine.
         assert (await web.client.get("/healthz")).status_code == 200
 

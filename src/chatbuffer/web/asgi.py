@@ -19,7 +19,12 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chatbuffer.domain.ports import BufferAdmin, Clock
-from chatbuffer.errors import MalformedPayload, PayloadTooLarge, WebhookRejected
+from chatbuffer.errors import (
+    MalformedPayload,
+    PayloadTooLarge,
+    StorageUnavailable,
+    WebhookRejected,
+)
 from chatbuffer.intake import signature
 from chatbuffer.web.admin import admin_router
 
@@ -71,6 +76,13 @@ def create_asgi_app(
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, _exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"error": "invalid request"}, status_code=422)
+
+    @app.exception_handler(StorageUnavailable)
+    async def _unavailable(_request: Request, exc: StorageUnavailable) -> JSONResponse:
+        logger.warning("webhook not stored: %s", exc)
+        return JSONResponse(
+            {"error": "the service could not store the event; try again"}, status_code=503
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, _exc: Exception) -> JSONResponse:
