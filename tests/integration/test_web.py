@@ -582,7 +582,7 @@ async def test_readiness_fails_once_the_database_is_gone(
         assert_clean_error(ready)
         caplog.clear()
         stored = await web.deliver(web.incoming())
-        assert (stored.status_code, stored.json()) == (503, STORE_FAILED)
+        assert (stored.status_code, stored.json()) == (500, STORE_FAILED)
         # One line for the operator, not a traceback per refused webhook.
         [logged] = [r for r in caplog.records if r.name.startswith("chatbuffer")]
         assert logged.levelname == "WARNING" and logged.exc_info is None
@@ -633,7 +633,7 @@ async def test_an_unreachable_database_is_unavailable(tmp_path: Path, backend: s
 
     assert (ready.status_code, ready.json()) == (503, UNAVAILABLE)
     assert_clean_error(ready)
-    assert (stored.status_code, stored.json()) == (503, STORE_FAILED)
+    assert (stored.status_code, stored.json()) == (500, STORE_FAILED)
     assert health.status_code == 200
 
 

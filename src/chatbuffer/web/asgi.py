@@ -31,6 +31,7 @@ from chatbuffer.web.admin import admin_router
 logger = logging.getLogger(__name__)
 
 WEBHOOK_PATH = "/webhooks/chatwoot"
+NOT_STORED = "the service could not store the event; try again"
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,21 +78,19 @@ def create_asgi_app(
     async def _invalid(_request: Request, _exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"error": "invalid request"}, status_code=422)
 
+    # A webhook that was not stored must not be acknowledged. The answer is 500, not 503:
+    # Chatwoot's agent-bot job retries a delivery (twice, 3 s apart) only on 429 and 500, and
+    # gives the conversation to humans after any other failure (docs/chatwoot.md §2.3).
     @app.exception_handler(StorageUnavailable)
     async def _unavailable(_request: Request, exc: StorageUnavailable) -> JSONResponse:
         logger.warning("webhook not stored: %s", exc)
-        return JSONResponse(
-            {"error": "the service could not store the event; try again"}, status_code=503
-        )
+        return JSONResponse({"error": NOT_STORED}, status_code=500)
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, _exc: Exception) -> JSONResponse:
-        # The message was not stored; Chatwoot (or its operator) must see a failure, never
-        # a 200, and never our internals.
+        # Never our internals in the answer; the traceback goes to the log.
         logger.exception("webhook could not be processed")
-        return JSONResponse(
-            {"error": "the service could not store the event; try again"}, status_code=503
-        )
+        return JSONResponse({"error": NOT_STORED}, status_code=500)
 
     @app.post(
         WEBHOOK_PATH,
@@ -124,7 +123,7 @@ def create_asgi_app(
                 "401": {"description": "Missing, stale or wrong signature."},
                 "413": {"description": "The body is larger than WEBHOOK_MAX_BODY_BYTES."},
                 "422": {"description": "The JSON is not a Chatwoot event we can read."},
-                "503": {"description": "The database is unavailable; Chatwoot should retry."},
+                "500": {"description": "Not stored (the database is unavailable); retry."},
             },
         },
     )
