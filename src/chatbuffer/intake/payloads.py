@@ -9,8 +9,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# Chatwoot's ids are PostgreSQL integers or bigints; anything outside is not a Chatwoot id.
+# Chatwoot's ids are PostgreSQL integers or bigints; anything outside is not a Chatwoot id, and
+# would not fit the columns that store it (account and conversation ids are 32-bit there too).
 ChatwootId = Field(ge=1, le=2**63 - 1)
+ChatwootSmallId = Field(ge=1, le=2**31 - 1)
 
 
 class _Wire(BaseModel):
@@ -18,7 +20,7 @@ class _Wire(BaseModel):
 
 
 class Account(_Wire):
-    id: int = ChatwootId
+    id: int = ChatwootSmallId
 
 
 class Sender(_Wire):
@@ -28,7 +30,7 @@ class Sender(_Wire):
 
 
 class Conversation(_Wire):
-    id: int = ChatwootId
+    id: int = ChatwootSmallId
     status: str | None = None
     channel: str | None = None
     inbox_id: int | None = None
@@ -63,6 +65,6 @@ class ConversationEvent(_Wire):
     """``conversation_status_changed``, ``conversation_updated``, ``conversation_resolved``..."""
 
     event: str
-    id: int = ChatwootId
+    id: int = ChatwootSmallId
     status: str | None = None
     account: Account | None = None

@@ -34,7 +34,8 @@ def verify(
         sent_at = int(timestamp)
     except ValueError:
         raise InvalidSignature("X-Chatwoot-Timestamp is not a unix timestamp") from None
-    if abs(now.timestamp() - sent_at) > max_age_s:
+    # Integer arithmetic: a stamp with hundreds of digits must be refused, not overflow a float.
+    if abs(int(now.timestamp()) - sent_at) > max_age_s:
         raise InvalidSignature(
             f"X-Chatwoot-Timestamp is more than {max_age_s} s away from this server's clock"
         )

@@ -191,6 +191,10 @@ def test_unknown_events_are_ignored_by_name() -> None:
         ({"event": "message_created", "id": 1}, "message_created payload is invalid"),
         ({**incoming(), "id": -5}, "invalid at id"),
         ({**incoming(), "conversation": {"id": "abc"}}, "invalid at conversation.id"),
+        # Ids that no Chatwoot column holds (found by the fuzz suite as 5xx on PostgreSQL).
+        ({**incoming(), "id": 2**63}, "invalid at id"),
+        ({**incoming(), "conversation": {"id": 2**31}}, "invalid at conversation.id"),
+        ({**incoming(), "account": {"id": 2**31}}, "invalid at account.id"),
     ],
 )
 def test_unreadable_bodies_are_rejected_with_a_reason(body: Any, fragment: str) -> None:

@@ -36,6 +36,9 @@ def test_a_fresh_valid_signature_passes() -> None:
         ((None, "sha256=00"), "missing"),
         (("123", None), "missing"),
         (("yesterday", "sha256=00"), "not a unix timestamp"),
+        # Found by the fuzz suite: too large for a float, it must be refused, not overflow.
+        (("9" * 400, "sha256=00"), "300 s away"),
+        (("-" + "9" * 400, "sha256=00"), "300 s away"),
     ],
 )
 def test_missing_or_malformed_headers_are_rejected(stamp_sig, reason) -> None:
