@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # Chatwoot's ids are PostgreSQL integers or bigints; anything outside is not a Chatwoot id, and
 # would not fit the columns that store it (account and conversation ids are 32-bit there too).
@@ -17,6 +17,15 @@ ChatwootSmallId = Field(ge=1, le=2**31 - 1)
 
 class _Wire(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        # PostgreSQL's text and jsonb cannot hold NUL, and it means nothing in a chat message:
+        # mark where it was instead of refusing (and losing) the whole message.
+        if isinstance(value, str) and "\x00" in value:
+            return value.replace("\x00", "\ufffd")
+        return value
 
 
 class Account(_Wire):

@@ -201,3 +201,14 @@ def test_unreadable_bodies_are_rejected_with_a_reason(body: Any, fragment: str) 
     with pytest.raises(MalformedPayload, match=fragment) as caught:
         parse(body)
     assert caught.value.status_code == 422
+
+
+def test_nul_characters_are_marked_not_stored() -> None:
+    """PostgreSQL cannot store NUL; the message is kept with a visible mark where it was."""
+    body = incoming()
+    body["content"] = "order\x004411"
+    body["sender"]["name"] = "A\x00na"
+    action = act(body)
+    assert isinstance(action, Buffer)
+    assert action.message.content == "order\ufffd4411"
+    assert action.message.sender["name"] == "A\ufffdna"

@@ -68,3 +68,9 @@ def test_body_only_hmac_is_not_accepted() -> None:
     body_only = hmac.new(SECRET.encode(), BODY, hashlib.sha256).hexdigest()
     with pytest.raises(InvalidSignature):
         check(stamp, f"sha256={body_only}")
+
+
+def test_a_signature_header_with_non_ascii_text_is_rejected_not_an_error() -> None:
+    stamp, _ = signed(NOW)
+    with pytest.raises(InvalidSignature, match="does not match"):
+        check(stamp, "sha256=\xa0")
