@@ -117,19 +117,85 @@ class Service:
             except RuntimeError:
                 self.process.kill()
                 self.process.wait()
-        self.assert_log_free_of(self.secrets())
-
-    def secrets(self) -> list[str]:
-        return [
-            value
-            for name, value in self.env.items()
-            if re.search(r"TOKEN|SECRET|API_KEY|PASSWORD", name) and len(value) >= 6
-        ] + list(re.findall(r"://[^:/@]+:([^@/]+)@", self.env.get("DATABASE_URL", "")))
+        assert_log_free_of(self.log, secrets_of(self.env))
 
     def assert_log_free_of(self, texts: Sequence[str]) -> None:
-        log = self.log.read_text(errors="replace") if self.log.exists() else ""
-        leaked = [text for text in texts if text in log]
-        assert not leaked, f"the service log shows {len(leaked)} value(s) it must not"
+        assert_log_free_of(self.log, texts)
+
+
+@dataclass
+class Worker:
+    """One ``chatbuffer worker`` process; ``owner`` is the lease-owner name it logged."""
+
+    env: dict[str, str]
+    log: Path
+    process: subprocess.Popen[bytes] | None = None
+    owner: str | None = None
+
+    async def start(self) -> None:
+        offset = self.log.stat().st_size if self.log.exists() else 0
+        with self.log.open("ab") as handle:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "chatbuffer", "worker"],
+                env=self.env,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            logged = self.log.read_bytes()[offset:].decode(errors="replace")
+            found = re.search(r"worker (\S+) started", logged)
+            if found:
+                self.owner = found[1]
+                return
+            if self.process.poll() is not None:
+                break
+            await asyncio.sleep(0.05)
+        raise RuntimeError(f"chatbuffer worker did not start:\n{self.log.read_text()}")
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    async def stop(self) -> int | None:
+        """SIGTERM and the exit code (``None`` if it had to be killed), then check that its log
+        never showed a secret it was given.
+
+        Waits without blocking the loop: the worker may still be talking to the simulators.
+        """
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        code: int | None
+        while (code := self.process.poll()) is None:
+            if time.monotonic() > deadline:
+                self.process.kill()
+                self.process.wait()
+                break
+            await asyncio.sleep(0.02)
+        assert_log_free_of(self.log, secrets_of(self.env))
+        return code
+
+    def log_lines(self, event: str) -> list[str]:
+        return [line for line in self.log.read_text().splitlines() if f": {event} " in line]
+
+
+def secrets_of(env: dict[str, str]) -> list[str]:
+    """The secret values a process was started with (tokens, keys, the database password)."""
+    return [
+        value
+        for name, value in env.items()
+        if re.search(r"TOKEN|SECRET|API_KEY|PASSWORD", name) and len(value) >= 6
+    ] + list(re.findall(r"://[^:/@]+:([^@/]+)@", env.get("DATABASE_URL", "")))
+
+
+def assert_log_free_of(log: Path, texts: Sequence[str]) -> None:
+    shown = log.read_text(errors="replace") if log.exists() else ""
+    leaked = [text for text in texts if text in shown]
+    assert not leaked, f"{log.name} shows {len(leaked)} value(s) it must not"
 
 
 @dataclass

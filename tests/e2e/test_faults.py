@@ -17,9 +17,6 @@ import asyncio
 import contextlib
 import json
 import re
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -45,6 +42,7 @@ from tests.e2e.conftest import (
     WINDOW_MS,
     Service,
     Simulators,
+    Worker,
     World,
     free_port,
     simulators,
@@ -146,55 +144,6 @@ class Sender:
         self.holding += 1
         await release.wait()
         yield raw[len(raw) // 2 :]
-
-
-@dataclass
-class WorkerProcess:
-    """One ``chatbuffer worker`` process; ``owner`` is the lease owner name it logged."""
-
-    env: dict[str, str]
-    log: Path
-    process: subprocess.Popen[bytes] | None = None
-    owner: str | None = None
-
-    async def start(self) -> None:
-        offset = self.log.stat().st_size if self.log.exists() else 0
-        with self.log.open("ab") as handle:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "chatbuffer", "worker"],
-                env=self.env,
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            found = re.search(
-                r"worker (\S+) started", self.log.read_bytes()[offset:].decode(errors="replace")
-            )
-            if found:
-                self.owner = found[1]
-                return
-            if self.process.poll() is not None:
-                break
-            await asyncio.sleep(0.05)
-        raise RuntimeError(f"chatbuffer worker did not start:\n{self.log.read_text()}")
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    async def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        while self.process.poll() is None:
-            if time.monotonic() > deadline:
-                self.process.kill()
-                self.process.wait()
-                return
-            await asyncio.sleep(0.02)
 
 
 class TimedRequests(list[RecordedRequest]):
@@ -342,10 +291,10 @@ async def test_a_worker_killed_while_the_model_writes_is_taken_over_and_answers_
         env = r.env(WORKER_LEASE_MS=str(lease_ms))
         # Two workers: ``serve`` (which also takes the webhooks) and a ``worker``.
         serve = Service(env=env, port=port, log=tmp_path / "serve.log")
-        worker = WorkerProcess(env, tmp_path / "worker.log")
+        worker = Worker(env, tmp_path / "worker.log")
         try:
             await asyncio.gather(serve.start(), worker.start())
-            processes: dict[str | None, Service | WorkerProcess] = {
+            processes: dict[str | None, Service | Worker] = {
                 latest_owner(serve.log): serve,
                 worker.owner: worker,
             }

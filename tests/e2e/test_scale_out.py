@@ -7,9 +7,6 @@ import asyncio
 import itertools
 import json
 import re
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -37,55 +34,12 @@ from tests.e2e.conftest import (
     SECRET,
     Service,
     Simulators,
+    Worker,
     free_port,
     simulators,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
-
-
-@dataclass
-class Worker:
-    """One ``chatbuffer worker`` process writing to its own log."""
-
-    env: dict[str, str]
-    log: Path
-    process: subprocess.Popen[bytes] | None = None
-
-    async def start(self) -> None:
-        with self.log.open("ab") as handle:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "chatbuffer", "worker"],
-                env=self.env,
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 30
-        while "started" not in self.log.read_text():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"chatbuffer worker did not start:\n{self.log.read_text()}")
-            await asyncio.sleep(0.05)
-
-    async def stop(self) -> int | None:
-        """SIGTERM and the exit code; killed (and ``None``) if it does not stop in time.
-
-        Waits without blocking the loop: the worker may still be talking to the simulators.
-        """
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        while (code := self.process.poll()) is None:
-            if time.monotonic() > deadline:
-                self.process.kill()
-                self.process.wait()
-                return None
-            await asyncio.sleep(0.02)
-        return code
-
-    def log_lines(self, event: str) -> list[str]:
-        return [line for line in self.log.read_text().splitlines() if f": {event} " in line]
 
 
 @dataclass
