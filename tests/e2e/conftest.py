@@ -183,6 +183,16 @@ class Worker:
         return [line for line in self.log.read_text().splitlines() if f": {event} " in line]
 
 
+async def wait_until(condition: Callable[[], bool], timeout_s: float) -> bool:
+    """Poll ``condition`` until it holds (True) or ``timeout_s`` passes (False)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
 def secrets_of(env: dict[str, str]) -> list[str]:
     """The secret values a process was started with (tokens, keys, the database password)."""
     return [
@@ -237,13 +247,7 @@ class World:
         return self.chatwoot.replies(ACCOUNT, conversation)
 
     async def wait_for(self, condition: Callable[[], bool], timeout_s: float) -> bool:
-        """Poll ``condition`` until it holds or ``timeout_s`` passes."""
-        deadline = time.monotonic() + timeout_s
-        while not condition():
-            if time.monotonic() >= deadline:
-                return False
-            await asyncio.sleep(0.02)
-        return True
+        return await wait_until(condition, timeout_s)
 
     async def wait_for_replies(
         self, conversation: int, count: int, timeout_s: float

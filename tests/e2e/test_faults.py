@@ -46,6 +46,7 @@ from tests.e2e.conftest import (
     World,
     free_port,
     simulators,
+    wait_until,
 )
 from tests.e2e.invariants import MessageRef, Verdict, assert_invariants
 from tests.e2e.private_postgres import private_postgres
@@ -177,12 +178,7 @@ class Rig:
         return self.sims.chatwoot.replies(ACCOUNT, conversation)
 
     async def wait_for(self, condition: Callable[[], bool], timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while not condition():
-            if time.monotonic() >= deadline:
-                return False
-            await asyncio.sleep(0.02)
-        return True
+        return await wait_until(condition, timeout_s)
 
     async def wait_for_reply(self, conversation: int, timeout_s: float) -> bool:
         return await self.wait_for(lambda: bool(self.replies(conversation)), timeout_s)
