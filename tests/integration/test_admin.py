@@ -14,8 +14,9 @@ from sqlalchemy import select
 from chatbuffer.app import Runtime
 from chatbuffer.domain.buffer import BufferPolicy
 from chatbuffer.domain.model import ConversationKey, InboundMessage
+from chatbuffer.domain.ports import PostedMessage
 from chatbuffer.settings import load_settings
-from chatbuffer.storage.tables import buffer_processing_jobs, message_buffer
+from chatbuffer.storage.tables import bot_replies, buffer_processing_jobs, message_buffer
 from chatbuffer.testing import FakeClock
 from tests.integration.test_web import serving, snapshot
 
@@ -150,3 +151,31 @@ async def test_bad_listing_parameters_are_422(admin: Admin, query: str, error: s
     response = await admin.client.get(f"/admin/buffers?{query}", headers=AUTH)
     assert response.status_code == 422
     assert response.json()["error"].startswith(error)
+
+
+async def test_a_replay_drops_a_hand_over_note_that_never_reached_chatwoot(admin: Admin) -> None:
+    store = admin.runtime.store
+    key = ConversationKey(1, 505)
+    message = InboundMessage(
+        key=key,
+        chatwoot_message_id=5050,
+        content="hello?",
+        kind="text",
+        content_type="text",
+        received_at=admin.clock.now(),
+    )
+    await store.record_incoming(message, POLICY, admin.clock.now())
+    admin.clock.advance(31)
+    [job] = await store.claim_due(admin.clock.now(), "w1", LEASE, 10)
+    note = PostedMessage("failure_note", "could not answer; please take over")
+    assert await store.reserve_send(job, "w1", note, admin.clock.now()) == "send"
+    assert await store.fail(job, "w1", "Chatwoot answered 404", admin.clock.now())
+
+    response = await admin.client.post(f"/admin/buffers/{job.buffer_id}/replay", headers=AUTH)
+
+    assert response.status_code == 200
+    async with store.engine.connect() as conn:
+        assert (await conn.execute(select(bot_replies))).all() == []
+    # So the replayed buffer is answered, not handed over again.
+    [again] = await store.claim_due(admin.clock.now(), "w2", LEASE, 10)
+    assert (await store.load(again, 10)).posted == []

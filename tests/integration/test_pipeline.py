@@ -499,3 +499,72 @@ async def test_the_failure_note_is_recorded_with_its_chatwoot_id(store) -> None:
     assert note.content_attributes["chatbuffer"]["kind"] == "failure_note"
     [row] = await h.table(bot_replies)
     assert (row.kind, row.chatwoot_message_id) == ("failure_note", note.message_id)
+
+
+# -- handing over when the bot gives up ------------------------------------------------------
+
+
+async def retry_due(h: Harness) -> None:
+    """Run the buffer's next attempt, whenever its back-off ends."""
+    h.clock.advance(timedelta(minutes=10))
+    [job] = await h.store.claim_due(h.clock.now(), "w1", LEASE, 10)
+    await h.pipeline.process(job, "w1")
+
+
+async def test_when_chatwoot_itself_fails_the_hand_over_is_retried_until_a_human_has_it(
+    store,
+) -> None:
+    down = ChatwootError("Chatwoot answered 502 to POST …/messages", retryable=True)
+    h = Harness(store, lambda prompt: decision())
+    # Chatwoot refuses the reply on all 3 attempts, then the first try at the hand-over note.
+    h.chatwoot.fail_with.extend([down] * 4)
+    await h.burst("hello?")
+    await h.run_due()
+    for _ in range(2):
+        await retry_due(h)
+    # Given up, but no human has been told yet: the buffer is not left as failed.
+    [row] = await h.table(buffer_processing_jobs)
+    assert (row.status, row.attempts) == ("scheduled", 3)
+    assert "handing over to a human failed" in row.error_message
+    assert h.chatwoot.sent == [] and h.chatwoot.statuses == []
+    await retry_due(h)
+    # Chatwoot is back: the note is posted and the conversation opened, without a model call.
+    [note] = h.chatwoot.sent
+    assert note.private and "after 3 attempts" in note.content
+    assert h.chatwoot.statuses == [(KEY, "open")]
+    assert len(h.model.prompts) == 1
+    [row] = await h.table(buffer_processing_jobs)
+    assert (row.status, row.attempts) == ("failed", 4)
+    [buf] = await h.table(message_buffer)
+    assert buf.status == "failed"
+    # The reply Chatwoot never took stays an unconfirmed intent; the note has its id.
+    posted = {(r.kind, r.chatwoot_message_id) for r in await h.table(bot_replies)}
+    assert posted == {("reply", None), ("failure_note", note.message_id)}
+
+
+async def test_a_hand_over_chatwoot_refuses_for_good_leaves_the_buffer_failed_for_operators(
+    store,
+) -> None:
+    h = Harness(store, lambda prompt: ModelError("the model answered 400", retryable=False))
+    h.chatwoot.fail_with.append(ChatwootError("Chatwoot answered 404", retryable=False))
+    await h.burst("hello?")
+    await h.run_due()
+    [row] = await h.table(buffer_processing_jobs)
+    assert row.status == "failed"
+    assert row.error_message == (
+        "the model answered 400; handing over to a human failed: Chatwoot answered 404"
+    )
+    assert h.chatwoot.sent == []
+
+
+async def test_the_hand_over_is_tried_for_at_most_twice_the_attempts(store) -> None:
+    down = ChatwootError("Chatwoot answered 503", retryable=True)
+    h = Harness(store, lambda prompt: ModelError("the model answered 400", retryable=False))
+    h.chatwoot.fail_with.extend([down] * 10)
+    await h.burst("hello?")
+    await h.run_due()
+    for _ in range(5):
+        await retry_due(h)
+    [row] = await h.table(buffer_processing_jobs)
+    assert (row.status, row.attempts) == ("failed", 6)  # 2 x MAX_PROCESSING_ATTEMPTS (3)
+    assert len(h.model.prompts) == 1

@@ -116,6 +116,8 @@ class ClaimedJob:
     attempts: int
     scheduled_for: datetime
     claimed_at: datetime
+    #: The error the previous attempt recorded, if any.
+    last_error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,16 +211,7 @@ class BufferStore(Protocol):
         self, job: ClaimedJob, owner: str, error: str, retry_at: datetime
     ) -> bool: ...
 
-    async def fail(
-        self,
-        job: ClaimedJob,
-        owner: str,
-        error: str,
-        now: datetime,
-        note: PostedMessage | None = None,
-    ) -> bool:
-        """Mark the buffer failed for good; ``note`` is the hand-over note about to be posted."""
-        ...
+    async def fail(self, job: ClaimedJob, owner: str, error: str, now: datetime) -> bool: ...
 
     async def flags(self) -> Mapping[str, bool]: ...
 

@@ -372,6 +372,7 @@ class SqlBufferStore:
                 attempts=r.attempts,
                 scheduled_for=r.scheduled_for,
                 claimed_at=now,
+                last_error=r.error_message,
             )
             for r in sorted(rows, key=lambda r: r.scheduled_for)
         ]
@@ -592,14 +593,7 @@ class SqlBufferStore:
                 await conn.execute(sql.NOTIFY, {"p_payload": retry_at.isoformat()})
             return True
 
-    async def fail(
-        self,
-        job: ClaimedJob,
-        owner: str,
-        error: str,
-        now: datetime,
-        note: PostedMessage | None = None,
-    ) -> bool:
+    async def fail(self, job: ClaimedJob, owner: str, error: str, now: datetime) -> bool:
         params = {
             **_held(job, owner),
             "p_buffer_id": job.buffer_id,
@@ -612,8 +606,6 @@ class SqlBufferStore:
                 return False
             await conn.execute(sql.FAIL_BUFFER, params)
             await conn.execute(sql.IDLE_IF_PROCESSING, params)
-            if note is not None:
-                await self._record_posted(conn, job, note, now)
             return True
 
     # -- admin ----------------------------------------------------------------------------
@@ -648,6 +640,7 @@ class SqlBufferStore:
             if (await conn.execute(sql.REPLAY_JOB, params)).rowcount != 1:
                 return "not_failed", _summary(found)
             await conn.execute(sql.REPLAY_BUFFER, params)
+            await conn.execute(sql.DROP_UNSENT_FAILURE_NOTES, params)
             if self._postgres:
                 await conn.execute(sql.NOTIFY, {"p_payload": now.isoformat()})
             after = (

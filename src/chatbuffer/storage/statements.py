@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, insert, or_, select, tuple_, update
+from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from chatbuffer.storage.tables import (
@@ -223,6 +223,7 @@ CLAIM_JOBS = (
         jobs.c.conversation_id,
         jobs.c.attempts,
         jobs.c.scheduled_for,
+        jobs.c.error_message,
     )
 )
 
@@ -457,4 +458,12 @@ REPLAY_BUFFER = (
     update(buffers)
     .where(_key(buffers), buffers.c.id == bindparam("p_buffer_id"), buffers.c.status == "failed")
     .values(status="closed", outcome=None, processed_at=None, updated_at=_time("p_now"))
+)
+
+#: A replay starts a fresh cycle: a hand-over note that never reached Chatwoot is dropped.
+DROP_UNSENT_FAILURE_NOTES = delete(bot_replies).where(
+    _key(bot_replies),
+    bot_replies.c.buffer_id == bindparam("p_buffer_id"),
+    bot_replies.c.kind == "failure_note",
+    bot_replies.c.chatwoot_message_id.is_(None),
 )

@@ -97,6 +97,19 @@ class Pipeline:
     async def _answer(
         self, job: ClaimedJob, owner: str, contents: BufferContents, flags: Mapping[str, bool]
     ) -> None:
+        handover = next(
+            (
+                p
+                for p in contents.posted
+                if p.kind == "failure_note" and p.chatwoot_message_id is None
+            ),
+            None,
+        )
+        if handover is not None:
+            # An earlier attempt gave up but could not reach a human: only that is left to do.
+            error = job.last_error or "gave up"
+            await self._hand_over(job, owner, handover, error, after=_last_incoming(contents))
+            return
         earlier = next((p for p in contents.posted if p.kind != "failure_note"), None)
         if earlier is not None:
             # An earlier attempt decided what to post and may have posted it: finish that
@@ -165,9 +178,8 @@ class Pipeline:
         message_id = earlier.chatwoot_message_id
         marker = Marker(job.buffer_id, earlier.kind)
         if message_id is None:
-            last_incoming = max((m.chatwoot_message_id for m in contents.messages), default=None)
             message_id = await self._chatwoot.find_marked(
-                job.key, marker, after_message_id=last_incoming
+                job.key, marker, after_message_id=_last_incoming(contents)
             )
             self._observer.event(
                 "send_reconciled",
@@ -268,19 +280,51 @@ class Pipeline:
             done.append(message)
         return done
 
-    async def _hand_over_failure(self, job: ClaimedJob, note: PostedMessage) -> None:
-        """The bot gave up: tell a human, so the customer is not left without an answer."""
+    async def _hand_over(
+        self,
+        job: ClaimedJob,
+        owner: str,
+        note: PostedMessage,
+        error: str,
+        *,
+        after: int | None = None,
+    ) -> None:
+        """The bot gave up: tell a human with a private note, open the conversation for them,
+        then mark the buffer failed.
+
+        Chatwoot may be exactly what failed, so while it refuses for a passing reason the job
+        stays queued and later attempts retry only this (no model call), up to twice
+        ``MAX_PROCESSING_ATTEMPTS``; the note is looked for before it is posted again. Only then,
+        or on a permanent refusal, is the buffer failed without a note, for an operator to see.
+        """
         marker = Marker(job.buffer_id, note.kind)
+        handed_over = False
         try:
-            message_id = await self._post(job, note)
+            message_id = None
+            if after is not None:
+                message_id = await self._chatwoot.find_marked(
+                    job.key, marker, after_message_id=after
+                )
+            if message_id is None:
+                message_id = await self._post(job, note)
             await self._store.confirm_sent(job.key, marker, message_id)
             await self._chatwoot.set_status(job.key, "open")
+            handed_over = True
         except ChatwootError as exc:
-            # Chatwoot itself may be what failed; the buffer stays visible as failed, and
-            # `chatbuffer buffers replay` can try again.
+            if exc.retryable and job.attempts < 2 * self._config.retry.max_attempts:
+                failed = f"{error}; handing over to a human failed: {exc}"
+                await self._release(job, owner, failed, exc.retry_after)
+                return
             logger.warning("could not hand failed buffer %s to a human: %s", job.buffer_id, exc)
+            error = f"{error}; handing over to a human failed: {exc}"
+        if not await self._store.fail(job, owner, error, self._clock.now()):
             return
-        self._observer.event("handoff", job.key, buffer_id=str(job.buffer_id), reason="failed")
+        buffer_id = str(job.buffer_id)
+        self._observer.event(
+            "buffer_failed", job.key, buffer_id=buffer_id, attempt=job.attempts, error=error
+        )
+        if handed_over:
+            self._observer.event("handoff", job.key, buffer_id=buffer_id, reason="failed")
 
     async def _typing(self, job: ClaimedJob, *, on: bool) -> None:
         # Typing is a courtesy: its failure must never cost the reply.
@@ -297,23 +341,22 @@ class Pipeline:
         retryable: bool,
         retry_after: float | None,
     ) -> None:
-        policy = self._config.retry
-        now = self._clock.now()
-        if policy.gives_up(job.attempts, retryable=retryable):
-            note = PostedMessage(
-                "failure_note", decision.failure_note(error, attempts=job.attempts)
-            )
-            if await self._store.fail(job, owner, error, now, note):
-                self._observer.event(
-                    "buffer_failed",
-                    job.key,
-                    buffer_id=str(job.buffer_id),
-                    attempt=job.attempts,
-                    error=error,
-                )
-                await self._hand_over_failure(job, note)
+        if not self._config.retry.gives_up(job.attempts, retryable=retryable):
+            await self._release(job, owner, error, retry_after)
             return
-        retry_at = now + policy.delay(job.attempts, retry_after=retry_after)
+        note = PostedMessage("failure_note", decision.failure_note(error, attempts=job.attempts))
+        # The note is a send like any other: not over a person who took over, folded into a
+        # newer burst if the contact wrote again, and recorded before it is posted.
+        verdict = await self._store.reserve_send(job, owner, note, self._clock.now())
+        if await self._settle(job, owner, verdict) == "send":
+            await self._hand_over(job, owner, note, error)
+
+    async def _release(
+        self, job: ClaimedJob, owner: str, error: str, retry_after: float | None
+    ) -> None:
+        retry_at = self._clock.now() + self._config.retry.delay(
+            job.attempts, retry_after=retry_after
+        )
         await self._store.release_for_retry(job, owner, error, retry_at)
         self._observer.event(
             "attempt_failed",
@@ -323,3 +366,8 @@ class Pipeline:
             error=error,
             retry_at=retry_at,
         )
+
+
+def _last_incoming(contents: BufferContents) -> int | None:
+    """The burst's newest Chatwoot message id: anything the bot posted for it comes after."""
+    return max((m.chatwoot_message_id for m in contents.messages), default=None)
