@@ -33,8 +33,14 @@ class Admin:
         self.client = client
         self.clock = clock
 
-    async def failed_buffer(self, conversation: int, error: str = "the model answered 400"):
-        """A buffer that failed for good, as the worker leaves it."""
+    async def failed_buffer(
+        self,
+        conversation: int,
+        error: str = "the model answered 400",
+        note: PostedMessage | None = None,
+    ):
+        """A buffer that failed for good, as the worker leaves it; with ``note``, a hand-over
+        note that was recorded but never reached Chatwoot."""
         store = self.runtime.store
         key = ConversationKey(1, conversation)
         message = InboundMessage(
@@ -48,6 +54,8 @@ class Admin:
         await store.record_incoming(message, POLICY, self.clock.now())
         self.clock.advance(31)
         [job] = await store.claim_due(self.clock.now(), "w1", LEASE, 10)
+        if note is not None:
+            assert await store.reserve_send(job, "w1", note, self.clock.now()) == "send"
         assert await store.fail(job, "w1", error, self.clock.now())
         return job
 
@@ -155,21 +163,8 @@ async def test_bad_listing_parameters_are_422(admin: Admin, query: str, error: s
 
 async def test_a_replay_drops_a_hand_over_note_that_never_reached_chatwoot(admin: Admin) -> None:
     store = admin.runtime.store
-    key = ConversationKey(1, 505)
-    message = InboundMessage(
-        key=key,
-        chatwoot_message_id=5050,
-        content="hello?",
-        kind="text",
-        content_type="text",
-        received_at=admin.clock.now(),
-    )
-    await store.record_incoming(message, POLICY, admin.clock.now())
-    admin.clock.advance(31)
-    [job] = await store.claim_due(admin.clock.now(), "w1", LEASE, 10)
     note = PostedMessage("failure_note", "could not answer; please take over")
-    assert await store.reserve_send(job, "w1", note, admin.clock.now()) == "send"
-    assert await store.fail(job, "w1", "Chatwoot answered 404", admin.clock.now())
+    job = await admin.failed_buffer(505, "Chatwoot answered 404", note)
 
     response = await admin.client.post(f"/admin/buffers/{job.buffer_id}/replay", headers=AUTH)
 
