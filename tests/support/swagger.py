@@ -1,7 +1,7 @@
 """Check requests (and the simulator's responses) against Chatwoot's own OpenAPI 3.1 spec.
 
-The spec is ``swagger/swagger.json`` from Chatwoot, kept beside this repository in
-``../shared/chatwoot/swagger.json``; ``CHATWOOT_SWAGGER_PATH`` points elsewhere. Schemas are
+The spec is ``swagger/swagger.json`` from Chatwoot, vendored in ``tests/fixtures/chatwoot/`` (its
+README says which version and how to refresh it); ``CHATWOOT_SWAGGER_PATH`` points elsewhere. Schemas are
 checked with the OAS 3.1 dialect of JSON Schema 2020-12, resolving ``$ref`` inside the spec.
 
 Only the ``/api/v1/...`` paths count: the generated spec also carries a stray copy of one path
@@ -36,7 +36,7 @@ def default_spec_path() -> Path:
     override = os.environ.get(SPEC_PATH_ENV)
     if override:
         return Path(override)
-    return Path(__file__).resolve().parents[3] / "shared" / "chatwoot" / "swagger.json"
+    return Path(__file__).resolve().parents[1] / "fixtures" / "chatwoot" / "swagger.json"
 
 
 def _pointer(*parts: str) -> str:
