@@ -1,8 +1,9 @@
 """Check requests (and the simulator's responses) against Chatwoot's own OpenAPI 3.1 spec.
 
 The spec is ``swagger/swagger.json`` from Chatwoot, vendored in ``tests/fixtures/chatwoot/`` (its
-README says which version and how to refresh it); ``CHATWOOT_SWAGGER_PATH`` points elsewhere. Schemas are
-checked with the OAS 3.1 dialect of JSON Schema 2020-12, resolving ``$ref`` inside the spec.
+README says which version and how to refresh it); ``CHATWOOT_SWAGGER_PATH`` points elsewhere.
+Schemas are checked with the OAS 3.1 dialect of JSON Schema 2020-12, resolving ``$ref`` inside
+the spec.
 
 Only the ``/api/v1/...`` paths count: the generated spec also carries a stray copy of one path
 without that prefix, which real Chatwoot does not serve.
