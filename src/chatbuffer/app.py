@@ -46,6 +46,7 @@ from chatbuffer.transcription.fetch import AttachmentFetcher
 from chatbuffer.transcription.openai_transcriber import OpenAITranscriber
 from chatbuffer.web.asgi import WebConfig, create_asgi_app
 from chatbuffer.worker import listener
+from chatbuffer.worker.model_gate import GatedReplyModel, GatedTranscriber, ModelGate
 from chatbuffer.worker.pipeline import Pipeline, PipelineConfig
 from chatbuffer.worker.scheduler import Scheduler, SchedulerConfig
 from chatbuffer.worker.waker import Waker
@@ -229,7 +230,14 @@ class Runtime:
         )
         openai_model = OpenAIReplyModel(model=s.openai_model, client=openai_client)
         self._owned.append(openai_model)
-        model = self._model or openai_model
+        # One gate for the whole process, shared by replies and transcriptions: both spend the
+        # same endpoint's limits.
+        gate = ModelGate(
+            self.clock,
+            max_concurrency=s.ai_max_concurrency,
+            requests_per_minute=s.ai_requests_per_minute,
+        )
+        model = GatedReplyModel(self._model or openai_model, gate)
         transcriber: Transcriber | None = self._transcriber
         if transcriber is None and s.transcription_enabled and s.chatwoot_base_url:
             fetcher = AttachmentFetcher(
@@ -241,6 +249,8 @@ class Runtime:
             transcriber = OpenAITranscriber(
                 client=openai_client, model=s.openai_transcription_model, fetcher=fetcher
             )
+        if transcriber is not None:
+            transcriber = GatedTranscriber(transcriber, gate)
         return chatwoot, model, transcriber
 
     def scheduler(self) -> Scheduler:
@@ -268,7 +278,7 @@ class Runtime:
             clock=self.clock,
             waker=self.waker,
             config=SchedulerConfig(
-                concurrency=s.worker_concurrency,
+                concurrency=s.buffers_in_flight,
                 lease=timedelta(milliseconds=s.worker_lease_ms),
                 sweep_interval=timedelta(milliseconds=s.buffer_processing_interval_ms),
                 shutdown_grace=timedelta(milliseconds=s.worker_shutdown_grace_ms),

@@ -69,15 +69,22 @@ class DependencyError(ChatbufferError):
     """A call to an outside service failed.
 
     ``retryable`` is False for answers that will not change on a retry (a 4xx other than 408/429),
-    and ``retry_after`` carries a server-directed delay in seconds when one was given.
+    ``retry_after`` carries a server-directed delay in seconds when one was given, and
+    ``rate_limited`` marks a 429: the service refused because of this client's request rate.
     """
 
     def __init__(
-        self, message: str, *, retryable: bool = True, retry_after: float | None = None
+        self,
+        message: str,
+        *,
+        retryable: bool = True,
+        retry_after: float | None = None,
+        rate_limited: bool = False,
     ) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.retry_after = retry_after
+        self.rate_limited = rate_limited
 
 
 class ChatwootError(DependencyError):

@@ -28,6 +28,7 @@ def translated(error: type[DependencyError], what: str) -> Iterator[None]:
             f"the {what} answered {status}",
             retryable=retryable_status(status),
             retry_after=parse_retry_after(exc.response.headers.get("retry-after")),
+            rate_limited=status == 429,
         ) from exc
     except openai.APIError as exc:
         raise error(f"could not reach the {what}: {type(exc).__name__}") from exc

@@ -17,6 +17,9 @@ from chatbuffer.errors import ConfigurationError
 
 CHATWOOT_STATUSES = frozenset({"open", "resolved", "pending", "snoozed"})
 
+#: Buffers a worker holds per model call it may make, unless ``WORKER_CONCURRENCY`` says otherwise.
+IN_FLIGHT_PER_MODEL_CALL = 1.25
+
 Role = Literal["serve", "api", "worker", "migrate"]
 
 
@@ -37,6 +40,10 @@ class Settings(BaseSettings):
     openai_api_key: SecretStr | None = None
     openai_model: str = "gpt-4o-mini"
     ai_processing_timeout_ms: int = Field(30_000, ge=100)
+    # The provider's limits, per worker process (see worker/model_gate.py); the openai SDK's
+    # connection pool holds 1,000 connections, hence the cap.
+    ai_max_concurrency: int = Field(500, ge=1, le=1_000)
+    ai_requests_per_minute: int | None = Field(None, ge=1, le=1_000_000)
     transcription_enabled: bool = True
     openai_transcription_model: str = "whisper-1"
     attachment_max_bytes: int = Field(25 * 1024 * 1024, ge=1_024)
@@ -53,7 +60,8 @@ class Settings(BaseSettings):
     bot_active_statuses: str = "pending"
     human_takeover_pause_ms: int = Field(3_600_000, ge=0)
 
-    worker_concurrency: int = Field(64, ge=1, le=1_000)
+    # Unset: derived from AI_MAX_CONCURRENCY (see ``buffers_in_flight``).
+    worker_concurrency: int | None = Field(None, ge=1, le=10_000)
     worker_lease_ms: int = Field(10_000, ge=1_000)
     worker_shutdown_grace_ms: int = Field(20_000, ge=0)
     max_processing_attempts: int = Field(5, ge=1, le=100)
@@ -120,6 +128,16 @@ class Settings(BaseSettings):
             max_age=timedelta(milliseconds=self.max_buffer_age_ms),
             max_size=self.max_buffer_size,
         )
+
+    @property
+    def buffers_in_flight(self) -> int:
+        """How many buffers one worker holds at once: ``WORKER_CONCURRENCY``, or by default a
+        quarter more than the model calls it may make, so the model slots stay busy while other
+        buffers load, check, post and complete. Many more only queue for the database and hold
+        leases another worker could use (measured in docs/performance.md)."""
+        if self.worker_concurrency is not None:
+            return self.worker_concurrency
+        return round(IN_FLIGHT_PER_MODEL_CALL * self.ai_max_concurrency)
 
     @property
     def is_sqlite(self) -> bool:

@@ -17,6 +17,9 @@ ENV = [
     "CHATWOOT_BASE_URL",
     "CHATWOOT_API_TOKEN",
     "RESPONSE_QUALITY_THRESHOLD",
+    "WORKER_CONCURRENCY",
+    "AI_MAX_CONCURRENCY",
+    "AI_REQUESTS_PER_MINUTE",
 ]
 
 
@@ -59,6 +62,10 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
         ("RESPONSE_QUALITY_THRESHOLD", "1.5", "RESPONSE_QUALITY_THRESHOLD is invalid"),
         ("CHATWOOT_BASE_URL", "chatwoot.local", "CHATWOOT_BASE_URL is invalid"),
         ("ADMIN_TOKEN", "short-secret", "ADMIN_TOKEN is invalid: must be at least 16"),
+        ("AI_MAX_CONCURRENCY", "0", "AI_MAX_CONCURRENCY is invalid"),
+        ("AI_MAX_CONCURRENCY", "5000", "AI_MAX_CONCURRENCY is invalid"),
+        ("AI_REQUESTS_PER_MINUTE", "0", "AI_REQUESTS_PER_MINUTE is invalid"),
+        ("WORKER_CONCURRENCY", "0", "WORKER_CONCURRENCY is invalid"),
     ],
 )
 def test_bad_values_stop_with_one_line_naming_the_setting(
@@ -68,6 +75,21 @@ def test_bad_values_stop_with_one_line_naming_the_setting(
     with pytest.raises(ConfigurationError, match=message) as caught:
         load_settings()
     assert "\n" not in str(caught.value)
+
+
+def test_model_limits_bound_the_worker_unless_told_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    s = load_settings()
+    # The provider's limit is what bounds model calls; buffers in flight follow it.
+    assert (s.ai_max_concurrency, s.ai_requests_per_minute) == (500, None)
+    assert s.buffers_in_flight == 625
+    monkeypatch.setenv("AI_MAX_CONCURRENCY", "8")
+    monkeypatch.setenv("AI_REQUESTS_PER_MINUTE", "500")
+    s = load_settings()
+    assert (s.buffers_in_flight, s.ai_requests_per_minute) == (10, 500)
+    monkeypatch.setenv("WORKER_CONCURRENCY", "64")
+    assert load_settings().buffers_in_flight == 64
 
 
 def test_contradictory_window_and_cap(monkeypatch: pytest.MonkeyPatch) -> None:

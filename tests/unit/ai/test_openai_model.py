@@ -67,7 +67,8 @@ async def test_rate_limit_is_retried_after_the_servers_delay() -> None:
 
     with pytest.raises(ModelError, match="answered 429") as caught:
         await model(limited).decide(PROMPT)
-    assert (caught.value.retryable, caught.value.retry_after) == (True, 7.0)
+    error = caught.value
+    assert (error.retryable, error.retry_after, error.rate_limited) == (True, 7.0, True)
 
 
 async def test_a_bad_request_is_not_retried() -> None:
@@ -77,6 +78,7 @@ async def test_a_bad_request_is_not_retried() -> None:
     with pytest.raises(ModelError, match="answered 400") as caught:
         await model(refused).decide(PROMPT)
     assert not caught.value.retryable
+    assert not caught.value.rate_limited
 
 
 async def test_an_unreachable_endpoint_is_retryable() -> None:

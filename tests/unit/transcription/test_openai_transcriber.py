@@ -68,6 +68,8 @@ async def test_endpoint_failures_are_classified(
     with pytest.raises(TranscriptionError, match=f"answered {status}") as caught:
         await transcriber(endpoint).transcribe(VOICE)
     assert (caught.value.retryable, caught.value.retry_after) == (retryable, retry_after)
+    # Only the endpoint's own 429 pauses the worker's model calls (see worker/model_gate.py).
+    assert caught.value.rate_limited == (status == 429)
 
 
 async def test_a_download_told_to_wait_passes_the_wait_on() -> None:
@@ -80,6 +82,8 @@ async def test_a_download_told_to_wait_passes_the_wait_on() -> None:
     with pytest.raises(TranscriptionError, match="download answered 429") as caught:
         await transcriber(endpoint, storage).transcribe(VOICE)
     assert (caught.value.retryable, caught.value.retry_after) == (True, 4.0)
+    # Chatwoot's storage asking to wait says nothing about the model endpoint's limits.
+    assert not caught.value.rate_limited
 
 
 async def test_a_voice_note_without_a_url_is_given_up_on() -> None:
