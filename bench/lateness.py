@@ -1,24 +1,32 @@
 """How late does processing start after a buffer's due time, with many buffers due at once?
 
 Stores N buffers (one message each, N conversations) whose due times fall within a few seconds,
-then runs the real worker (scheduler, claim, pipeline, PostgreSQL LISTEN) against in-memory
-Chatwoot and model doubles that answer instantly, and reports the lateness between each buffer's
-due time and the instant a worker claimed it. Run by hand:
+then runs the real worker (scheduler, claim, model gate, pipeline, PostgreSQL LISTEN) against
+in-memory Chatwoot and model doubles (answering instantly, or after ``--model-latency-ms``), and
+reports the lateness between each buffer's due time and the instant a worker claimed it, and
+between its due time and its reply. Settings are the defaults unless an option overrides one.
+Run by hand:
 
     uv run python bench/lateness.py --database-url postgresql://postgres@127.0.0.1:5432/postgres
+    uv run python bench/lateness.py --database-url sqlite:// --model-latency-ms 2000
 
-The database named in the URL is only used to create (and drop) a scratch database.
+On PostgreSQL the database named in the URL is only used to create (and drop) a scratch
+database; ``sqlite://`` runs on a scratch file.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import resource
 import statistics
 import sys
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -37,16 +45,19 @@ from chatbuffer.testing import RecordingChatwoot, ScriptedReplyModel
 class LatenessProbe:
     def __init__(self) -> None:
         self.lateness_ms: list[float] = []
-        self.replies = 0
+        self.replied_at: dict[ConversationKey, datetime] = {}
+        self.errors: collections.Counter[str] = collections.Counter()
         self.done = asyncio.Event()
         self.expected = 0
 
-    def event(self, name: str, key: ConversationKey, **fields: Any) -> None:  # noqa: ARG002
+    def event(self, name: str, key: ConversationKey, **fields: Any) -> None:
         if name == "buffer_closed":
             self.lateness_ms.append(float(fields["lateness_ms"]))
+        elif name in {"attempt_failed", "buffer_failed"}:
+            self.errors[str(fields.get("error"))] += 1
         elif name == "reply_sent":
-            self.replies += 1
-            if self.replies >= self.expected:
+            self.replied_at[key] = datetime.now(UTC)
+            if len(self.replied_at) >= self.expected:
                 self.done.set()
 
 
@@ -69,11 +80,16 @@ class SlowModel:
 
 
 async def run(
-    url: str, buffers: int, spread_s: float, concurrency: int, model_latency_s: float
+    url: str,
+    buffers: int,
+    spread_s: float,
+    overrides: dict[str, Any],
+    model_latency_s: float,
+    profile: str | None = None,
 ) -> dict[str, float]:
     settings = load_settings(
         database_url=url,
-        worker_concurrency=concurrency,
+        **overrides,
         openai_api_key="bench",
         chatwoot_base_url="http://127.0.0.1:9",
         chatwoot_api_token="bench",
@@ -92,10 +108,17 @@ async def run(
         if model_latency_s > 0
         else ScriptedReplyModel(lambda _prompt: answer),
     )
-    lead = timedelta(seconds=4 + buffers / 500)  # time to store them all before the first is due
+    # Time to store them all before the first is due, even on a busy machine.
+    lead = timedelta(seconds=4 + buffers / 100)
     policy = BufferPolicy(quiet_period=lead, max_age=lead * 2, max_size=50)
     async with runtime.opened():
         store = runtime.store
+        print(
+            f"  worker: {settings.buffers_in_flight} buffers in flight, "
+            f"{settings.ai_max_concurrency} model calls at once, "
+            f"{settings.ai_requests_per_minute or 'no'} requests/minute limit, "
+            f"pool {settings.database_pool_size}"
+        )
         t0 = datetime.now(UTC)
         step = timedelta(seconds=spread_s / buffers)
         started = time.perf_counter()
@@ -121,10 +144,16 @@ async def run(
         first_due = t0 + lead
         if datetime.now(UTC) >= first_due:
             raise SystemExit("storing took longer than the lead time; use fewer buffers")
-        async with runtime.worker_running():
-            await asyncio.wait_for(probe.done.wait(), timeout=120)
-        total_s = (datetime.now(UTC) - first_due).total_seconds()
+        with profiled(profile):
+            async with runtime.worker_running():
+                await asyncio.wait_for(probe.done.wait(), timeout=120)
+        total_s = (max(probe.replied_at.values()) - first_due).total_seconds()
     values = probe.lateness_ms
+    # Buffer i got its one message at t0 + i * step, so it was due a quiet period later.
+    replies_ms = [
+        (at - (t0 + step * (key.conversation_id - 1) + lead)) / timedelta(milliseconds=1)
+        for key, at in probe.replied_at.items()
+    ]
     return {
         "buffers": float(len(values)),
         "stored_per_s": buffers / stored_s,
@@ -132,11 +161,35 @@ async def run(
         "p90_ms": percentile(values, 90),
         "p99_ms": percentile(values, 99),
         "max_ms": max(values),
+        "reply_p50_ms": statistics.median(replies_ms),
+        "reply_p99_ms": percentile(replies_ms, 99),
         "drain_s": total_s,
+        "failed_attempts": float(probe.errors.total()),
     }
+    for error, count in probe.errors.most_common(3):
+        print(f"  {count} attempts failed: {error}")
+
+
+@contextmanager
+def profiled(path: str | None) -> Iterator[None]:
+    """Profile the worker's run (not the set-up) into ``path``: text for .txt, else HTML."""
+    if path is None:
+        yield
+        return
+    from pyinstrument import Profiler
+
+    profiler = Profiler(async_mode="disabled")
+    with profiler:
+        yield
+    with open(path, "w") as out:
+        out.write(profiler.output_text() if path.endswith(".txt") else profiler.output_html())
+    print(f"  profile written to {path}")
 
 
 def scratch_database(admin_url: str) -> tuple[str, Any]:
+    if database.is_sqlite(admin_url):
+        folder = tempfile.TemporaryDirectory(prefix="chatbuffer-bench-")
+        return f"sqlite:///{folder.name}/bench.db", folder.cleanup
     name = f"chatbuffer_bench_{uuid.uuid4().hex[:8]}"
     engine = create_engine(database.sync_url(admin_url), isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
@@ -156,16 +209,34 @@ def main() -> int:
     parser.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--buffers", type=int, default=1000)
     parser.add_argument("--spread-s", type=float, default=3.0)
-    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument(
+        "--concurrency", type=int, help="WORKER_CONCURRENCY (default: the setting's default)"
+    )
+    parser.add_argument("--ai-max-concurrency", type=int, help="AI_MAX_CONCURRENCY")
+    parser.add_argument("--ai-requests-per-minute", type=int, help="AI_REQUESTS_PER_MINUTE")
+    parser.add_argument("--pool-size", type=int, help="DATABASE_POOL_SIZE")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument(
         "--model-latency-ms", type=float, default=0, help="simulated LLM latency per buffer"
     )
+    parser.add_argument(
+        "--profile", metavar="FILE", help="profile the worker with pyinstrument (.txt or .html)"
+    )
     args = parser.parse_args()
+    overrides = {
+        name: value
+        for name, value in {
+            "worker_concurrency": args.concurrency,
+            "ai_max_concurrency": args.ai_max_concurrency,
+            "ai_requests_per_minute": args.ai_requests_per_minute,
+            "database_pool_size": args.pool_size,
+        }.items()
+        if value is not None
+    }
     print(
         f"lateness bench: {args.buffers} buffers due within {args.spread_s:.1f} s, "
-        f"worker concurrency {args.concurrency}, model latency {args.model_latency_ms:.0f} ms, "
-        f"{args.runs} runs"
+        f"model latency {args.model_latency_ms:.0f} ms, {args.runs} runs, "
+        f"settings: {overrides or 'defaults'}"
     )
     for run_no in range(1, args.runs + 1):
         url, drop = scratch_database(args.database_url)
@@ -176,17 +247,21 @@ def main() -> int:
                     url,
                     args.buffers,
                     args.spread_s,
-                    args.concurrency,
+                    overrides,
                     args.model_latency_ms / 1000,
+                    args.profile,
                 )
             )
         finally:
             drop()
         print(
-            f"run {run_no}: p50 {result['p50_ms']:.1f} ms, p90 {result['p90_ms']:.1f} ms, "
-            f"p99 {result['p99_ms']:.1f} ms, max {result['max_ms']:.1f} ms; "
-            f"{result['buffers']:.0f} buffers answered {result['drain_s']:.2f} s after the first "
-            f"was due; intake {result['stored_per_s']:.0f} messages/s; "
+            f"run {run_no}: claim lateness p50 {result['p50_ms']:.1f} ms, "
+            f"p90 {result['p90_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
+            f"max {result['max_ms']:.1f} ms; due -> reply p50 {result['reply_p50_ms']:.0f} ms, "
+            f"p99 {result['reply_p99_ms']:.0f} ms; {result['buffers']:.0f} buffers answered, "
+            f"the last {result['drain_s']:.2f} s after the first was due; "
+            f"{result['failed_attempts']:.0f} failed attempts; "
+            f"intake {result['stored_per_s']:.0f} messages/s; "
             f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"
         )
     return 0
