@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -11,7 +13,7 @@ from chatbuffer.domain.aggregation import Prompt
 from chatbuffer.domain.buffer import BufferPolicy
 from chatbuffer.domain.marker import Marker
 from chatbuffer.domain.model import Attachment, ConversationKey, InboundMessage, ModelDecision
-from chatbuffer.domain.ports import PostedMessage
+from chatbuffer.domain.ports import PostedMessage, ReplyModel
 from chatbuffer.domain.retry import RetryPolicy
 from chatbuffer.errors import ChatwootError, ModelError, TranscriptionError
 from chatbuffer.storage.tables import (
@@ -22,6 +24,7 @@ from chatbuffer.storage.tables import (
     message_buffer,
 )
 from chatbuffer.testing import FakeClock, RecordingChatwoot, RecordingObserver, ScriptedReplyModel
+from chatbuffer.worker.model_gate import GatedReplyModel, ModelGate
 from chatbuffer.worker.pipeline import Pipeline, PipelineConfig
 
 KEY = ConversationKey(3, 77)
@@ -568,3 +571,47 @@ async def test_the_hand_over_is_tried_for_at_most_twice_the_attempts(store) -> N
     [row] = await h.table(buffer_processing_jobs)
     assert (row.status, row.attempts) == ("failed", 6)  # 2 x MAX_PROCESSING_ATTEMPTS (3)
     assert len(h.model.prompts) == 1
+
+
+class Asked:
+    """Passes calls on to ``model``; ``event`` is set when the pipeline asks."""
+
+    def __init__(self, model: ReplyModel) -> None:
+        self.model = model
+        self.event = asyncio.Event()
+
+    async def decide(self, prompt: Prompt) -> ModelDecision:
+        self.event.set()
+        return await self.model.decide(prompt)
+
+
+async def test_a_model_429_retries_its_buffer_and_holds_every_other_buffers_model_call(
+    store,
+) -> None:
+    refusals = [ModelError("the model endpoint answered 429", retry_after=3, rate_limited=True)]
+    h = Harness(store, lambda prompt: refusals.pop() if refusals else decision())
+    gate = ModelGate(h.clock, max_concurrency=10)
+    asked = Asked(GatedReplyModel(h.model, gate))
+    h.pipeline = h.build(asked)
+    other = ConversationKey(3, 78)
+    await h.store.record_incoming(message(1, "first"), POLICY, h.clock.now())
+    await h.store.record_incoming(replace(message(2, "second"), key=other), POLICY, h.clock.now())
+    h.clock.advance(30)
+    refused, waiting = await h.store.claim_due(h.clock.now(), "w1", LEASE, 10)
+    await h.pipeline.process(refused, "w1")
+    asked.event.clear()
+    second = asyncio.create_task(h.pipeline.process(waiting, "w1"))
+    await asyncio.wait_for(asked.event.wait(), timeout=10)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    # The other buffer's model call waits out the provider's Retry-After instead of being refused.
+    assert (len(h.model.prompts), h.chatwoot.sent) == (1, [])
+    h.clock.advance(3)
+    await second
+    assert [s.key for s in h.chatwoot.sent] == [other]
+    assert len(h.model.prompts) == 2
+    # The refused buffer is an ordinary failed attempt, due again after the same wait.
+    [again] = await h.store.claim_due(h.clock.now(), "w1", LEASE, 10)
+    assert again.buffer_id == refused.buffer_id
+    await h.pipeline.process(again, "w1")
+    assert [s.key for s in h.chatwoot.sent] == [other, KEY]
