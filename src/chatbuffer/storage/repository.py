@@ -350,7 +350,7 @@ class SqlBufferStore:
                 await conn.execute(
                     sql.CLAIM_JOBS,
                     {
-                        "p_job_ids": [p.id for p in picked],
+                        "p_jobs": [(p.account_id, p.conversation_id, p.id) for p in picked],
                         "p_owner": owner,
                         "p_until": now + lease,
                         "p_now": now,
@@ -358,7 +358,11 @@ class SqlBufferStore:
                 )
             ).all()
             await conn.execute(
-                sql.CLAIM_BUFFERS, {"p_buffer_ids": [p.buffer_id for p in picked], "p_now": now}
+                sql.CLAIM_BUFFERS,
+                {
+                    "p_buffers": [(p.account_id, p.conversation_id, p.buffer_id) for p in picked],
+                    "p_now": now,
+                },
             )
             await conn.execute(
                 sql.MARK_PROCESSING,

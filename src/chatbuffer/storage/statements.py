@@ -7,14 +7,30 @@ dictionaries instead of building statements per call. Parameter names start with
 SQLAlchemy reserves column names for an UPDATE's own SET parameters.
 
 Every statement but the claim and the next-wake queries is keyed by the conversation
-(``p_account_id``, ``p_conversation_id``).
+(``p_account_id``, ``p_conversation_id``), and every join joins on the conversation key as well as
+the id, so each statement stays inside one shard when the tables are distributed by conversation
+(``docs/scaling.md``; ``tests/integration/test_distribution.py`` checks it).
+
+Statuses are SQL literals, not parameters: the planner can then match the partial indexes
+(``WHERE status = 'scheduled'`` and the like) in a prepared statement's generic plan too.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, tuple_, update
+from sqlalchemy import (
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal_column,
+    select,
+    tuple_,
+    union_all,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from chatbuffer.storage.tables import (
@@ -52,6 +68,28 @@ def _key(table: Any) -> Any:
     )
 
 
+def _same_conversation(table: Any, other: Any) -> Any:
+    return and_(
+        table.c.account_id == other.c.account_id,
+        table.c.conversation_id == other.c.conversation_id,
+    )
+
+
+def _is(column: Any, status: str) -> Any:
+    """``column = 'status'`` with the status as a literal (see the module's docstring)."""
+    return column == literal_column(f"'{status}'")
+
+
+def _in(column: Any, statuses: tuple[str, ...]) -> Any:
+    return column.in_([literal_column(f"'{s}'") for s in statuses])
+
+
+#: A job with its buffer: same conversation, then the buffer's id.
+_JOB_BUFFER = jobs.join(
+    buffers, and_(_same_conversation(buffers, jobs), buffers.c.id == jobs.c.buffer_id)
+)
+
+
 CONVERSATION = and_(
     conversations.c.account_id == bindparam("p_account_id"),
     conversations.c.chatwoot_conversation_id == bindparam("p_conversation_id"),
@@ -76,11 +114,11 @@ ACTIVE_BUFFER = select(
     buffers.c.buffer_start_time,
     buffers.c.last_message_time,
     buffers.c.message_count,
-).where(_key(buffers), buffers.c.status == "active")
+).where(_key(buffers), _is(buffers.c.status, "active"))
 
 EXTEND_BUFFER = (
     update(buffers)
-    .where(_key(buffers), buffers.c.id == bindparam("p_buffer_id"), buffers.c.status == "active")
+    .where(_key(buffers), buffers.c.id == bindparam("p_buffer_id"), _is(buffers.c.status, "active"))
     .values(
         last_message_time=_time("p_last"),
         message_count=bindparam("p_count"),
@@ -92,13 +130,15 @@ EXTEND_BUFFER = (
 
 RESCHEDULE_JOB = (
     update(jobs)
-    .where(_key(jobs), jobs.c.buffer_id == bindparam("p_buffer_id"), jobs.c.status == "scheduled")
+    .where(
+        _key(jobs), jobs.c.buffer_id == bindparam("p_buffer_id"), _is(jobs.c.status, "scheduled")
+    )
     .values(scheduled_for=_time("p_due"), updated_at=_time("p_now"))
 )
 
 CLOSE_BUFFER = (
     update(buffers)
-    .where(_key(buffers), buffers.c.id == bindparam("p_buffer_id"), buffers.c.status == "active")
+    .where(_key(buffers), buffers.c.id == bindparam("p_buffer_id"), _is(buffers.c.status, "active"))
     .values(status="closed", updated_at=_time("p_now"))
 )
 
@@ -128,7 +168,7 @@ UPDATE_ATTACHMENTS = (
 
 CANCEL_BUFFERS = (
     update(buffers)
-    .where(_key(buffers), buffers.c.status.in_(CLAIMABLE_BUFFER))
+    .where(_key(buffers), _in(buffers.c.status, CLAIMABLE_BUFFER))
     .values(
         status="cancelled",
         outcome=bindparam("p_reason"),
@@ -143,7 +183,7 @@ CANCEL_JOBS = (
     .where(
         _key(jobs),
         jobs.c.buffer_id.in_(bindparam("p_buffer_ids", expanding=True)),
-        jobs.c.status.in_(("scheduled", "running")),
+        _in(jobs.c.status, ("scheduled", "running")),
     )
     .values(
         status="cancelled",
@@ -175,11 +215,6 @@ CONVERSATION_IDLE = (
 
 # -- worker -----------------------------------------------------------------------------------
 
-_DUE = or_(
-    and_(jobs.c.status == "scheduled", jobs.c.scheduled_for <= _time("p_now")),
-    and_(jobs.c.status == "running", jobs.c.lease_expires_at < _time("p_now")),
-)
-
 _earlier = buffers.alias("earlier")
 
 #: A conversation's buffers are answered in order: one waits while an older one of the same
@@ -188,27 +223,47 @@ _earlier = buffers.alias("earlier")
 _WAITS_FOR_EARLIER = (
     select(_earlier.c.id)
     .where(
-        _earlier.c.account_id == buffers.c.account_id,
-        _earlier.c.conversation_id == buffers.c.conversation_id,
-        _earlier.c.status.in_(("closed", "processing")),
+        _same_conversation(_earlier, buffers),
+        _in(_earlier.c.status, ("closed", "processing")),
         _earlier.c.conversation_seq < buffers.c.conversation_seq,
     )
     .exists()
 )
 
-CLAIM_CANDIDATES = (
-    select(jobs.c.id, jobs.c.buffer_id)
-    .select_from(jobs.join(buffers, buffers.c.id == jobs.c.buffer_id))
-    .where(_DUE, buffers.c.status.in_(CLAIMABLE_BUFFER), ~_WAITS_FOR_EARLIER)
-    .order_by(jobs.c.scheduled_for)
-    .limit(bindparam("p_limit"))
-    # Never wait for a lock: a row locked by intake or another worker is someone else's now.
-    .with_for_update(skip_locked=True, of=[jobs, buffers])
-)
+
+def _claimable(due: Any, order: Any) -> Any:
+    """Due jobs in ``order``, read from one partial index in order and stopped at the limit."""
+    return (
+        select(jobs.c.id, jobs.c.buffer_id, jobs.c.account_id, jobs.c.conversation_id)
+        .select_from(_JOB_BUFFER)
+        .where(due, _in(buffers.c.status, CLAIMABLE_BUFFER), ~_WAITS_FOR_EARLIER)
+        .order_by(order)
+        .limit(bindparam("p_limit"))
+        # Never wait for a lock: a row locked by intake or another worker is someone else's now.
+        .with_for_update(skip_locked=True, of=[jobs, buffers])
+    )
+
+
+# Two ordered scans instead of one OR: each walks its own partial index (ix_buffer_jobs_lease,
+# ix_buffer_jobs_due) and stops after p_limit rows, however many jobs are due or stored.
+_EXPIRED = _claimable(
+    and_(_is(jobs.c.status, "running"), jobs.c.lease_expires_at < _time("p_now")),
+    jobs.c.lease_expires_at,
+).cte("expired")
+_SCHEDULED = _claimable(
+    and_(_is(jobs.c.status, "scheduled"), jobs.c.scheduled_for <= _time("p_now")),
+    jobs.c.scheduled_for,
+).cte("scheduled")
+
+CLAIM_CANDIDATES = union_all(select(_EXPIRED), select(_SCHEDULED)).limit(bindparam("p_limit"))
 
 CLAIM_JOBS = (
     update(jobs)
-    .where(jobs.c.id.in_(bindparam("p_job_ids", expanding=True)))
+    .where(
+        tuple_(jobs.c.account_id, jobs.c.conversation_id, jobs.c.id).in_(
+            bindparam("p_jobs", expanding=True)
+        )
+    )
     .values(
         status="running",
         lease_owner=bindparam("p_owner"),
@@ -229,39 +284,45 @@ CLAIM_JOBS = (
 
 CLAIM_BUFFERS = (
     update(buffers)
-    .where(buffers.c.id.in_(bindparam("p_buffer_ids", expanding=True)))
+    .where(
+        tuple_(buffers.c.account_id, buffers.c.conversation_id, buffers.c.id).in_(
+            bindparam("p_buffers", expanding=True)
+        )
+    )
     .values(status="processing", updated_at=_time("p_now"))
 )
+
+_CONVERSATION_KEY = tuple_(conversations.c.account_id, conversations.c.chatwoot_conversation_id)
 
 # The conversations' state is informational, so a conversation row that intake holds right now
 # is skipped rather than waited for (waiting here could deadlock with intake).
 _CLAIMED_CONVERSATIONS = (
-    select(conversations.c.id)
-    .where(
-        tuple_(conversations.c.account_id, conversations.c.chatwoot_conversation_id).in_(
-            bindparam("p_keys", expanding=True)
-        )
-    )
+    select(conversations.c.account_id, conversations.c.chatwoot_conversation_id)
+    .where(_CONVERSATION_KEY.in_(bindparam("p_keys", expanding=True)))
     .with_for_update(skip_locked=True)
 )
 
 MARK_PROCESSING = (
     update(conversations)
-    .where(conversations.c.id.in_(_CLAIMED_CONVERSATIONS.scalar_subquery()))
+    .where(_CONVERSATION_KEY.in_(_CLAIMED_CONVERSATIONS))
     .values(conversation_state="processing", updated_at=_time("p_now"))
 )
 
+#: The earliest due time of a job that is not waiting for an earlier buffer: the first row of the
+#: ordered partial index (an aggregate over a join would read every scheduled job).
 NEXT_DUE = (
-    select(func.min(jobs.c.scheduled_for))
-    .select_from(jobs.join(buffers, buffers.c.id == jobs.c.buffer_id))
-    .where(jobs.c.status == "scheduled", ~_WAITS_FOR_EARLIER)
+    select(jobs.c.scheduled_for)
+    .select_from(_JOB_BUFFER)
+    .where(_is(jobs.c.status, "scheduled"), ~_WAITS_FOR_EARLIER)
+    .order_by(jobs.c.scheduled_for)
+    .limit(literal_column("1"))
 )
-NEXT_LEASE_EXPIRY = select(func.min(jobs.c.lease_expires_at)).where(jobs.c.status == "running")
+NEXT_LEASE_EXPIRY = select(func.min(jobs.c.lease_expires_at)).where(_is(jobs.c.status, "running"))
 
 HELD = and_(
     _key(jobs),
     jobs.c.id == bindparam("p_job_id"),
-    jobs.c.status == "running",
+    _is(jobs.c.status, "running"),
     jobs.c.lease_owner == bindparam("p_owner"),
 )
 
@@ -276,15 +337,15 @@ _THIS_BUFFER_SEQ = (
 #: Buffers of the same conversation opened after this one and not yet taken by a worker.
 _NEWER_OPEN = and_(
     _key(buffers),
-    buffers.c.status.in_(("active", "closed")),
+    _in(buffers.c.status, ("active", "closed")),
     buffers.c.conversation_seq > _THIS_BUFFER_SEQ,
 )
 
 #: Before posting: is the job still ours, and has the contact written since?
 BEFORE_SEND = (
     select(jobs.c.id, select(buffers.c.id).where(_NEWER_OPEN).exists().label("newer"))
-    .select_from(jobs.join(buffers, buffers.c.id == jobs.c.buffer_id))
-    .where(HELD, buffers.c.status == "processing")
+    .select_from(_JOB_BUFFER)
+    .where(HELD, _is(buffers.c.status, "processing"))
 )
 
 NEWER_BUFFER = (
@@ -333,7 +394,7 @@ EARLIER_REPLIES = (
     select(bot_replies.c.content, bot_replies.c.sent_at)
     .where(
         _key(bot_replies),
-        bot_replies.c.kind == "reply",
+        _is(bot_replies.c.kind, "reply"),
         # An intent Chatwoot never confirmed may not have reached the contact.
         bot_replies.c.chatwoot_message_id.is_not(None),
         bot_replies.c.sent_at < _time("p_before"),
@@ -391,7 +452,7 @@ def finish_buffer(status: str) -> Any:
         .where(
             _key(buffers),
             buffers.c.id == bindparam("p_buffer_id"),
-            buffers.c.status == "processing",
+            _is(buffers.c.status, "processing"),
         )
         .values(**values)
     )
@@ -413,7 +474,7 @@ MARK_MESSAGES_PROCESSED = (
 
 IDLE_IF_PROCESSING = (
     update(conversations)
-    .where(CONVERSATION, conversations.c.conversation_state == "processing")
+    .where(CONVERSATION, _is(conversations.c.conversation_state, "processing"))
     .values(conversation_state="idle", updated_at=_time("p_now"))
 )
 
@@ -433,7 +494,11 @@ _SUMMARY = (
         jobs.c.attempts,
         jobs.c.error_message,
     )
-    .select_from(buffers.join(jobs, jobs.c.buffer_id == buffers.c.id))
+    .select_from(
+        buffers.join(
+            jobs, and_(_same_conversation(jobs, buffers), jobs.c.buffer_id == buffers.c.id)
+        )
+    )
     .order_by(buffers.c.updated_at.desc())
     .limit(bindparam("p_limit"))
 )
@@ -443,7 +508,7 @@ BUFFER_SUMMARY = _SUMMARY.where(buffers.c.id == bindparam("p_buffer_id"))
 
 REPLAY_JOB = (
     update(jobs)
-    .where(_key(jobs), jobs.c.buffer_id == bindparam("p_buffer_id"), jobs.c.status == "failed")
+    .where(_key(jobs), jobs.c.buffer_id == bindparam("p_buffer_id"), _is(jobs.c.status, "failed"))
     .values(
         status="scheduled",
         attempts=0,
@@ -456,7 +521,7 @@ REPLAY_JOB = (
 )
 REPLAY_BUFFER = (
     update(buffers)
-    .where(_key(buffers), buffers.c.id == bindparam("p_buffer_id"), buffers.c.status == "failed")
+    .where(_key(buffers), buffers.c.id == bindparam("p_buffer_id"), _is(buffers.c.status, "failed"))
     .values(status="closed", outcome=None, processed_at=None, updated_at=_time("p_now"))
 )
 
@@ -464,6 +529,6 @@ REPLAY_BUFFER = (
 DROP_UNSENT_FAILURE_NOTES = delete(bot_replies).where(
     _key(bot_replies),
     bot_replies.c.buffer_id == bindparam("p_buffer_id"),
-    bot_replies.c.kind == "failure_note",
+    _is(bot_replies.c.kind, "failure_note"),
     bot_replies.c.chatwoot_message_id.is_(None),
 )
