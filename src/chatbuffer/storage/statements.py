@@ -68,25 +68,25 @@ def _key(table: Any) -> Any:
     )
 
 
-def _same_conversation(table: Any, other: Any) -> Any:
+def same_conversation(table: Any, other: Any) -> Any:
     return and_(
         table.c.account_id == other.c.account_id,
         table.c.conversation_id == other.c.conversation_id,
     )
 
 
-def _is(column: Any, status: str) -> Any:
+def status_is(column: Any, status: str) -> Any:
     """``column = 'status'`` with the status as a literal (see the module's docstring)."""
     return column == literal_column(f"'{status}'")
 
 
-def _in(column: Any, statuses: tuple[str, ...]) -> Any:
+def status_in(column: Any, statuses: tuple[str, ...]) -> Any:
     return column.in_([literal_column(f"'{s}'") for s in statuses])
 
 
 #: A job with its buffer: same conversation, then the buffer's id.
 _JOB_BUFFER = jobs.join(
-    buffers, and_(_same_conversation(buffers, jobs), buffers.c.id == jobs.c.buffer_id)
+    buffers, and_(same_conversation(buffers, jobs), buffers.c.id == jobs.c.buffer_id)
 )
 
 
@@ -114,11 +114,15 @@ ACTIVE_BUFFER = select(
     buffers.c.buffer_start_time,
     buffers.c.last_message_time,
     buffers.c.message_count,
-).where(_key(buffers), _is(buffers.c.status, "active"))
+).where(_key(buffers), status_is(buffers.c.status, "active"))
 
 EXTEND_BUFFER = (
     update(buffers)
-    .where(_key(buffers), buffers.c.id == bindparam("p_buffer_id"), _is(buffers.c.status, "active"))
+    .where(
+        _key(buffers),
+        buffers.c.id == bindparam("p_buffer_id"),
+        status_is(buffers.c.status, "active"),
+    )
     .values(
         last_message_time=_time("p_last"),
         message_count=bindparam("p_count"),
@@ -131,14 +135,20 @@ EXTEND_BUFFER = (
 RESCHEDULE_JOB = (
     update(jobs)
     .where(
-        _key(jobs), jobs.c.buffer_id == bindparam("p_buffer_id"), _is(jobs.c.status, "scheduled")
+        _key(jobs),
+        jobs.c.buffer_id == bindparam("p_buffer_id"),
+        status_is(jobs.c.status, "scheduled"),
     )
     .values(scheduled_for=_time("p_due"), updated_at=_time("p_now"))
 )
 
 CLOSE_BUFFER = (
     update(buffers)
-    .where(_key(buffers), buffers.c.id == bindparam("p_buffer_id"), _is(buffers.c.status, "active"))
+    .where(
+        _key(buffers),
+        buffers.c.id == bindparam("p_buffer_id"),
+        status_is(buffers.c.status, "active"),
+    )
     .values(status="closed", updated_at=_time("p_now"))
 )
 
@@ -168,7 +178,7 @@ UPDATE_ATTACHMENTS = (
 
 CANCEL_BUFFERS = (
     update(buffers)
-    .where(_key(buffers), _in(buffers.c.status, CLAIMABLE_BUFFER))
+    .where(_key(buffers), status_in(buffers.c.status, CLAIMABLE_BUFFER))
     .values(
         status="cancelled",
         outcome=bindparam("p_reason"),
@@ -183,7 +193,7 @@ CANCEL_JOBS = (
     .where(
         _key(jobs),
         jobs.c.buffer_id.in_(bindparam("p_buffer_ids", expanding=True)),
-        _in(jobs.c.status, ("scheduled", "running")),
+        status_in(jobs.c.status, ("scheduled", "running")),
     )
     .values(
         status="cancelled",
@@ -223,8 +233,8 @@ _earlier = buffers.alias("earlier")
 _WAITS_FOR_EARLIER = (
     select(_earlier.c.id)
     .where(
-        _same_conversation(_earlier, buffers),
-        _in(_earlier.c.status, ("closed", "processing")),
+        same_conversation(_earlier, buffers),
+        status_in(_earlier.c.status, ("closed", "processing")),
         _earlier.c.conversation_seq < buffers.c.conversation_seq,
     )
     .exists()
@@ -236,7 +246,7 @@ def _claimable(due: Any, order: Any) -> Any:
     return (
         select(jobs.c.id, jobs.c.buffer_id, jobs.c.account_id, jobs.c.conversation_id)
         .select_from(_JOB_BUFFER)
-        .where(due, _in(buffers.c.status, CLAIMABLE_BUFFER), ~_WAITS_FOR_EARLIER)
+        .where(due, status_in(buffers.c.status, CLAIMABLE_BUFFER), ~_WAITS_FOR_EARLIER)
         .order_by(order)
         .limit(bindparam("p_limit"))
         # Never wait for a lock: a row locked by intake or another worker is someone else's now.
@@ -247,11 +257,11 @@ def _claimable(due: Any, order: Any) -> Any:
 # Two ordered scans instead of one OR: each walks its own partial index (ix_buffer_jobs_lease,
 # ix_buffer_jobs_due) and stops after p_limit rows, however many jobs are due or stored.
 _EXPIRED = _claimable(
-    and_(_is(jobs.c.status, "running"), jobs.c.lease_expires_at < _time("p_now")),
+    and_(status_is(jobs.c.status, "running"), jobs.c.lease_expires_at < _time("p_now")),
     jobs.c.lease_expires_at,
 ).cte("expired")
 _SCHEDULED = _claimable(
-    and_(_is(jobs.c.status, "scheduled"), jobs.c.scheduled_for <= _time("p_now")),
+    and_(status_is(jobs.c.status, "scheduled"), jobs.c.scheduled_for <= _time("p_now")),
     jobs.c.scheduled_for,
 ).cte("scheduled")
 
@@ -313,16 +323,18 @@ MARK_PROCESSING = (
 NEXT_DUE = (
     select(jobs.c.scheduled_for)
     .select_from(_JOB_BUFFER)
-    .where(_is(jobs.c.status, "scheduled"), ~_WAITS_FOR_EARLIER)
+    .where(status_is(jobs.c.status, "scheduled"), ~_WAITS_FOR_EARLIER)
     .order_by(jobs.c.scheduled_for)
     .limit(literal_column("1"))
 )
-NEXT_LEASE_EXPIRY = select(func.min(jobs.c.lease_expires_at)).where(_is(jobs.c.status, "running"))
+NEXT_LEASE_EXPIRY = select(func.min(jobs.c.lease_expires_at)).where(
+    status_is(jobs.c.status, "running")
+)
 
 HELD = and_(
     _key(jobs),
     jobs.c.id == bindparam("p_job_id"),
-    _is(jobs.c.status, "running"),
+    status_is(jobs.c.status, "running"),
     jobs.c.lease_owner == bindparam("p_owner"),
 )
 
@@ -337,7 +349,7 @@ _THIS_BUFFER_SEQ = (
 #: Buffers of the same conversation opened after this one and not yet taken by a worker.
 _NEWER_OPEN = and_(
     _key(buffers),
-    _in(buffers.c.status, ("active", "closed")),
+    status_in(buffers.c.status, ("active", "closed")),
     buffers.c.conversation_seq > _THIS_BUFFER_SEQ,
 )
 
@@ -345,7 +357,7 @@ _NEWER_OPEN = and_(
 BEFORE_SEND = (
     select(jobs.c.id, select(buffers.c.id).where(_NEWER_OPEN).exists().label("newer"))
     .select_from(_JOB_BUFFER)
-    .where(HELD, _is(buffers.c.status, "processing"))
+    .where(HELD, status_is(buffers.c.status, "processing"))
 )
 
 NEWER_BUFFER = (
@@ -394,7 +406,7 @@ EARLIER_REPLIES = (
     select(bot_replies.c.content, bot_replies.c.sent_at)
     .where(
         _key(bot_replies),
-        _is(bot_replies.c.kind, "reply"),
+        status_is(bot_replies.c.kind, "reply"),
         # An intent Chatwoot never confirmed may not have reached the contact.
         bot_replies.c.chatwoot_message_id.is_not(None),
         bot_replies.c.sent_at < _time("p_before"),
@@ -452,7 +464,7 @@ def finish_buffer(status: str) -> Any:
         .where(
             _key(buffers),
             buffers.c.id == bindparam("p_buffer_id"),
-            _is(buffers.c.status, "processing"),
+            status_is(buffers.c.status, "processing"),
         )
         .values(**values)
     )
@@ -474,7 +486,7 @@ MARK_MESSAGES_PROCESSED = (
 
 IDLE_IF_PROCESSING = (
     update(conversations)
-    .where(CONVERSATION, _is(conversations.c.conversation_state, "processing"))
+    .where(CONVERSATION, status_is(conversations.c.conversation_state, "processing"))
     .values(conversation_state="idle", updated_at=_time("p_now"))
 )
 
@@ -495,9 +507,7 @@ _SUMMARY = (
         jobs.c.error_message,
     )
     .select_from(
-        buffers.join(
-            jobs, and_(_same_conversation(jobs, buffers), jobs.c.buffer_id == buffers.c.id)
-        )
+        buffers.join(jobs, and_(same_conversation(jobs, buffers), jobs.c.buffer_id == buffers.c.id))
     )
     .order_by(buffers.c.updated_at.desc())
     .limit(bindparam("p_limit"))
@@ -508,7 +518,9 @@ BUFFER_SUMMARY = _SUMMARY.where(buffers.c.id == bindparam("p_buffer_id"))
 
 REPLAY_JOB = (
     update(jobs)
-    .where(_key(jobs), jobs.c.buffer_id == bindparam("p_buffer_id"), _is(jobs.c.status, "failed"))
+    .where(
+        _key(jobs), jobs.c.buffer_id == bindparam("p_buffer_id"), status_is(jobs.c.status, "failed")
+    )
     .values(
         status="scheduled",
         attempts=0,
@@ -521,7 +533,11 @@ REPLAY_JOB = (
 )
 REPLAY_BUFFER = (
     update(buffers)
-    .where(_key(buffers), buffers.c.id == bindparam("p_buffer_id"), _is(buffers.c.status, "failed"))
+    .where(
+        _key(buffers),
+        buffers.c.id == bindparam("p_buffer_id"),
+        status_is(buffers.c.status, "failed"),
+    )
     .values(status="closed", outcome=None, processed_at=None, updated_at=_time("p_now"))
 )
 
@@ -529,6 +545,6 @@ REPLAY_BUFFER = (
 DROP_UNSENT_FAILURE_NOTES = delete(bot_replies).where(
     _key(bot_replies),
     bot_replies.c.buffer_id == bindparam("p_buffer_id"),
-    _is(bot_replies.c.kind, "failure_note"),
+    status_is(bot_replies.c.kind, "failure_note"),
     bot_replies.c.chatwoot_message_id.is_(None),
 )
