@@ -40,7 +40,7 @@ from chatbuffer.errors import ConfigurationError, StorageUnavailable
 from chatbuffer.intake.webhook import IntakeRules, WebhookIntake
 from chatbuffer.observability.events import FanOut, LoggingObserver
 from chatbuffer.settings import Settings
-from chatbuffer.storage import database
+from chatbuffer.storage import database, retention
 from chatbuffer.storage.repository import SqlBufferStore
 from chatbuffer.transcription.fetch import AttachmentFetcher
 from chatbuffer.transcription.openai_transcriber import OpenAITranscriber
@@ -298,13 +298,22 @@ class Runtime:
                     listener.listen(conninfo, self.waker, self.clock, stop), name="listener"
                 )
             )
+        if self.settings.retention is not None:
+            tasks.append(
+                asyncio.create_task(
+                    retention.purge_periodically(
+                        self.store.engine, self.clock, self.settings.retention
+                    ),
+                    name="retention",
+                )
+            )
         try:
             yield scheduler
         finally:
             stop.set()
             self.waker.poke()
-            # The scheduler returns after finishing its in-flight buffers; the listener has
-            # nothing to finish.
+            # The scheduler returns after finishing its in-flight buffers; the listener and
+            # the purge have nothing to finish (a purge batch cut short rolls back).
             for task in tasks[1:]:
                 task.cancel()
             for task in tasks:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import signal
 import sys
 from collections.abc import Sequence
+from datetime import timedelta
 from types import FrameType
 
 from chatbuffer.errors import ChatbufferError, ConfigurationError
@@ -47,6 +49,22 @@ def _parser() -> argparse.ArgumentParser:
     replay = actions.add_parser("replay", help="answer a failed buffer again, now")
     replay.add_argument("buffer_id", help="the buffer's id, as `buffers list` shows it")
     commands.add_parser("migrate", help="create or upgrade the database schema")
+    purge = commands.add_parser(
+        "purge",
+        help="delete finished buffers, their messages and replies, older than a cutoff",
+        description="Deletes completed, superseded, cancelled and failed buffers last changed "
+        "before the cutoff, with their messages, jobs and replies, 1000 per transaction. "
+        "Active, closed and processing buffers are never touched.",
+    )
+    purge.add_argument(
+        "--older-than",
+        type=_age,
+        metavar="AGE",
+        help="e.g. 30d or 12h (default: DATA_RETENTION_DAYS days)",
+    )
+    purge.add_argument(
+        "--dry-run", action="store_true", help="count what would be deleted, delete nothing"
+    )
     demo = commands.add_parser(
         "demo", help="a burst of messages turning into one reply, against built-in simulators"
     )
@@ -85,6 +103,22 @@ def _positive_int(value: str) -> int:
     return int(value)
 
 
+_AGE = re.compile(r"([0-9]{1,6})([dh])")
+
+
+def _age(value: str) -> timedelta:
+    found = _AGE.fullmatch(value.strip().lower())
+    if found is None:
+        raise argparse.ArgumentTypeError(
+            f"must be a number of days or hours, like 30d or 12h, not {value!r}"
+        )
+    number, unit = int(found[1]), found[2]
+    age = timedelta(days=number) if unit == "d" else timedelta(hours=number)
+    if not timedelta(hours=1) <= age <= timedelta(days=36_500):
+        raise argparse.ArgumentTypeError(f"must be between 1h and 36500d, not {value!r}")
+    return age
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -116,6 +150,8 @@ def _run(args: argparse.Namespace) -> int:
             summary = client.replay(args.buffer_id)
             print(f"chatbuffer: buffer {summary['buffer_id']} is scheduled to be answered again")
         return 0
+    if args.command == "purge":
+        return _purge(settings, args.older_than or settings.retention, dry_run=args.dry_run)
     role: Role = args.command
     settings.require_for(role)
 
@@ -164,6 +200,35 @@ async def _preflight(settings: Settings) -> None:
         ) from None
     finally:
         await engine.dispose()
+
+
+def _purge(settings: Settings, older_than: timedelta | None, *, dry_run: bool) -> int:
+    from chatbuffer.clock import SystemClock
+    from chatbuffer.storage import database, retention
+
+    if older_than is None:
+        raise ConfigurationError(
+            "purge needs an age: pass --older-than (e.g. 30d) or set DATA_RETENTION_DAYS"
+        )
+    asyncio.run(_preflight(settings))
+    cutoff = SystemClock().now() - older_than
+
+    async def run() -> retention.PurgeReport:
+        engine = database.create_engine(settings.database_url, pool_size=1)
+        try:
+            return await retention.purge(engine, cutoff, dry_run=dry_run)
+        finally:
+            await engine.dispose()
+
+    report = asyncio.run(run())
+    verb = "would delete" if dry_run else "deleted"
+    print(
+        f"chatbuffer: {verb} {report.buffers} finished buffers last changed before "
+        f"{cutoff.isoformat(timespec='seconds')}, with {report.messages} messages, "
+        f"{report.jobs} jobs and {report.replies} bot replies"
+        + (" (dry run: nothing was deleted)" if dry_run else "")
+    )
+    return 0
 
 
 def _first_line(exc: BaseException) -> str:

@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     webhook_max_body_bytes: int = Field(1_048_576, ge=1_024)
     webhook_signature_max_age_s: int = Field(300, ge=1)
     history_limit: int = Field(20, ge=0, le=200)
+    # Message text, sender data and replies are personal data: 0 keeps them forever.
+    data_retention_days: int = Field(0, ge=0, le=36_500)
     admin_token: SecretStr | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -138,6 +140,11 @@ class Settings(BaseSettings):
         if self.worker_concurrency is not None:
             return self.worker_concurrency
         return round(IN_FLIGHT_PER_MODEL_CALL * self.ai_max_concurrency)
+
+    @property
+    def retention(self) -> timedelta | None:
+        """How long finished buffers are kept, or None to keep them forever."""
+        return timedelta(days=self.data_retention_days) if self.data_retention_days else None
 
     @property
     def is_sqlite(self) -> bool:

@@ -14,6 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -328,6 +329,65 @@ def test_serve_on_an_unusable_sqlite_path_is_one_line(tmp_path: Path) -> None:
     assert_refused(result, "DATABASE_URL")
 
 
+# -- purge ----------------------------------------------------------------------------------
+
+
+def _store_buffer(path: Path, status: str, updated_at: str, conversation: int) -> None:
+    """A buffer with one message and its job, as the service leaves them."""
+    buffer_id = uuid.uuid4().hex
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "INSERT INTO message_buffer (id, account_id, conversation_id, buffer_start_time, "
+            "last_message_time, status, message_count, updated_at) "
+            "VALUES (?, 1, ?, ?, ?, ?, 1, ?)",
+            (buffer_id, conversation, updated_at, updated_at, status, updated_at),
+        )
+        conn.execute(
+            "INSERT INTO buffer_processing_jobs (id, buffer_id, account_id, conversation_id, "
+            "scheduled_for, status) VALUES (?, ?, 1, ?, ?, 'completed')",
+            (uuid.uuid4().hex, buffer_id, conversation, updated_at),
+        )
+        conn.execute(
+            "INSERT INTO buffered_messages (id, buffer_id, account_id, conversation_id, "
+            "chatwoot_message_id, content, message_type, sender_info, conversation_info, "
+            "received_at) VALUES (?, ?, 1, ?, ?, 'personal', 'incoming', '{}', '{}', ?)",
+            (uuid.uuid4().hex, buffer_id, conversation, conversation, updated_at),
+        )
+
+
+def _statuses(path: Path) -> list[str]:
+    with sqlite3.connect(path) as conn:
+        return sorted(r[0] for r in conn.execute("SELECT status FROM message_buffer"))
+
+
+def test_purge_reports_then_deletes_only_old_finished_buffers(tmp_path: Path) -> None:
+    path = tmp_path / "chatbuffer.db"
+    env = clean_env(DATABASE_URL=f"sqlite:///{path}", DATA_RETENTION_DAYS="30")
+    assert chatbuffer("migrate", env=env, cwd=tmp_path).returncode == 0
+    _store_buffer(path, "completed", "2020-01-01 00:00:00.000000", 1)
+    _store_buffer(path, "active", "2020-01-01 00:00:00.000000", 2)
+    _store_buffer(path, "completed", "2999-01-01 00:00:00.000000", 3)
+
+    preview = chatbuffer("purge", "--dry-run", env=env, cwd=tmp_path)
+    assert preview.returncode == 0, preview.stderr
+    assert "would delete 1 finished buffers" in preview.stdout
+    assert "1 messages, 1 jobs and 0 bot replies (dry run" in preview.stdout
+    assert _statuses(path) == ["active", "completed", "completed"]
+
+    done = chatbuffer("purge", "--older-than", "12h", env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("chatbuffer: deleted 1 finished buffers"), done.stdout
+    assert _statuses(path) == ["active", "completed"]
+
+
+def test_purge_without_an_age_says_how_to_give_one(tmp_path: Path) -> None:
+    env = clean_env(DATABASE_URL=f"sqlite:///{tmp_path / 'chatbuffer.db'}")
+
+    result = chatbuffer("purge", env=env, cwd=tmp_path)
+
+    assert_refused(result, "--older-than", "DATA_RETENTION_DAYS")
+
+
 # -- usage ----------------------------------------------------------------------------------
 
 
@@ -342,6 +402,8 @@ def test_serve_on_an_unusable_sqlite_path_is_one_line(tmp_path: Path) -> None:
         [],
         ["demo", "--window-ms", "10"],
         ["migrate", "--force"],
+        ["purge", "--older-than", "3x"],
+        ["purge", "--older-than", "0d"],
     ],
     ids=[
         "port-before-command",
@@ -352,6 +414,8 @@ def test_serve_on_an_unusable_sqlite_path_is_one_line(tmp_path: Path) -> None:
         "no-command",
         "window-too-short",
         "unknown-option",
+        "purge-age-not-a-duration",
+        "purge-age-zero",
     ],
 )
 def test_a_usage_error_exits_2_with_usage(tmp_path: Path, args: Sequence[str]) -> None:
@@ -368,7 +432,7 @@ def test_help_lists_every_command(tmp_path: Path) -> None:
     result = chatbuffer("--help", env=clean_env(), cwd=tmp_path)
 
     assert result.returncode == 0
-    for command in ("serve", "api", "worker", "migrate", "demo"):
+    for command in ("serve", "api", "worker", "migrate", "purge", "demo"):
         assert command in result.stdout
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -12,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chatbuffer.domain.model import ConversationKey
 from chatbuffer.storage import database
-from chatbuffer.storage.retention import PurgeReport, purge
+from chatbuffer.storage.retention import PURGE_INTERVAL, PurgeReport, purge, purge_periodically
 from chatbuffer.storage.tables import (
     bot_replies,
     buffer_processing_jobs,
@@ -20,6 +22,7 @@ from chatbuffer.storage.tables import (
     conversations,
     message_buffer,
 )
+from chatbuffer.testing import FakeClock
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 CUTOFF = NOW - timedelta(days=30)
@@ -232,3 +235,38 @@ async def test_purge_skips_a_buffer_another_transaction_holds(
         await other.rollback()
     assert (await stored.remaining())["message_buffer"] == {held}
     assert free not in (await stored.remaining())["buffered_messages"]
+
+
+class WatchedClock(FakeClock):
+    """Tells when the purge loop has finished a round and gone to sleep."""
+
+    def __init__(self) -> None:
+        super().__init__(NOW)
+        self.naps: asyncio.Queue[float] = asyncio.Queue()
+
+    async def sleep(self, seconds: float) -> None:
+        self.naps.put_nowait(seconds)
+        await super().sleep(seconds)
+
+
+async def test_a_worker_with_a_retention_period_purges_at_start_and_every_hour(
+    engine: AsyncEngine,
+) -> None:
+    stored = Stored(engine)
+    old = await stored.buffer(ConversationKey(1, 1), "completed", OLD)
+    soon_old = await stored.buffer(
+        ConversationKey(1, 2), "completed", CUTOFF + timedelta(minutes=30)
+    )
+    clock = WatchedClock()
+    loop = asyncio.create_task(purge_periodically(engine, clock, keep=timedelta(days=30)))
+    try:
+        assert await asyncio.wait_for(clock.naps.get(), 30) == PURGE_INTERVAL.total_seconds()
+        assert (await stored.remaining())["message_buffer"] == {soon_old}
+        clock.advance(PURGE_INTERVAL)
+        await asyncio.wait_for(clock.naps.get(), 30)
+        assert (await stored.remaining())["message_buffer"] == set()
+    finally:
+        loop.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop
+    assert old not in (await stored.remaining())["buffered_messages"]

@@ -115,3 +115,15 @@ def test_secrets_do_not_show_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CHATWOOT_API_TOKEN", "cw-very-secret")
     text = repr(load_settings())
     assert "sk-very-secret" not in text and "cw-very-secret" not in text
+
+
+def test_personal_data_is_kept_until_a_retention_period_is_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("DATA_RETENTION_DAYS", raising=False)
+    assert load_settings().retention is None
+    monkeypatch.setenv("DATA_RETENTION_DAYS", "30")
+    assert load_settings().retention == timedelta(days=30)
+    monkeypatch.setenv("DATA_RETENTION_DAYS", "-1")
+    with pytest.raises(ConfigurationError, match="DATA_RETENTION_DAYS"):
+        load_settings()

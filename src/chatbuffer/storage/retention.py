@@ -13,13 +13,15 @@ own by the full conversation key, then the buffers.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, delete, func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from chatbuffer.domain.ports import Clock
 from chatbuffer.storage import database
 from chatbuffer.storage.statements import same_conversation, status_in
 from chatbuffer.storage.tables import (
@@ -32,7 +34,11 @@ from chatbuffer.storage.tables import buffer_processing_jobs as jobs
 from chatbuffer.storage.tables import buffered_messages as messages
 from chatbuffer.storage.tables import message_buffer as buffers
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_BATCH_SIZE = 1_000
+#: How often a worker purges when ``DATA_RETENTION_DAYS`` is set.
+PURGE_INTERVAL = timedelta(hours=1)
 
 _OLD_FINISHED = (
     status_in(buffers.c.status, FINISHED_BUFFER),
@@ -154,3 +160,30 @@ async def _count(engine: AsyncEngine, cutoff: datetime) -> PurgeReport:
             for statement in (COUNT_BUFFERS, COUNT_MESSAGES, COUNT_JOBS, COUNT_REPLIES)
         ]
     return PurgeReport(buffers_, messages_, jobs_, replies_, dry_run=True)
+
+
+async def purge_periodically(
+    engine: AsyncEngine, clock: Clock, keep: timedelta, interval: timedelta = PURGE_INTERVAL
+) -> None:
+    """Purge what is older than ``keep`` now and every ``interval``, until cancelled.
+
+    Every worker replica may run this: batches skip rows another purge holds. A failed round
+    (the database is down, say) is logged and tried again at the next interval.
+    """
+    while True:
+        try:
+            report = await purge(engine, clock.now() - keep)
+        except Exception as exc:
+            logger.warning("retention purge failed: %s: %s", type(exc).__name__, exc)
+        else:
+            if report.buffers:
+                logger.info(
+                    "retention purge",
+                    extra={
+                        "buffers": report.buffers,
+                        "messages": report.messages,
+                        "jobs": report.jobs,
+                        "replies": report.replies,
+                    },
+                )
+        await clock.sleep(interval.total_seconds())
