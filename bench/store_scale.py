@@ -1,0 +1,294 @@
+"""Do the claim, next-due and intake stay flat with history and backlog?
+
+Builds two PostgreSQL databases at the current schema: an empty one (no history, only the due
+jobs the runs claim) and a large one (1,000,000 stored messages in answered buffers with their
+replies, and 20,000 due jobs), both generated inside PostgreSQL with ``generate_series``. On each
+it measures, side by side:
+
+* ``EXPLAIN ANALYZE`` (planning + execution) of the claim's candidate query (64 jobs) and of the
+  next-due query, with the plan's top node, inside a transaction that is rolled back;
+* ``SqlBufferStore.claim_due(limit=64)`` and ``next_wake_at()`` as the worker calls them (wall
+  time, round trips included);
+* intake: ``record_incoming`` from 16 tasks into existing conversations (messages per second).
+
+Run by hand:
+
+    uv run python bench/store_scale.py --database-url postgresql://postgres@127.0.0.1:5432/postgres
+
+The database named in the URL is only used to create (and drop) the scratch databases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.sql import ClauseElement
+
+from chatbuffer.domain.buffer import BufferPolicy
+from chatbuffer.domain.model import ConversationKey, InboundMessage
+from chatbuffer.storage import database
+from chatbuffer.storage import statements as sql
+from chatbuffer.storage.repository import SqlBufferStore
+from lateness import scratch_database
+
+CLAIM_LIMIT = 64
+MESSAGES_PER_BUFFER = 10
+BUFFERS_PER_CONVERSATION = 5
+INTAKE_TASKS = 16
+POLICY = BufferPolicy(
+    quiet_period=timedelta(seconds=30), max_age=timedelta(seconds=300), max_size=50
+)
+
+# Answered history: buffers of 10 messages, each with its completed job and one reply. Ids are
+# md5-derived so the generated rows reference each other without a round trip.
+HISTORY = """
+INSERT INTO conversations (id, account_id, chatwoot_conversation_id, message_count,
+                           conversation_state, created_at, updated_at)
+SELECT md5('c' || c)::uuid, 1, c, 1000, 'idle', now(), now()
+FROM generate_series(1, :conversations) AS c;
+
+INSERT INTO message_buffer (id, account_id, conversation_id, buffer_start_time, buffer_end_time,
+                            last_message_time, status, message_count, conversation_seq,
+                            processed_at, outcome, created_at, updated_at)
+SELECT md5('b' || b)::uuid, 1, 1 + b % :conversations, t, t, t, 'completed', :per_buffer,
+       (b / :conversations) * :per_buffer, t, 'replied', t, t
+FROM generate_series(0, :buffers - 1) AS b,
+     LATERAL (SELECT now() - interval '90 days' + b * interval '30 seconds' AS t) AS at;
+
+INSERT INTO buffer_processing_jobs (id, buffer_id, account_id, conversation_id, scheduled_for,
+                                    status, attempts, created_at, updated_at, processed_at)
+SELECT md5('j' || b)::uuid, md5('b' || b)::uuid, 1, 1 + b % :conversations, t, 'completed', 1,
+       t, t, t
+FROM generate_series(0, :buffers - 1) AS b,
+     LATERAL (SELECT now() - interval '90 days' + b * interval '30 seconds' AS t) AS at;
+
+INSERT INTO buffered_messages (id, buffer_id, account_id, conversation_id, chatwoot_message_id,
+                               content, message_type, content_type, attachments, sender_info,
+                               conversation_info, received_at, processed, created_at)
+SELECT md5('m' || m)::uuid, md5('b' || (m / :per_buffer))::uuid, 1,
+       1 + (m / :per_buffer) % :conversations, m + 1,
+       'Hello, I would like to know whether my order number ' || m || ' has shipped yet.',
+       'incoming', 'text', '[]', '{"id": 7, "name": "Ana", "phone_number": "+351900000000"}',
+       '{"status": "pending"}', t, true, t
+FROM generate_series(0, :buffers * :per_buffer - 1) AS m,
+     LATERAL (SELECT now() - interval '90 days' + m * interval '3 seconds' AS t) AS at;
+
+INSERT INTO bot_replies (id, buffer_id, account_id, conversation_id, kind, content,
+                         chatwoot_message_id, sent_at)
+SELECT md5('r' || b)::uuid, md5('b' || b)::uuid, 1, 1 + b % :conversations, 'reply',
+       'It left our warehouse this morning; you will have it tomorrow.', 1000000000 + b,
+       now() - interval '90 days' + b * interval '30 seconds' + interval '40 seconds'
+FROM generate_series(0, :buffers - 1) AS b;
+"""
+
+# Due work: one closed buffer per conversation (after its history), one message, job due now.
+DUE = """
+INSERT INTO conversations (id, account_id, chatwoot_conversation_id, message_count,
+                           conversation_state, created_at, updated_at)
+SELECT md5('c' || c)::uuid, 1, c, 1000, 'idle', now(), now()
+FROM generate_series(1, :due) AS c
+ON CONFLICT DO NOTHING;
+
+INSERT INTO message_buffer (id, account_id, conversation_id, buffer_start_time, buffer_end_time,
+                            last_message_time, status, message_count, conversation_seq,
+                            created_at, updated_at)
+SELECT md5('d' || d)::uuid, 1, 1 + d, t, t, t, 'closed', 1, 999, t, t
+FROM generate_series(0, :due - 1) AS d,
+     LATERAL (SELECT now() - interval '1 minute' + d * interval '1 millisecond' AS t) AS at;
+
+INSERT INTO buffer_processing_jobs (id, buffer_id, account_id, conversation_id, scheduled_for,
+                                    status, created_at, updated_at)
+SELECT md5('e' || d)::uuid, md5('d' || d)::uuid, 1, 1 + d,
+       now() - interval '1 minute' + d * interval '1 millisecond', 'scheduled', now(), now()
+FROM generate_series(0, :due - 1) AS d;
+
+INSERT INTO buffered_messages (id, buffer_id, account_id, conversation_id, chatwoot_message_id,
+                               content, message_type, attachments, sender_info,
+                               conversation_info, received_at)
+SELECT md5('n' || d)::uuid, md5('d' || d)::uuid, 1, 1 + d, 900000000 + d, 'and one more thing',
+       'incoming', '[]', '{"id": 7}', '{}', now() - interval '1 minute'
+FROM generate_series(0, :due - 1) AS d;
+"""
+
+
+def fill(engine: Engine, *, messages: int, due: int) -> float:
+    """Generate the data set; returns the seconds it took."""
+    started = time.perf_counter()
+    buffers = messages // MESSAGES_PER_BUFFER
+    conversations = max(due, buffers // BUFFERS_PER_CONVERSATION, 1)
+    with engine.begin() as conn:
+        if buffers:
+            for statement in HISTORY.split(";\n"):
+                if statement.strip():
+                    conn.execute(
+                        text(statement),
+                        {
+                            "conversations": conversations,
+                            "buffers": buffers,
+                            "per_buffer": MESSAGES_PER_BUFFER,
+                        },
+                    )
+        for statement in DUE.split(";\n"):
+            if statement.strip():
+                conn.execute(text(statement), {"due": due})
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("VACUUM ANALYZE"))
+    return time.perf_counter() - started
+
+
+def explain_ms(
+    engine: Engine, statement: ClauseElement, params: dict[str, Any]
+) -> tuple[float, str]:
+    """Planning + execution time of one run, and the plan's top node, rolled back."""
+    compiled = str(statement.compile(dialect=engine.dialect))
+    with engine.connect() as conn:
+        transaction = conn.begin()
+        [(plan,)] = conn.exec_driver_sql(f"EXPLAIN (ANALYZE, FORMAT JSON) {compiled}", params).all()
+        transaction.rollback()
+    top = plan[0] if isinstance(plan, list) else json.loads(plan)[0]
+    return top["Planning Time"] + top["Execution Time"], _scans(top["Plan"])
+
+
+def _scans(node: dict[str, Any]) -> str:
+    """The scans of a plan, e.g. ``Index Scan ix_buffer_jobs_due``, to show what it reads."""
+    found = []
+    if "Scan" in node["Node Type"]:
+        found.append(f"{node['Node Type']} {node.get('Index Name', node.get('Relation Name', ''))}")
+    for child in node.get("Plans", []):
+        found.append(_scans(child))
+    return ", ".join(dict.fromkeys(s for s in found if s))
+
+
+def median_ms(samples: list[float]) -> float:
+    return statistics.median(samples) * 1000
+
+
+async def store_timings(url: str, runs: int, conversations: int) -> dict[str, float]:
+    engine = database.create_engine(url, pool_size=INTAKE_TASKS)
+    store = SqlBufferStore(engine)
+    try:
+        now = datetime.now(UTC)
+        wake: list[float] = []
+        claim: list[float] = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            await store.next_wake_at()
+            wake.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            claimed = await store.claim_due(now, "bench", timedelta(minutes=5), CLAIM_LIMIT)
+            claim.append(time.perf_counter() - started)
+            assert len(claimed) == CLAIM_LIMIT, f"claimed {len(claimed)}"
+        stored = await intake(store, conversations)
+    finally:
+        await engine.dispose()
+    return {"claim": median_ms(claim), "wake": median_ms(wake), "intake": stored}
+
+
+async def intake(store: SqlBufferStore, conversations: int, messages: int = 4000) -> float:
+    """Messages per second stored by ``record_incoming`` into existing conversations."""
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for n in range(messages):
+        queue.put_nowait(n)
+
+    async def deliver() -> None:
+        while not queue.empty():
+            n = queue.get_nowait()
+            key = ConversationKey(1, 1 + (n * 7919) % conversations)
+            message = InboundMessage(
+                key=key,
+                chatwoot_message_id=2_000_000_000 + n,
+                content="is it there yet?",
+                kind="text",
+                content_type="text",
+                received_at=datetime.now(UTC),
+                sender={"id": 7, "name": "Ana"},
+                conversation={"id": key.conversation_id, "status": "pending"},
+            )
+            await store.record_incoming(message, POLICY, datetime.now(UTC))
+
+    started = time.perf_counter()
+    await asyncio.gather(*(deliver() for _ in range(INTAKE_TASKS)))
+    return messages / (time.perf_counter() - started)
+
+
+def measure(url: str, *, messages: int, due: int, runs: int) -> dict[str, Any]:
+    database.migrate(url)
+    engine = create_engine(database.sync_url(url))
+    try:
+        built_s = fill(engine, messages=messages, due=due)
+        params = {"p_now": datetime.now(UTC), "p_limit": CLAIM_LIMIT}
+        claim = [explain_ms(engine, sql.CLAIM_CANDIDATES, params) for _ in range(runs)]
+        wake = [explain_ms(engine, sql.NEXT_DUE, {}) for _ in range(runs)]
+    finally:
+        engine.dispose()
+    conversations = max(due, messages // MESSAGES_PER_BUFFER // BUFFERS_PER_CONVERSATION)
+    timings = asyncio.run(store_timings(url, runs, conversations))
+    return {
+        "built_s": built_s,
+        "explain_claim": statistics.median(ms for ms, _ in claim),
+        "claim_plan": claim[-1][1],
+        "explain_wake": statistics.median(ms for ms, _ in wake),
+        "wake_plan": wake[-1][1],
+        **timings,
+    }
+
+
+def report(
+    rows: list[tuple[str, Callable[[dict[str, Any]], str]]], results: dict[str, Any]
+) -> None:
+    names = list(results)
+    width = max(len(label) for label, _ in rows)
+    print(" " * width + "".join(f" | {name:>24}" for name in names))
+    for label, show in rows:
+        print(f"{label:<{width}}" + "".join(f" | {show(results[n]):>24}" for n in names))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--messages", type=int, default=1_000_000)
+    parser.add_argument("--due", type=int, default=20_000)
+    parser.add_argument("--runs", type=int, default=10, help="claims and next-dues measured")
+    args = parser.parse_args()
+    sizes = {
+        "empty": {"messages": 0, "due": CLAIM_LIMIT * args.runs},
+        f"{args.messages:,} msgs, {args.due:,} due": {
+            "messages": args.messages,
+            "due": max(args.due, CLAIM_LIMIT * args.runs),
+        },
+    }
+    results: dict[str, Any] = {}
+    for name, size in sizes.items():
+        url, drop = scratch_database(args.database_url)
+        try:
+            results[name] = measure(url, runs=args.runs, **size)
+        finally:
+            drop()
+    print(f"store scale bench, median of {args.runs} runs, claim of {CLAIM_LIMIT}")
+    report(
+        [
+            ("data set built in", lambda r: f"{r['built_s']:.1f} s"),
+            ("claim candidates, EXPLAIN ANALYZE", lambda r: f"{r['explain_claim']:.2f} ms"),
+            ("next due, EXPLAIN ANALYZE", lambda r: f"{r['explain_wake']:.2f} ms"),
+            ("claim_due(64), wall", lambda r: f"{r['claim']:.2f} ms"),
+            ("next_wake_at(), wall", lambda r: f"{r['wake']:.2f} ms"),
+            ("intake, 16 tasks", lambda r: f"{r['intake']:.0f} msg/s"),
+        ],
+        results,
+    )
+    for name, result in results.items():
+        print(f"{name}: claim reads {result['claim_plan']}; next due reads {result['wake_plan']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
