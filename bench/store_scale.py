@@ -5,8 +5,9 @@ jobs the runs claim) and a large one (1,000,000 stored messages in answered buff
 replies, and 20,000 due jobs), both generated inside PostgreSQL with ``generate_series``. On each
 it measures, side by side:
 
-* ``EXPLAIN ANALYZE`` (planning + execution) of the claim's candidate query (64 jobs) and of the
-  next-due query, with the plan's top node, inside a transaction that is rolled back;
+* ``EXPLAIN ANALYZE`` (planning + execution) of the claim's candidate query (64 jobs), of the
+  whole one-statement claim (which also marks the jobs, buffers and conversations), and of the
+  next-due query, each inside a transaction that is rolled back, with the scans the plan made;
 * ``SqlBufferStore.claim_due(limit=64)`` and ``next_wake_at()`` as the worker calls them (wall
   time, round trips included);
 * intake: ``record_incoming`` from 16 tasks into existing conversations (messages per second).
@@ -79,7 +80,7 @@ SELECT md5('m' || m)::uuid, md5('b' || (m / :per_buffer))::uuid, 1,
        'Hello, I would like to know whether my order number ' || m || ' has shipped yet.',
        'incoming', 'text', '[]', '{"id": 7, "name": "Ana", "phone_number": "+351900000000"}',
        '{"status": "pending"}', t, true, t
-FROM generate_series(0, :buffers * :per_buffer - 1) AS m,
+FROM generate_series(0, :messages - 1) AS m,
      LATERAL (SELECT now() - interval '90 days' + m * interval '3 seconds' AS t) AS at;
 
 INSERT INTO bot_replies (id, buffer_id, account_id, conversation_id, kind, content,
@@ -135,6 +136,7 @@ def fill(engine: Engine, *, messages: int, due: int) -> float:
                             "conversations": conversations,
                             "buffers": buffers,
                             "per_buffer": MESSAGES_PER_BUFFER,
+                            "messages": buffers * MESSAGES_PER_BUFFER,
                         },
                     )
         for statement in DUE.split(";\n"):
@@ -149,10 +151,12 @@ def explain_ms(
     engine: Engine, statement: ClauseElement, params: dict[str, Any]
 ) -> tuple[float, str]:
     """Planning + execution time of one run, and the plan's top node, rolled back."""
-    compiled = str(statement.compile(dialect=engine.dialect))
+    compiled = statement.compile(dialect=engine.dialect)
     with engine.connect() as conn:
         transaction = conn.begin()
-        [(plan,)] = conn.exec_driver_sql(f"EXPLAIN (ANALYZE, FORMAT JSON) {compiled}", params).all()
+        [(plan,)] = conn.exec_driver_sql(
+            f"EXPLAIN (ANALYZE, FORMAT JSON) {compiled}", compiled.construct_params(params)
+        ).all()
         transaction.rollback()
     top = plan[0] if isinstance(plan, list) else json.loads(plan)[0]
     return top["Planning Time"] + top["Execution Time"], _scans(top["Plan"])
@@ -225,8 +229,11 @@ def measure(url: str, *, messages: int, due: int, runs: int) -> dict[str, Any]:
     engine = create_engine(database.sync_url(url))
     try:
         built_s = fill(engine, messages=messages, due=due)
-        params = {"p_now": datetime.now(UTC), "p_limit": CLAIM_LIMIT}
+        now = datetime.now(UTC)
+        params = {"p_now": now, "p_limit": CLAIM_LIMIT}
         claim = [explain_ms(engine, sql.CLAIM_CANDIDATES, params) for _ in range(runs)]
+        taking = {**params, "p_owner": "bench", "p_until": now + timedelta(minutes=5)}
+        whole = [explain_ms(engine, sql.CLAIM, taking)[0] for _ in range(runs)]
         wake = [explain_ms(engine, sql.NEXT_DUE, {}) for _ in range(runs)]
     finally:
         engine.dispose()
@@ -236,6 +243,7 @@ def measure(url: str, *, messages: int, due: int, runs: int) -> dict[str, Any]:
         "built_s": built_s,
         "explain_claim": statistics.median(ms for ms, _ in claim),
         "claim_plan": claim[-1][1],
+        "explain_whole_claim": statistics.median(whole),
         "explain_wake": statistics.median(ms for ms, _ in wake),
         "wake_plan": wake[-1][1],
         **timings,
@@ -278,6 +286,7 @@ def main() -> int:
         [
             ("data set built in", lambda r: f"{r['built_s']:.1f} s"),
             ("claim candidates, EXPLAIN ANALYZE", lambda r: f"{r['explain_claim']:.2f} ms"),
+            ("whole claim (writes too), EXPLAIN", lambda r: f"{r['explain_whole_claim']:.2f} ms"),
             ("next due, EXPLAIN ANALYZE", lambda r: f"{r['explain_wake']:.2f} ms"),
             ("claim_due(64), wall", lambda r: f"{r['claim']:.2f} ms"),
             ("next_wake_at(), wall", lambda r: f"{r['wake']:.2f} ms"),

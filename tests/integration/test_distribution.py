@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from alembic import command
 from sqlalchemy import Table, and_, bindparam, create_engine, inspect, select, update
-from sqlalchemy.sql import operators
+from sqlalchemy.sql import operators, visitors
 from sqlalchemy.sql.dml import Delete, Insert, Update
 from sqlalchemy.sql.elements import (
     BinaryExpression,
@@ -27,7 +27,7 @@ from sqlalchemy.sql.elements import (
     Grouping,
     Tuple,
 )
-from sqlalchemy.sql.selectable import Alias, CompoundSelect, Join, Select
+from sqlalchemy.sql.selectable import CTE, Alias, CompoundSelect, Join, Select, Subquery
 
 from chatbuffer.storage import database, retention
 from chatbuffer.storage import statements as hot_path
@@ -43,6 +43,7 @@ CONVERSATION_COLUMN = {"conversations": "chatwoot_conversation_id"}
 CROSS_CONVERSATION = {
     hot_path: {
         "CLAIM_CANDIDATES": "the claim: due jobs of every conversation",
+        "CLAIM": "the claim in one statement (PostgreSQL)",
         "NEXT_DUE": "the next wake-up",
         "NEXT_LEASE_EXPIRY": "the next wake-up",
         "LIST_BUFFERS": "operators' listing (admin API)",
@@ -168,12 +169,15 @@ def _table_name(from_: Any) -> str | None:
 
 
 def _role(column: Any) -> tuple[Any, str] | None:
-    """(the table or alias a key column belongs to, ``account`` or ``conversation``)."""
+    """(the table, alias or derived rows a key column belongs to, ``account`` or
+    ``conversation``). A derived row set (a CTE, a subquery) keeps its tables' column names."""
     if not isinstance(column, ColumnClause) or getattr(column, "table", None) is None:
         return None
     name = _table_name(column.table)
     if name is None:
-        return None
+        if isinstance(column.table, Table):
+            return None  # a reference table
+        name = "conversations" if column.name == "chatwoot_conversation_id" else "derived"
     account, conversation = _key_of(name)
     if column.name == account:
         return column.table, "account"
@@ -198,7 +202,7 @@ def _nested(element: Any) -> Iterator[Any]:
 def statement_problems(name: str, statement: Any, *, cross_conversation: bool = False) -> list[str]:
     problems: list[str] = []
     _check_block(name, statement, frozenset(), cross_conversation, problems)
-    return problems
+    return list(dict.fromkeys(problems))
 
 
 def _check_block(
@@ -221,9 +225,18 @@ def _check_block(
         for from_ in froms:
             conditions += _onclauses(from_)
     refs = [leaf for f in froms for leaf in _leaves(f) if _table_name(leaf) is not None]
-    _check_refs(name, refs, conditions, cross, problems)
+    # Reading across conversations may be allowed; a write always names its conversations.
+    _check_refs(name, refs, conditions, cross and isinstance(block, Select), problems)
     inner = enclosing | {leaf for f in froms for leaf in _leaves(f)}
-    for child in _nested(block):
+    # Row sets named only through their columns (UPDATE … FROM a CTE) are checked too.
+    derived: set[Any] = {
+        element.table
+        for condition in conditions
+        for element in visitors.iterate(condition)
+        if isinstance(element, ColumnClause)
+        and isinstance(getattr(element, "table", None), CTE | Subquery)
+    }
+    for child in [*_nested(block), *(d.element for d in derived if d not in froms)]:
         _check_block(name, child, inner, cross, problems)
 
 
@@ -317,5 +330,6 @@ def test_the_statement_check_finds_joins_and_filters_without_the_key() -> None:
     assert statement_problems("by_id", by_id) == [
         "by_id: buffer_processing_jobs not filtered by the conversation key"
     ]
-    # The real claim, were it not allowed to read across conversations, is reported too.
+    # The real claims, were they not allowed to read across conversations, are reported too.
     assert statement_problems("CLAIM_CANDIDATES", hot_path.CLAIM_CANDIDATES)
+    assert statement_problems("CLAIM", hot_path.CLAIM)

@@ -341,33 +341,15 @@ class SqlBufferStore:
         if limit <= 0:
             return []
         async with self._engine.begin() as conn:
-            picked = (
-                await conn.execute(sql.CLAIM_CANDIDATES, {"p_now": now, "p_limit": limit})
-            ).all()
-            if not picked:
-                return []
-            rows = (
-                await conn.execute(
-                    sql.CLAIM_JOBS,
-                    {
-                        "p_jobs": [(p.account_id, p.conversation_id, p.id) for p in picked],
-                        "p_owner": owner,
-                        "p_until": now + lease,
-                        "p_now": now,
-                    },
-                )
-            ).all()
-            await conn.execute(
-                sql.CLAIM_BUFFERS,
-                {
-                    "p_buffers": [(p.account_id, p.conversation_id, p.buffer_id) for p in picked],
-                    "p_now": now,
-                },
-            )
-            await conn.execute(
-                sql.MARK_PROCESSING,
-                {"p_keys": [(r.account_id, r.conversation_id) for r in rows], "p_now": now},
-            )
+            if self._postgres:
+                rows = (
+                    await conn.execute(
+                        sql.CLAIM,
+                        {"p_now": now, "p_limit": limit, "p_owner": owner, "p_until": now + lease},
+                    )
+                ).all()
+            else:
+                rows = await self._claim_step_by_step(conn, now, owner, lease, limit)
         return [
             ClaimedJob(
                 job_id=r.id,
@@ -380,6 +362,38 @@ class SqlBufferStore:
             )
             for r in sorted(rows, key=lambda r: r.scheduled_for)
         ]
+
+    @staticmethod
+    async def _claim_step_by_step(
+        conn: AsyncConnection, now: datetime, owner: str, lease: timedelta, limit: int
+    ) -> Sequence[Any]:
+        """SQLite: the claim's statements one by one (SQLite has no UPDATE in WITH)."""
+        picked = (await conn.execute(sql.CLAIM_CANDIDATES, {"p_now": now, "p_limit": limit})).all()
+        if not picked:
+            return []
+        rows = (
+            await conn.execute(
+                sql.CLAIM_JOBS,
+                {
+                    "p_jobs": [(p.account_id, p.conversation_id, p.id) for p in picked],
+                    "p_owner": owner,
+                    "p_until": now + lease,
+                    "p_now": now,
+                },
+            )
+        ).all()
+        await conn.execute(
+            sql.CLAIM_BUFFERS,
+            {
+                "p_buffers": [(p.account_id, p.conversation_id, p.buffer_id) for p in picked],
+                "p_now": now,
+            },
+        )
+        await conn.execute(
+            sql.MARK_PROCESSING,
+            {"p_keys": [(r.account_id, r.conversation_id) for r in rows], "p_now": now},
+        )
+        return rows
 
     async def next_wake_at(self) -> datetime | None:
         """The earliest instant a job becomes due or a lease runs out."""

@@ -267,6 +267,23 @@ _SCHEDULED = _claimable(
 
 CLAIM_CANDIDATES = union_all(select(_EXPIRED), select(_SCHEDULED)).limit(bindparam("p_limit"))
 
+_TAKE_JOB: dict[str, Any] = {
+    "status": "running",
+    "lease_owner": bindparam("p_owner"),
+    "lease_expires_at": _time("p_until"),
+    "attempts": jobs.c.attempts + 1,
+    "updated_at": _time("p_now"),
+}
+_TAKEN_JOB = (
+    jobs.c.id,
+    jobs.c.buffer_id,
+    jobs.c.account_id,
+    jobs.c.conversation_id,
+    jobs.c.attempts,
+    jobs.c.scheduled_for,
+    jobs.c.error_message,
+)
+
 CLAIM_JOBS = (
     update(jobs)
     .where(
@@ -274,22 +291,8 @@ CLAIM_JOBS = (
             bindparam("p_jobs", expanding=True)
         )
     )
-    .values(
-        status="running",
-        lease_owner=bindparam("p_owner"),
-        lease_expires_at=_time("p_until"),
-        attempts=jobs.c.attempts + 1,
-        updated_at=_time("p_now"),
-    )
-    .returning(
-        jobs.c.id,
-        jobs.c.buffer_id,
-        jobs.c.account_id,
-        jobs.c.conversation_id,
-        jobs.c.attempts,
-        jobs.c.scheduled_for,
-        jobs.c.error_message,
-    )
+    .values(_TAKE_JOB)
+    .returning(*_TAKEN_JOB)
 )
 
 CLAIM_BUFFERS = (
@@ -317,6 +320,40 @@ MARK_PROCESSING = (
     .where(_CONVERSATION_KEY.in_(_CLAIMED_CONVERSATIONS))
     .values(conversation_state="processing", updated_at=_time("p_now"))
 )
+
+# PostgreSQL: the whole claim above in one statement and one round trip, each update joined to
+# the picked rows on the full key (lists of keys as parameters cost more to plan than to run).
+_PICKED = CLAIM_CANDIDATES.cte("picked")
+_CLAIMED = (
+    update(jobs)
+    .where(same_conversation(jobs, _PICKED), jobs.c.id == _PICKED.c.id)
+    .values(_TAKE_JOB)
+    .returning(*_TAKEN_JOB)
+    .cte("claimed")
+)
+_PROCESSING = (
+    update(buffers)
+    .where(same_conversation(buffers, _CLAIMED), buffers.c.id == _CLAIMED.c.buffer_id)
+    .values(status="processing", updated_at=_time("p_now"))
+    .cte("processing")
+)
+_locked = conversations.alias("locked")
+_MARKED = (
+    update(conversations)
+    .where(
+        _CONVERSATION_KEY.in_(
+            select(_locked.c.account_id, _locked.c.chatwoot_conversation_id)
+            .where(
+                _locked.c.account_id == _CLAIMED.c.account_id,
+                _locked.c.chatwoot_conversation_id == _CLAIMED.c.conversation_id,
+            )
+            .with_for_update(skip_locked=True, of=_locked)
+        )
+    )
+    .values(conversation_state="processing", updated_at=_time("p_now"))
+    .cte("marked")
+)
+CLAIM = select(_CLAIMED).add_cte(_PROCESSING, _MARKED)
 
 #: The earliest due time of a job that is not waiting for an earlier buffer: the first row of the
 #: ordered partial index (an aggregate over a join would read every scheduled job).
