@@ -7,10 +7,11 @@ it measures, side by side:
 
 * ``EXPLAIN ANALYZE`` (planning + execution) of the claim's candidate query (64 jobs), of the
   whole one-statement claim (which also marks the jobs, buffers and conversations), and of the
-  next-due query, each inside a transaction that is rolled back, with the scans the plan made;
+  next-due query, and of a conversation's history read (its last 20 messages and 20 replies),
+  each inside a transaction that is rolled back, with the scans the plan made;
 * ``SqlBufferStore.claim_due(limit=64)`` and ``next_wake_at()`` as the worker calls them (wall
   time, round trips included);
-* intake: ``record_incoming`` from 16 tasks into existing conversations (messages per second).
+* intake: ``record_incoming`` of 4,000 messages (4 per conversation) from 16 tasks, per second.
 
 Run by hand:
 
@@ -27,6 +28,7 @@ import json
 import statistics
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -42,6 +44,7 @@ from chatbuffer.storage.repository import SqlBufferStore
 from lateness import scratch_database
 
 CLAIM_LIMIT = 64
+ROUNDS = 2
 MESSAGES_PER_BUFFER = 10
 BUFFERS_PER_CONVERSATION = 5
 INTAKE_TASKS = 16
@@ -176,13 +179,15 @@ def median_ms(samples: list[float]) -> float:
     return statistics.median(samples) * 1000
 
 
-async def store_timings(url: str, runs: int, conversations: int) -> dict[str, float]:
+async def store_timings(url: str, runs: int, round_no: int) -> dict[str, float]:
     engine = database.create_engine(url, pool_size=INTAKE_TASKS)
     store = SqlBufferStore(engine)
     try:
         now = datetime.now(UTC)
         wake: list[float] = []
         claim: list[float] = []
+        await store.next_wake_at()  # warm up: connections, prepared plans
+        await store.claim_due(now, "bench", timedelta(minutes=5), CLAIM_LIMIT)
         for _ in range(runs):
             started = time.perf_counter()
             await store.next_wake_at()
@@ -191,14 +196,14 @@ async def store_timings(url: str, runs: int, conversations: int) -> dict[str, fl
             claimed = await store.claim_due(now, "bench", timedelta(minutes=5), CLAIM_LIMIT)
             claim.append(time.perf_counter() - started)
             assert len(claimed) == CLAIM_LIMIT, f"claimed {len(claimed)}"
-        stored = await intake(store, conversations)
+        stored = await intake(store, first_conversation=10_000_000 * round_no)
     finally:
         await engine.dispose()
     return {"claim": median_ms(claim), "wake": median_ms(wake), "intake": stored}
 
 
-async def intake(store: SqlBufferStore, conversations: int, messages: int = 4000) -> float:
-    """Messages per second stored by ``record_incoming`` into existing conversations."""
+async def intake(store: SqlBufferStore, first_conversation: int, messages: int = 4000) -> float:
+    """Messages per second stored by ``record_incoming``, 4 messages per new conversation."""
     queue: asyncio.Queue[int] = asyncio.Queue()
     for n in range(messages):
         queue.put_nowait(n)
@@ -206,10 +211,10 @@ async def intake(store: SqlBufferStore, conversations: int, messages: int = 4000
     async def deliver() -> None:
         while not queue.empty():
             n = queue.get_nowait()
-            key = ConversationKey(1, 1 + (n * 7919) % conversations)
+            key = ConversationKey(1, first_conversation + n // 4)
             message = InboundMessage(
                 key=key,
-                chatwoot_message_id=2_000_000_000 + n,
+                chatwoot_message_id=first_conversation * 4 + n,
                 content="is it there yet?",
                 kind="text",
                 content_type="text",
@@ -224,28 +229,46 @@ async def intake(store: SqlBufferStore, conversations: int, messages: int = 4000
     return messages / (time.perf_counter() - started)
 
 
-def measure(url: str, *, messages: int, due: int, runs: int) -> dict[str, Any]:
+def build(url: str, *, messages: int, due: int) -> float:
     database.migrate(url)
     engine = create_engine(database.sync_url(url))
     try:
-        built_s = fill(engine, messages=messages, due=due)
+        return fill(engine, messages=messages, due=due)
+    finally:
+        engine.dispose()
+
+
+def measure(url: str, *, runs: int, round_no: int) -> dict[str, Any]:
+    engine = create_engine(database.sync_url(url))
+    try:
         now = datetime.now(UTC)
         params = {"p_now": now, "p_limit": CLAIM_LIMIT}
         claim = [explain_ms(engine, sql.CLAIM_CANDIDATES, params) for _ in range(runs)]
         taking = {**params, "p_owner": "bench", "p_until": now + timedelta(minutes=5)}
         whole = [explain_ms(engine, sql.CLAIM, taking)[0] for _ in range(runs)]
         wake = [explain_ms(engine, sql.NEXT_DUE, {}) for _ in range(runs)]
+        past = {
+            "p_account_id": 1,
+            "p_conversation_id": 1,
+            "p_buffer_id": uuid.uuid4(),
+            "p_before": now,
+            "p_limit": 20,
+        }
+        history = [
+            explain_ms(engine, sql.EARLIER_MESSAGES, past)[0]
+            + explain_ms(engine, sql.EARLIER_REPLIES, past)[0]
+            for _ in range(runs)
+        ]
     finally:
         engine.dispose()
-    conversations = max(due, messages // MESSAGES_PER_BUFFER // BUFFERS_PER_CONVERSATION)
-    timings = asyncio.run(store_timings(url, runs, conversations))
+    timings = asyncio.run(store_timings(url, runs, round_no))
     return {
-        "built_s": built_s,
         "explain_claim": statistics.median(ms for ms, _ in claim),
         "claim_plan": claim[-1][1],
         "explain_whole_claim": statistics.median(whole),
         "explain_wake": statistics.median(ms for ms, _ in wake),
         "wake_plan": wake[-1][1],
+        "explain_history": statistics.median(history),
         **timings,
     }
 
@@ -255,9 +278,9 @@ def report(
 ) -> None:
     names = list(results)
     width = max(len(label) for label, _ in rows)
-    print(" " * width + "".join(f" | {name:>24}" for name in names))
+    print(" " * width + "".join(f" | {name:>29}" for name in names))
     for label, show in rows:
-        print(f"{label:<{width}}" + "".join(f" | {show(results[n]):>24}" for n in names))
+        print(f"{label:<{width}}" + "".join(f" | {show(results[n]):>29}" for n in names))
 
 
 def main() -> int:
@@ -267,27 +290,34 @@ def main() -> int:
     parser.add_argument("--due", type=int, default=20_000)
     parser.add_argument("--runs", type=int, default=10, help="claims and next-dues measured")
     args = parser.parse_args()
+    claimed = CLAIM_LIMIT * (args.runs + 1) * ROUNDS
     sizes = {
-        "empty": {"messages": 0, "due": CLAIM_LIMIT * args.runs},
+        "empty": {"messages": 0, "due": claimed},
         f"{args.messages:,} msgs, {args.due:,} due": {
             "messages": args.messages,
-            "due": max(args.due, CLAIM_LIMIT * args.runs),
+            "due": max(args.due, claimed),
         },
     }
+    databases = {name: scratch_database(args.database_url) for name in sizes}
     results: dict[str, Any] = {}
-    for name, size in sizes.items():
-        url, drop = scratch_database(args.database_url)
-        try:
-            results[name] = measure(url, runs=args.runs, **size)
-        finally:
+    try:
+        built = {name: build(databases[name][0], **size) for name, size in sizes.items()}
+        # Interleaved rounds, so a noisy neighbour on the machine does not favour one side.
+        for round_no in range(1, ROUNDS + 1):
+            for name, (url, _) in databases.items():
+                result = measure(url, runs=args.runs, round_no=round_no)
+                results[f"{name} #{round_no}"] = {**result, "built_s": built[name]}
+    finally:
+        for _, drop in databases.values():
             drop()
-    print(f"store scale bench, median of {args.runs} runs, claim of {CLAIM_LIMIT}")
+    print(f"store scale bench, median of {args.runs} runs per round, claim of {CLAIM_LIMIT}")
     report(
         [
             ("data set built in", lambda r: f"{r['built_s']:.1f} s"),
             ("claim candidates, EXPLAIN ANALYZE", lambda r: f"{r['explain_claim']:.2f} ms"),
             ("whole claim (writes too), EXPLAIN", lambda r: f"{r['explain_whole_claim']:.2f} ms"),
             ("next due, EXPLAIN ANALYZE", lambda r: f"{r['explain_wake']:.2f} ms"),
+            ("history (20 + 20), EXPLAIN ANALYZE", lambda r: f"{r['explain_history']:.2f} ms"),
             ("claim_due(64), wall", lambda r: f"{r['claim']:.2f} ms"),
             ("next_wake_at(), wall", lambda r: f"{r['wake']:.2f} ms"),
             ("intake, 16 tasks", lambda r: f"{r['intake']:.0f} msg/s"),

@@ -91,3 +91,91 @@ def test_buffers_stored_before_0004_keep_their_order(tmp_path) -> None:
         ).all()
     engine.dispose()
     assert [tuple(row) for row in order] == [(7, 0), (7, 1), (8, 0)]
+
+
+def _store_one_of_each(url: str) -> dict[str, str]:
+    """A conversation with an answered buffer, as revision 0004 stores it; the ids."""
+    ids = {name: uuid.uuid4().hex for name in ("conversation", "buffer", "job", "message", "reply")}
+    engine = create_engine(database.sync_url(url))
+    with engine.begin() as conn:
+        at = "2026-01-01 10:00:00"
+        conn.execute(
+            text(
+                "INSERT INTO message_buffer (id, account_id, conversation_id, status, "
+                "buffer_start_time, last_message_time, created_at, updated_at) "
+                "VALUES (:buffer, 1, 7, 'completed', :at, :at, :at, :at)"
+            ),
+            {**ids, "at": at},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO conversations (id, account_id, chatwoot_conversation_id, "
+                "active_buffer_id) VALUES (:conversation, 1, 7, :buffer)"
+            ),
+            ids,
+        )
+        conn.execute(
+            text(
+                "INSERT INTO buffer_processing_jobs (id, buffer_id, account_id, conversation_id, "
+                "scheduled_for, status) VALUES (:job, :buffer, 1, 7, :at, 'completed')"
+            ),
+            {**ids, "at": at},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO buffered_messages (id, buffer_id, account_id, conversation_id, "
+                "chatwoot_message_id, message_type, sender_info, conversation_info, received_at) "
+                "VALUES (:message, :buffer, 1, 7, 99, 'text', '{}', '{}', :at)"
+            ),
+            {**ids, "at": at},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO bot_replies (id, buffer_id, account_id, conversation_id, kind, "
+                "content, sent_at) VALUES (:reply, :buffer, 1, 7, 'reply', 'hello', :at)"
+            ),
+            {**ids, "at": at},
+        )
+    engine.dispose()
+    return ids
+
+
+def _counts(url: str) -> list[int]:
+    engine = create_engine(database.sync_url(url))
+    with engine.connect() as conn:
+        counts = [
+            conn.scalar(text(f"SELECT count(*) FROM {table}"))
+            for table in (
+                "conversations",
+                "message_buffer",
+                "buffer_processing_jobs",
+                "buffered_messages",
+                "bot_replies",
+            )
+        ]
+    engine.dispose()
+    return counts
+
+
+def _rekeying_keeps_rows(url: str) -> None:
+    command.upgrade(database.alembic_config(url), "0004")
+    _store_one_of_each(url)
+    database.migrate(url)
+    assert _counts(url) == [1, 1, 1, 1, 1]
+    engine = create_engine(database.sync_url(url))
+    keys = inspect(engine).get_pk_constraint("buffered_messages")["constrained_columns"]
+    engine.dispose()
+    assert keys == ["account_id", "conversation_id", "id"]
+    command.downgrade(database.alembic_config(url), "0004")
+    assert _counts(url) == [1, 1, 1, 1, 1]
+    database.migrate(url)
+    assert _counts(url) == [1, 1, 1, 1, 1]
+
+
+def test_rekeying_by_conversation_keeps_every_row_on_sqlite(tmp_path) -> None:
+    _rekeying_keeps_rows(f"sqlite:///{tmp_path / 'rekey.db'}")
+
+
+def test_rekeying_by_conversation_keeps_every_row_on_postgres() -> None:
+    with scratch_postgres("rekey") as scratch:
+        _rekeying_keeps_rows(scratch.url)
