@@ -11,7 +11,9 @@ it measures, side by side:
   each inside a transaction that is rolled back, with the scans the plan made;
 * ``SqlBufferStore.claim_due(limit=64)`` and ``next_wake_at()`` as the worker calls them (wall
   time, round trips included);
-* intake: ``record_incoming`` of 4,000 messages (4 per conversation) from 16 tasks, per second.
+* intake: ``record_incoming`` of 4,000 messages (4 per conversation) from 16 tasks, per second;
+
+and at the end how long ``purge --older-than 30d`` takes to delete the large database's history.
 
 Run by hand:
 
@@ -41,6 +43,7 @@ from chatbuffer.domain.model import ConversationKey, InboundMessage
 from chatbuffer.storage import database
 from chatbuffer.storage import statements as sql
 from chatbuffer.storage.repository import SqlBufferStore
+from chatbuffer.storage.retention import PurgeReport, purge
 from lateness import scratch_database
 
 CLAIM_LIMIT = 64
@@ -273,6 +276,17 @@ def measure(url: str, *, runs: int, round_no: int) -> dict[str, Any]:
     }
 
 
+async def purge_history(url: str) -> tuple[PurgeReport, float]:
+    """Delete the whole answered history (90 to 55 days old) as ``purge --older-than 30d``."""
+    engine = database.create_engine(url, pool_size=1)
+    try:
+        started = time.perf_counter()
+        done = await purge(engine, datetime.now(UTC) - timedelta(days=30))
+        return done, time.perf_counter() - started
+    finally:
+        await engine.dispose()
+
+
 def report(
     rows: list[tuple[str, Callable[[dict[str, Any]], str]]], results: dict[str, Any]
 ) -> None:
@@ -307,6 +321,8 @@ def main() -> int:
             for name, (url, _) in databases.items():
                 result = measure(url, runs=args.runs, round_no=round_no)
                 results[f"{name} #{round_no}"] = {**result, "built_s": built[name]}
+        largest = databases[list(sizes)[-1]][0]
+        purged, purge_s = asyncio.run(purge_history(largest))
     finally:
         for _, drop in databases.values():
             drop()
@@ -326,6 +342,11 @@ def main() -> int:
     )
     for name, result in results.items():
         print(f"{name}: claim reads {result['claim_plan']}; next due reads {result['wake_plan']}")
+    print(
+        f"purge --older-than 30d on the large database: {purged.buffers:,} buffers, "
+        f"{purged.messages:,} messages, {purged.jobs:,} jobs, {purged.replies:,} replies "
+        f"in {purge_s:.1f} s ({purged.messages / purge_s:,.0f} messages/s)"
+    )
     return 0
 
 
