@@ -380,6 +380,27 @@ def test_purge_reports_then_deletes_only_old_finished_buffers(tmp_path: Path) ->
     assert _statuses(path) == ["active", "completed"]
 
 
+def test_a_worker_with_a_retention_period_purges_by_itself(
+    tmp_path: Path, servers: list[Server]
+) -> None:
+    path = tmp_path / "chatbuffer.db"
+    env = clean_env(DATABASE_URL=f"sqlite:///{path}", DATA_RETENTION_DAYS="30", **WORKER_SETTINGS)
+    assert chatbuffer("migrate", env=env, cwd=tmp_path).returncode == 0
+    _store_buffer(path, "completed", "2020-01-01 00:00:00.000000", 1)
+    _store_buffer(path, "cancelled", "2999-01-01 00:00:00.000000", 2)
+
+    server = Server("serve", env, tmp_path)
+    servers.append(server)
+    server.wait_ready()
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while _statuses(path) != ["cancelled"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+    assert _statuses(path) == ["cancelled"], server.output()
+    assert server.terminate() == 0
+    assert "personal" not in server.output()
+
+
 def test_purge_without_an_age_says_how_to_give_one(tmp_path: Path) -> None:
     env = clean_env(DATABASE_URL=f"sqlite:///{tmp_path / 'chatbuffer.db'}")
 
