@@ -337,6 +337,11 @@ def _store_buffer(path: Path, status: str, updated_at: str, conversation: int) -
     buffer_id = uuid.uuid4().hex
     with sqlite3.connect(path) as conn:
         conn.execute(
+            "INSERT OR IGNORE INTO conversations (id, account_id, chatwoot_conversation_id) "
+            "VALUES (?, 1, ?)",
+            (uuid.uuid4().hex, conversation),
+        )
+        conn.execute(
             "INSERT INTO message_buffer (id, account_id, conversation_id, buffer_start_time, "
             "last_message_time, status, message_count, updated_at) "
             "VALUES (?, 1, ?, ?, ?, ?, 1, ?)",

@@ -71,7 +71,8 @@ def test_the_hot_reads_use_their_indexes_in_a_generic_plan(
     plan = generic_plan(conn, statement)
     for index in indexes:
         assert index in plan, plan
-    assert "Sort" not in plan, plan  # read in index order, stopped at the limit
+    if statement is not retention.FINISHED_BEFORE:  # a batch job: the index is what matters
+        assert "Sort" not in plan, plan  # read in index order, stopped at the limit
 
 
 def test_a_status_given_as_a_parameter_keeps_the_partial_index_out_of_reach(

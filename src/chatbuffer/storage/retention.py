@@ -57,13 +57,27 @@ _OLD_FINISHED = (
     buffers.c.updated_at < bindparam("p_cutoff", type_=UTCDateTime()),
 )
 
-#: One batch, oldest first (the partial index ix_message_buffer_finished).
+#: One batch, oldest first (the partial index ix_message_buffer_finished). It locks, skipping
+#: what others hold, every row the batch will write but messages and replies: the conversation
+#: (which it may update), the job and the buffer. Whoever holds one of those (a replay locks the
+#: conversation, then the job, then the buffer) is never waited for, so the purge cannot close a
+#: lock cycle; it only ever waits for a message or reply row, whose writers wait for nothing it
+#: holds.
 FINISHED_BEFORE = (
     select(buffers.c.account_id, buffers.c.conversation_id, buffers.c.id)
+    .select_from(
+        buffers.join(
+            jobs, same_conversation(jobs, buffers) & (jobs.c.buffer_id == buffers.c.id)
+        ).join(
+            conversations,
+            (conversations.c.account_id == buffers.c.account_id)
+            & (conversations.c.chatwoot_conversation_id == buffers.c.conversation_id),
+        )
+    )
     .where(*_OLD_FINISHED)
     .order_by(buffers.c.updated_at)
     .limit(bindparam("p_limit"))
-    .with_for_update(skip_locked=True)
+    .with_for_update(skip_locked=True, of=[buffers, jobs, conversations])
 )
 
 
