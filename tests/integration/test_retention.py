@@ -218,20 +218,37 @@ async def test_purge_works_in_batches_until_nothing_old_is_left(engine: AsyncEng
     assert (await stored.remaining())["message_buffer"] == set()
 
 
-async def test_purge_skips_a_buffer_another_transaction_holds(
-    engine: AsyncEngine, db_url: str
+HOLDERS = {
+    # A replay locks the conversation, then the job, then the buffer; intake the conversation.
+    "conversation": lambda key, _: select(conversations.c.id).where(
+        conversations.c.account_id == key.account_id,
+        conversations.c.chatwoot_conversation_id == key.conversation_id,
+    ),
+    "job": lambda _, buffer_id: select(buffer_processing_jobs.c.id).where(
+        buffer_processing_jobs.c.buffer_id == buffer_id
+    ),
+    "buffer": lambda _, buffer_id: select(message_buffer.c.id).where(
+        message_buffer.c.id == buffer_id
+    ),
+}
+
+
+@pytest.mark.parametrize("row", list(HOLDERS))
+async def test_purge_skips_a_buffer_whose_rows_another_transaction_holds(
+    engine: AsyncEngine, db_url: str, row: str
 ) -> None:
     if database.is_sqlite(db_url):
         pytest.skip("SQLite serialises writers; there is no row lock to skip")
     stored = Stored(engine)
-    held = await stored.buffer(ConversationKey(1, 1), "failed", OLD)
+    key = ConversationKey(1, 1)
+    held = await stored.buffer(key, "failed", OLD)
     free = await stored.buffer(ConversationKey(1, 2), "failed", OLD)
     async with engine.connect() as other:
-        await other.execute(
-            select(message_buffer.c.id).where(message_buffer.c.id == held).with_for_update()
+        await other.execute(HOLDERS[row](key, held).with_for_update())
+        # Purge neither waits for the holder nor deletes what it holds.
+        assert await asyncio.wait_for(purge(engine, CUTOFF), 10) == PurgeReport(
+            buffers=1, messages=2, jobs=1
         )
-        # Say, an operator replaying it right now: purge neither waits nor deletes it.
-        assert await purge(engine, CUTOFF) == PurgeReport(buffers=1, messages=2, jobs=1)
         await other.rollback()
     assert (await stored.remaining())["message_buffer"] == {held}
     assert free not in (await stored.remaining())["buffered_messages"]
