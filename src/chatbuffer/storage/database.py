@@ -70,7 +70,11 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         pool_size=pool_size,
         # A hard cap: replicas times pool size is the connection budget to plan PostgreSQL for.
         max_overflow=0,
-        pool_pre_ping=True,
+        # No ping before each use (a round trip per checkout). A connection a database restart
+        # broke fails on its first statement instead; SQLAlchemy then drops the whole pool, the
+        # intake call is made once more on a fresh connection (SqlBufferStore._call), and other
+        # callers retry as they do after any storage error.
+        pool_pre_ping=False,
         hide_parameters=True,
     )
 

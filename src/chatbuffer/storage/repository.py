@@ -27,6 +27,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from chatbuffer.domain import buffer
@@ -47,14 +48,10 @@ from chatbuffer.domain.ports import (
     ReplayResult,
     SendCheck,
 )
-from chatbuffer.storage import database
+from chatbuffer.storage import database, sqlite_intake
 from chatbuffer.storage import statements as sql
 
 WAKE_CHANNEL = sql.WAKE_CHANNEL
-
-_DUPLICATE = IntakeResult(
-    stored=False, buffer_id=None, opened_buffer=False, message_count=0, due_at=None, closed=False
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,12 +63,6 @@ class _Conversation:
 
 
 _NEW_CONVERSATION = _Conversation(human_active_until=None, message_count=0)
-
-
-@dataclass(frozen=True, slots=True)
-class _OpenBuffer:
-    id: uuid.UUID
-    window: buffer.BufferWindow
 
 
 def _key(key: ConversationKey) -> dict[str, Any]:
@@ -88,6 +79,9 @@ class SqlBufferStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._postgres = engine.dialect.name == "postgresql"
+        self._sqlite_intake = (
+            None if self._postgres else sqlite_intake.SqliteIntake(engine.url.database or "")
+        )
 
     @property
     def engine(self) -> AsyncEngine:
@@ -107,80 +101,54 @@ class SqlBufferStore:
     async def record_incoming(
         self, message: InboundMessage, policy: buffer.BufferPolicy, now: datetime
     ) -> IntakeResult:
-        key = _key(message.key)
-        async with self._engine.begin() as conn:
-            conversation = await self._lock_conversation(conn, message.key, now)
-            human_until = conversation.human_active_until
-            if human_until is not None and now < human_until:
-                return IntakeResult(
-                    stored=False,
-                    buffer_id=None,
-                    opened_buffer=False,
-                    message_count=0,
-                    due_at=None,
-                    closed=False,
-                    human_active_until=human_until,
-                )
-            if await conn.scalar(
-                sql.MESSAGE_EXISTS, {**key, "p_message_id": message.chatwoot_message_id}
-            ):
-                return _DUPLICATE
-            current = await self._active_buffer(conn, key)
-            placement = buffer.place(current.window if current else None, policy, now)
-            buffer_id: uuid.UUID | None = None
-            if (
-                current is not None
-                and not placement.opens_new
-                and await self._extend(conn, key, current.id, placement, now)
-            ):
-                buffer_id = current.id
-            if buffer_id is None:
-                if current is not None:
-                    await conn.execute(
-                        sql.CLOSE_BUFFER, {**key, "p_buffer_id": current.id, "p_now": now}
-                    )
-                placement = buffer.place(None, policy, now)
-                buffer_id = await self._open(
-                    conn, message.key, placement, now, conversation.message_count
-                )
-            await conn.execute(
-                sql.INSERT_MESSAGE,
-                {
-                    "id": uuid.uuid4(),
-                    "buffer_id": buffer_id,
-                    "account_id": message.key.account_id,
-                    "conversation_id": message.key.conversation_id,
-                    "chatwoot_message_id": message.chatwoot_message_id,
-                    "content": message.content,
-                    "message_type": message.kind,
-                    "content_type": message.content_type,
-                    "attachments": [a.as_json() for a in message.attachments],
-                    "sender_info": message.sender,
-                    "conversation_info": message.conversation,
-                    "received_at": now,
-                },
-            )
-            await conn.execute(
-                sql.TOUCH_CONVERSATION,
-                {
-                    **key,
-                    "p_active_buffer_id": None if placement.closes_now else buffer_id,
-                    "p_state": "idle" if placement.closes_now else "buffering",
-                    "p_now": now,
-                },
-            )
-            if self._postgres:
-                # Delivered only if this transaction commits, so a worker never wakes for
-                # a buffer it cannot see yet.
-                await conn.execute(sql.NOTIFY, {"p_payload": placement.due.isoformat()})
-            return IntakeResult(
-                stored=True,
-                buffer_id=buffer_id,
-                opened_buffer=placement.opens_new,
-                message_count=placement.window.message_count,
-                due_at=placement.due,
-                closed=placement.closes_now,
-            )
+        """Store one incoming message: one round trip on PostgreSQL, one thread hop on SQLite."""
+        if self._sqlite_intake is not None:
+            return await self._sqlite_intake.record(message, policy, now)
+        params = {
+            **_key(message.key),
+            "p_message_id": message.chatwoot_message_id,
+            "p_content": message.content,
+            "p_message_type": message.kind,
+            "p_content_type": message.content_type,
+            "p_attachments": [a.as_json() for a in message.attachments],
+            "p_sender_info": message.sender,
+            "p_conversation_info": message.conversation,
+            "p_now": now,
+            "p_quiet": policy.quiet_period,
+            "p_max_age": policy.max_age,
+            "p_max_size": policy.max_size,
+        }
+        row = await self._call(sql.INTAKE, params)
+        if row.outcome == "human":
+            return sqlite_intake.human_holds(row.human_active_until)
+        if row.outcome == "duplicate":
+            return sqlite_intake.DUPLICATE
+        return IntakeResult(
+            stored=True,
+            buffer_id=row.buffer_id,
+            opened_buffer=row.opened,
+            message_count=row.message_count,
+            due_at=row.due_at,
+            closed=row.closed,
+        )
+
+    async def _call(self, statement: Any, params: Mapping[str, Any]) -> Any:
+        """Run one self-contained statement in autocommit: no BEGIN, no COMMIT round trip.
+
+        Pooled connections are not pinged before use; one that a database restart broke fails
+        here, the pool drops it and its siblings, and the call is made once more on a fresh
+        connection. Only then does the error reach the caller (a webhook answers 500). Running
+        the statement twice is safe: the intake function recognises a message it already stored.
+        """
+        for attempt in (1, 2):
+            try:
+                async with self._engine.connect() as conn:
+                    autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                    return (await autocommit.execute(statement, params)).one()
+            except DBAPIError as exc:
+                if attempt == 2 or not exc.connection_invalidated:
+                    raise
+        raise AssertionError("unreachable")
 
     async def _lock_conversation(
         self, conn: AsyncConnection, key: ConversationKey, now: datetime
@@ -207,89 +175,6 @@ class SqlBufferStore:
             return _Conversation(locked.human_active_until, locked.message_count)
         await conn.execute(sql.INSERT_CONVERSATION, row)
         return _NEW_CONVERSATION
-
-    async def _active_buffer(
-        self, conn: AsyncConnection, key: dict[str, Any]
-    ) -> _OpenBuffer | None:
-        row = (await conn.execute(sql.ACTIVE_BUFFER, key)).first()
-        if row is None:
-            return None
-        return _OpenBuffer(
-            id=row.id,
-            window=buffer.BufferWindow(
-                started_at=row.buffer_start_time,
-                last_message_at=row.last_message_time,
-                message_count=row.message_count,
-            ),
-        )
-
-    async def _extend(
-        self,
-        conn: AsyncConnection,
-        key: dict[str, Any],
-        buffer_id: uuid.UUID,
-        placement: buffer.Placement,
-        now: datetime,
-    ) -> bool:
-        result = await conn.execute(
-            sql.EXTEND_BUFFER,
-            {
-                **key,
-                "p_buffer_id": buffer_id,
-                "p_last": placement.window.last_message_at,
-                "p_count": placement.window.message_count,
-                "p_due": placement.due,
-                "p_status": "closed" if placement.closes_now else "active",
-                "p_now": now,
-            },
-        )
-        if result.rowcount != 1:
-            return False
-        await conn.execute(
-            sql.RESCHEDULE_JOB,
-            {**key, "p_buffer_id": buffer_id, "p_due": placement.due, "p_now": now},
-        )
-        return True
-
-    async def _open(
-        self,
-        conn: AsyncConnection,
-        key: ConversationKey,
-        placement: buffer.Placement,
-        now: datetime,
-        sequence: int,
-    ) -> uuid.UUID:
-        buffer_id = uuid.uuid4()
-        await conn.execute(
-            sql.INSERT_BUFFER,
-            {
-                "id": buffer_id,
-                "account_id": key.account_id,
-                "conversation_id": key.conversation_id,
-                "buffer_start_time": placement.window.started_at,
-                "last_message_time": placement.window.last_message_at,
-                "buffer_end_time": placement.due,
-                "status": "closed" if placement.closes_now else "active",
-                "message_count": placement.window.message_count,
-                "conversation_seq": sequence,
-                "created_at": now,
-                "updated_at": now,
-            },
-        )
-        await conn.execute(
-            sql.INSERT_JOB,
-            {
-                "id": uuid.uuid4(),
-                "buffer_id": buffer_id,
-                "account_id": key.account_id,
-                "conversation_id": key.conversation_id,
-                "scheduled_for": placement.due,
-                "status": "scheduled",
-                "created_at": now,
-                "updated_at": now,
-            },
-        )
-        return buffer_id
 
     async def update_attachments(
         self, key: ConversationKey, chatwoot_message_id: int, attachments: Sequence[Attachment]
@@ -566,6 +451,7 @@ class SqlBufferStore:
             params.update(p_into=newer.id, p_moved=moved)
             await conn.execute(sql.MOVE_MESSAGES, params)
             await conn.execute(sql.GROW_BUFFER, params)
+            await self._wake_waiting(conn, params)
             new_id: uuid.UUID = newer.id
             return new_id
 
@@ -591,7 +477,14 @@ class SqlBufferStore:
             await conn.execute(sql.COMPLETE_BUFFER, params)
             await conn.execute(sql.MARK_MESSAGES_PROCESSED, params)
             await conn.execute(sql.IDLE_IF_PROCESSING, params)
+            await self._wake_waiting(conn, params)
             return True
+
+    async def _wake_waiting(self, conn: AsyncConnection, params: Mapping[str, Any]) -> None:
+        """Tell other processes' workers about a buffer this one's end lets through (in this
+        process the scheduler looks again as each buffer finishes)."""
+        if self._postgres:
+            await conn.execute(sql.WAKE_WAITING, params)
 
     async def release_for_retry(
         self, job: ClaimedJob, owner: str, error: str, retry_at: datetime
@@ -624,6 +517,7 @@ class SqlBufferStore:
                 return False
             await conn.execute(sql.FAIL_BUFFER, params)
             await conn.execute(sql.IDLE_IF_PROCESSING, params)
+            await self._wake_waiting(conn, params)
             return True
 
     # -- admin ----------------------------------------------------------------------------

@@ -20,17 +20,25 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
+    Integer,
+    Interval,
+    Text,
+    Uuid,
     and_,
     bindparam,
+    column,
     delete,
     func,
     insert,
     literal_column,
     select,
+    text,
     tuple_,
     union_all,
     update,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from chatbuffer.storage.tables import (
@@ -105,70 +113,52 @@ LOCK_CONVERSATION = (
 INSERT_CONVERSATION = insert(conversations)
 INSERT_CONVERSATION_PG = pg_insert(conversations).on_conflict_do_nothing()
 
-MESSAGE_EXISTS = select(messages.c.id).where(
-    _key(messages), messages.c.chatwoot_message_id == bindparam("p_message_id")
-)
-
-ACTIVE_BUFFER = select(
-    buffers.c.id,
-    buffers.c.buffer_start_time,
-    buffers.c.last_message_time,
-    buffers.c.message_count,
-).where(_key(buffers), status_is(buffers.c.status, "active"))
-
-EXTEND_BUFFER = (
-    update(buffers)
-    .where(
-        _key(buffers),
-        buffers.c.id == bindparam("p_buffer_id"),
-        status_is(buffers.c.status, "active"),
+#: The whole intake transaction, one round trip (migration 0006), run in autocommit.
+INTAKE = (
+    text(
+        "SELECT outcome, human_active_until, buffer_id, opened, message_count, due_at, closed"
+        " FROM chatbuffer_intake(:p_account_id, :p_conversation_id, :p_message_id, :p_content,"
+        " :p_message_type, :p_content_type, :p_attachments, :p_sender_info,"
+        " :p_conversation_info, :p_now, :p_quiet, :p_max_age, :p_max_size)"
     )
-    .values(
-        last_message_time=_time("p_last"),
-        message_count=bindparam("p_count"),
-        buffer_end_time=_time("p_due"),
-        status=bindparam("p_status"),
-        updated_at=_time("p_now"),
+    .bindparams(
+        bindparam("p_attachments", type_=JSONB),
+        bindparam("p_sender_info", type_=JSONB),
+        bindparam("p_conversation_info", type_=JSONB),
+        bindparam("p_now", type_=UTCDateTime()),
+        bindparam("p_quiet", type_=Interval()),
+        bindparam("p_max_age", type_=Interval()),
     )
-)
-
-RESCHEDULE_JOB = (
-    update(jobs)
-    .where(
-        _key(jobs),
-        jobs.c.buffer_id == bindparam("p_buffer_id"),
-        status_is(jobs.c.status, "scheduled"),
-    )
-    .values(scheduled_for=_time("p_due"), updated_at=_time("p_now"))
-)
-
-CLOSE_BUFFER = (
-    update(buffers)
-    .where(
-        _key(buffers),
-        buffers.c.id == bindparam("p_buffer_id"),
-        status_is(buffers.c.status, "active"),
-    )
-    .values(status="closed", updated_at=_time("p_now"))
-)
-
-INSERT_BUFFER = insert(buffers)
-INSERT_JOB = insert(jobs)
-INSERT_MESSAGE = insert(messages)
-
-TOUCH_CONVERSATION = (
-    update(conversations)
-    .where(CONVERSATION)
-    .values(
-        active_buffer_id=bindparam("p_active_buffer_id"),
-        last_message_at=_time("p_now"),
-        message_count=conversations.c.message_count + 1,
-        conversation_state=bindparam("p_state"),
-        updated_at=_time("p_now"),
+    .columns(
+        column("outcome", Text),
+        column("human_active_until", UTCDateTime()),
+        column("buffer_id", Uuid()),
+        column("opened", Boolean),
+        column("message_count", Integer),
+        column("due_at", UTCDateTime()),
+        column("closed", Boolean),
     )
 )
 
 NOTIFY = select(func.pg_notify(WAKE_CHANNEL, bindparam("p_payload")))
+
+
+def _iso(instant: Any) -> Any:
+    """A timestamp as ISO 8601 text whatever the session's DateStyle (the listener parses it)."""
+    return func.to_json(instant).op("#>>")(literal_column("'{}'"))
+
+
+#: A buffer held back while an older one of its conversation was answered is claimable once that
+#: one is finished: wake the workers (only if there is one), with its due time.
+WAKE_WAITING = (
+    select(func.pg_notify(WAKE_CHANNEL, _iso(func.min(jobs.c.scheduled_for))))
+    .where(
+        _key(jobs),
+        jobs.c.status == "scheduled",
+        jobs.c.buffer_id != bindparam("p_buffer_id"),
+    )
+    .having(func.count() > 0)
+)
 
 UPDATE_ATTACHMENTS = (
     update(messages)
