@@ -244,3 +244,30 @@ async def test_finishing_a_buffer_wakes_workers_for_the_newer_one_it_held_back(
         notes = [n async for n in listener.notifies(timeout=1.0)]
     await engine.dispose()
     assert [datetime.fromisoformat(n.payload) for n in notes] == [later + POLICY.quiet_period]
+
+
+async def test_a_webhook_after_a_database_restart_cut_every_pooled_connection_is_stored(
+    pg: Connection, postgres_url: str
+) -> None:
+    engine = database.create_engine(postgres_url, pool_size=3)
+    store = SqlBufferStore(engine)
+    key = ConversationKey(1, next(_conversations))
+    now = START + timedelta(days=4)
+
+    async def deliver(message_id: int) -> bool:
+        message = InboundMessage(key, message_id, "hi", "text", "text", received_at=now)
+        return (await store.record_incoming(message, POLICY, now)).stored
+
+    try:
+        assert all([await deliver(n) for n in (1, 2, 3)])
+        # What a restart does to the pool: every connection it holds is gone, unpinged.
+        pg.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        )
+        assert await deliver(4)
+        assert not await deliver(4), "stored once"
+    finally:
+        await engine.dispose()

@@ -27,7 +27,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from chatbuffer.domain import buffer
@@ -48,7 +47,7 @@ from chatbuffer.domain.ports import (
     ReplayResult,
     SendCheck,
 )
-from chatbuffer.storage import database, sqlite_intake
+from chatbuffer.storage import database, pg_intake, sqlite_intake
 from chatbuffer.storage import statements as sql
 
 WAKE_CHANNEL = sql.WAKE_CHANNEL
@@ -104,51 +103,7 @@ class SqlBufferStore:
         """Store one incoming message: one round trip on PostgreSQL, one thread hop on SQLite."""
         if self._sqlite_intake is not None:
             return await self._sqlite_intake.record(message, policy, now)
-        params = {
-            **_key(message.key),
-            "p_message_id": message.chatwoot_message_id,
-            "p_content": message.content,
-            "p_message_type": message.kind,
-            "p_content_type": message.content_type,
-            "p_attachments": [a.as_json() for a in message.attachments],
-            "p_sender_info": message.sender,
-            "p_conversation_info": message.conversation,
-            "p_now": now,
-            "p_quiet": policy.quiet_period,
-            "p_max_age": policy.max_age,
-            "p_max_size": policy.max_size,
-        }
-        row = await self._call(sql.INTAKE, params)
-        if row.outcome == "human":
-            return sqlite_intake.human_holds(row.human_active_until)
-        if row.outcome == "duplicate":
-            return sqlite_intake.DUPLICATE
-        return IntakeResult(
-            stored=True,
-            buffer_id=row.buffer_id,
-            opened_buffer=row.opened,
-            message_count=row.message_count,
-            due_at=row.due_at,
-            closed=row.closed,
-        )
-
-    async def _call(self, statement: Any, params: Mapping[str, Any]) -> Any:
-        """Run one self-contained statement in autocommit: no BEGIN, no COMMIT round trip.
-
-        Pooled connections are not pinged before use; one that a database restart broke fails
-        here, the pool drops it and its siblings, and the call is made once more on a fresh
-        connection. Only then does the error reach the caller (a webhook answers 500). Running
-        the statement twice is safe: the intake function recognises a message it already stored.
-        """
-        for attempt in (1, 2):
-            try:
-                async with self._engine.connect() as conn:
-                    autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
-                    return (await autocommit.execute(statement, params)).one()
-            except DBAPIError as exc:
-                if attempt == 2 or not exc.connection_invalidated:
-                    raise
-        raise AssertionError("unreachable")
+        return await pg_intake.record(self._engine, message, policy, now)
 
     async def _lock_conversation(
         self, conn: AsyncConnection, key: ConversationKey, now: datetime

@@ -29,6 +29,7 @@ from chatbuffer.domain import buffer
 from chatbuffer.domain.model import InboundMessage
 from chatbuffer.domain.ports import IntakeResult
 from chatbuffer.errors import StorageUnavailable
+from chatbuffer.storage.intake_result import DUPLICATE, human_holds
 
 #: How long the writer thread waits for work before it closes its connection and ends.
 IDLE_S = 2.0
@@ -37,22 +38,6 @@ IDLE_S = 2.0
 PRAGMAS = ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", "busy_timeout=30000")
 #: At most this many webhooks share one commit.
 MAX_GROUP = 128
-
-DUPLICATE = IntakeResult(
-    stored=False, buffer_id=None, opened_buffer=False, message_count=0, due_at=None, closed=False
-)
-
-
-def human_holds(until: datetime) -> IntakeResult:
-    return IntakeResult(
-        stored=False,
-        buffer_id=None,
-        opened_buffer=False,
-        message_count=0,
-        due_at=None,
-        closed=False,
-        human_active_until=until,
-    )
 
 
 def _ts(moment: datetime) -> str:
