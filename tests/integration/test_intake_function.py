@@ -179,7 +179,7 @@ POLICY = buffer.BufferPolicy(
 )
 
 
-def test_only_a_due_time_earlier_than_every_other_or_a_closing_buffer_notifies(
+def test_only_a_new_due_time_an_earlier_one_or_a_closing_buffer_notifies(
     pg: Connection,
 ) -> None:
     pg.execute(text("UPDATE buffer_processing_jobs SET status = 'cancelled'"))
@@ -192,11 +192,11 @@ def test_only_a_due_time_earlier_than_every_other_or_a_closing_buffer_notifies(
 
     assert notified(first, 0, 1), "the only due buffer"
     assert not notified(first, 1, 2), "an extension only moves the due time later"
-    assert not notified(second, 2, 3), "due after the first buffer"
+    assert notified(second, 2, 3), "a new buffer: only each worker knows what it sleeps towards"
     _claim(pg, first)
     _claim(pg, second)
     assert not notified(first, 3, 4), "it waits for the older buffer being answered"
-    assert notified(third, 4, 5), "now the earliest claimable"
+    assert notified(third, 4, 5), "a new buffer"
     assert not notified(third, 5, 6)
     assert notified(third, 6, 7), "the third message fills the buffer: due at once"
 

@@ -2,15 +2,15 @@
 
 A webhook used to cost 8 statements in 11 round trips (pre-ping, BEGIN, lock, duplicate check,
 active buffer, extend, reschedule, insert, touch, NOTIFY, COMMIT), and every commit NOTIFYed, which
-serialises commits cluster-wide. ``chatbuffer_intake`` does the same steps in the same order under
-the same row lock, called in autocommit (one statement, one transaction), and NOTIFYs only when a
-worker needs to hear: the buffer closed at once, or its due time is earlier than every other
-claimable job's. The placement rule mirrors ``chatbuffer.domain.buffer`` (``place``/``due_at``),
-which stays authoritative: ``tests/integration/test_intake_function.py`` runs the same arrivals
-through both and compares them. SQLite has no server-side functions; nothing to do there.
+serialises commits cluster-wide. ``chatbuffer_intake`` does the same steps in the same order
+under the same row lock, called in autocommit (one statement, one transaction), and NOTIFYs only
+when a worker may need to hear: a buffer opened, closed at once, or had its due time moved
+earlier. The placement rule mirrors ``chatbuffer.domain.buffer`` (``place``/``due_at``), which
+stays authoritative: ``tests/integration/test_intake_function.py`` runs the same arrivals through
+both and compares them. SQLite has no server-side functions; nothing to do there.
 
 Revision ID: 0006
-Revises: 0004
+Revises: 0005
 Create Date: 2026-12-03
 """
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0006"
-down_revision = "0004"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
@@ -61,7 +61,6 @@ DECLARE
     v_old_due timestamptz;
     v_start timestamptz;
     v_last timestamptz;
-    v_earliest timestamptz;
 BEGIN
     outcome := 'stored';
     opened := false;
@@ -209,24 +208,11 @@ BEGIN
     END IF;
     IF NOT closed THEN
         -- An extension moves the due time later (or keeps it): workers sleep towards an
-        -- earlier instant already.
+        -- earlier instant already. Whether a new due time is earlier than every other one is
+        -- not asked here: that would read other conversations on every webhook (the intake
+        -- stays keyed by one conversation), and each listening worker's waker ignores a wake-up
+        -- later than the instant it already sleeps towards.
         IF v_old_due IS NOT NULL AND due_at >= v_old_due THEN
-            RETURN;
-        END IF;
-        -- Workers sleep until the earliest claimable due time, so a later one needs no wake-up.
-        -- (If that earliest job is claimed meanwhile, its worker looks again when it finishes.)
-        SELECT j.scheduled_for INTO v_earliest
-          FROM buffer_processing_jobs AS j
-          JOIN message_buffer AS b ON b.id = j.buffer_id
-         WHERE j.status = 'scheduled' AND j.buffer_id <> chatbuffer_intake.buffer_id
-           AND NOT EXISTS (
-               SELECT 1 FROM message_buffer AS e
-                WHERE e.account_id = b.account_id AND e.conversation_id = b.conversation_id
-                  AND e.status IN ('closed', 'processing')
-                  AND e.conversation_seq < b.conversation_seq)
-         ORDER BY j.scheduled_for
-         LIMIT 1;
-        IF v_earliest IS NOT NULL AND v_earliest <= due_at THEN
             RETURN;
         END IF;
     END IF;
