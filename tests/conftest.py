@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url
 from chatbuffer.storage import database
 from chatbuffer.storage.repository import SqlBufferStore
 from chatbuffer.storage.tables import DEFAULT_FLAGS, feature_flags, metadata
+from chatbuffer.testing import MemoryStore
 
 POSTGRES_ENV = "CHATBUFFER_TEST_POSTGRES_URL"
 BACKENDS = ["sqlite", "postgres"]
@@ -93,21 +94,40 @@ def _empty_postgres(url: str) -> None:
     engine.dispose()
 
 
-@pytest.fixture(params=BACKENDS)
-def db_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path) -> str:
-    """A migrated, empty database on each backend."""
-    if request.param == "sqlite":
+def _database_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if backend == "sqlite":
         path = tmp_path / "chatbuffer.db"
-        shutil.copy(sqlite_template, path)
+        shutil.copy(request.getfixturevalue("sqlite_template"), path)
         return f"sqlite:///{path}"
     url: str = request.getfixturevalue("postgres_url")
     _empty_postgres(url)
     return url
 
 
+@pytest.fixture(params=BACKENDS)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A migrated, empty database on each backend."""
+    return _database_url(request.param, request, tmp_path)
+
+
 @pytest.fixture
 async def store(db_url: str) -> AsyncIterator[SqlBufferStore]:
     engine = database.create_engine(db_url, pool_size=5)
+    try:
+        yield SqlBufferStore(engine)
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(params=["memory", *BACKENDS])
+async def any_store(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[MemoryStore | SqlBufferStore]:
+    """The in-memory store and the SQL store on each backend, for the contract both keep."""
+    if request.param == "memory":
+        yield MemoryStore()
+        return
+    engine = database.create_engine(_database_url(request.param, request, tmp_path), pool_size=5)
     try:
         yield SqlBufferStore(engine)
     finally:

@@ -12,7 +12,6 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,6 +24,7 @@ from chatbuffer.ai.openai_model import OpenAIReplyModel
 from chatbuffer.chatwoot.client import ChatwootClient
 from chatbuffer.clock import SystemClock
 from chatbuffer.domain.buffer import BufferPolicy
+from chatbuffer.domain.flags import Flag
 from chatbuffer.domain.model import ConversationKey
 from chatbuffer.domain.ports import (
     BufferSummary,
@@ -37,39 +37,22 @@ from chatbuffer.domain.ports import (
 )
 from chatbuffer.domain.retry import RetryPolicy
 from chatbuffer.errors import ConfigurationError, StorageUnavailable
+from chatbuffer.flags import CachedFlags
 from chatbuffer.intake.webhook import IntakeRules, WebhookIntake
 from chatbuffer.observability.events import FanOut, LoggingObserver
 from chatbuffer.settings import Settings
 from chatbuffer.storage import database, retention
+from chatbuffer.storage.listener import PgWakeListener
 from chatbuffer.storage.repository import SqlBufferStore
 from chatbuffer.transcription.fetch import AttachmentFetcher
 from chatbuffer.transcription.openai_transcriber import OpenAITranscriber
 from chatbuffer.web.asgi import WebConfig, create_asgi_app
-from chatbuffer.worker import listener
 from chatbuffer.worker.model_gate import GatedReplyModel, GatedTranscriber, ModelGate
 from chatbuffer.worker.pipeline import Pipeline, PipelineConfig
 from chatbuffer.worker.scheduler import Scheduler, SchedulerConfig
 from chatbuffer.worker.waker import Waker
 
 logger = logging.getLogger(__name__)
-
-#: How long a replica may act on a stale copy of the feature flags.
-FLAG_TTL = timedelta(seconds=5)
-
-
-@dataclass
-class _FlagCache:
-    store: SqlBufferStore
-    clock: Clock
-    values: dict[str, bool] = field(default_factory=dict)
-    read_at: datetime | None = None
-
-    async def get(self) -> dict[str, bool]:
-        now = self.clock.now()
-        if self.read_at is None or now - self.read_at > FLAG_TTL:
-            self.values = dict(await self.store.flags())
-            self.read_at = now
-        return self.values
 
 
 class Runtime:
@@ -108,7 +91,7 @@ class Runtime:
             self.settings.database_url, pool_size=self.settings.database_pool_size
         )
         self._store = SqlBufferStore(self._engine)
-        self._flags = _FlagCache(self._store, self.clock)
+        self._flags = CachedFlags(self._store, self.clock)
         await database.check_schema(self._engine, self.settings.database_url)
         self._intake = self._build_intake()
 
@@ -131,10 +114,10 @@ class Runtime:
 
     # -- intake ---------------------------------------------------------------------------
 
-    async def buffer_policy(self) -> BufferPolicy:
+    async def buffer_policy(self, key: ConversationKey) -> BufferPolicy:
         policy = self.settings.buffer_policy
-        flags = await self._flags.get()
-        return policy if flags.get("message_buffering", True) else policy.without_waiting()
+        buffering = await self._flags.is_enabled(Flag.MESSAGE_BUFFERING, key)
+        return policy if buffering else policy.without_waiting()
 
     async def handle_webhook(self, body: object) -> Mapping[str, Any]:
         if self._intake is None:
@@ -164,6 +147,7 @@ class Runtime:
     def _build_intake(self) -> WebhookIntake:
         return WebhookIntake(
             store=self.store,
+            sends=self.store,
             clock=self.clock,
             observer=self.observer,
             rules=IntakeRules(
@@ -257,12 +241,13 @@ class Runtime:
         s = self.settings
         chatwoot, model, transcriber = self._adapters()
         pipeline = Pipeline(
-            store=self.store,
+            history=self.store,
+            ledger=self.store,
+            flags=self._flags,
             chatwoot=chatwoot,
             model=model,
             clock=self.clock,
             observer=self.observer,
-            flags=self._flags.get,
             transcriber=transcriber,
             config=PipelineConfig(
                 quality_threshold=s.response_quality_threshold,
@@ -273,7 +258,7 @@ class Runtime:
             ),
         )
         return Scheduler(
-            store=self.store,
+            queue=self.store,
             pipeline=pipeline,
             clock=self.clock,
             waker=self.waker,
@@ -293,11 +278,8 @@ class Runtime:
         tasks = [asyncio.create_task(scheduler.run(stop), name="scheduler")]
         if not self.settings.is_sqlite:
             conninfo = database.psycopg_conninfo(self.settings.database_url)
-            tasks.append(
-                asyncio.create_task(
-                    listener.listen(conninfo, self.waker, self.clock, stop), name="listener"
-                )
-            )
+            wake_ups = PgWakeListener(conninfo, self.clock)
+            tasks.append(asyncio.create_task(wake_ups.listen(self.waker.poke), name="listener"))
         if self.settings.retention is not None:
             tasks.append(
                 asyncio.create_task(

@@ -16,6 +16,7 @@ from chatbuffer.domain.model import Attachment, ConversationKey, InboundMessage,
 from chatbuffer.domain.ports import PostedMessage, ReplyModel
 from chatbuffer.domain.retry import RetryPolicy
 from chatbuffer.errors import ChatwootError, ModelError, TranscriptionError
+from chatbuffer.flags import CachedFlags
 from chatbuffer.storage.tables import (
     bot_replies,
     buffer_processing_jobs,
@@ -66,7 +67,9 @@ class Harness:
 
     def build(self, model, transcriber=None, max_size: int = POLICY.max_size) -> Pipeline:
         return Pipeline(
-            store=self.store,
+            history=self.store,
+            ledger=self.store,
+            flags=CachedFlags(self.store, self.clock),
             chatwoot=self.chatwoot,
             model=model,
             clock=self.clock,

@@ -1,4 +1,8 @@
-"""The storage contract, run against SQLite and PostgreSQL alike."""
+"""The store's contract, run against ``MemoryStore`` and the SQL store on SQLite and PostgreSQL.
+
+The in-memory fake the unit tests use passes exactly these cases, so it cannot drift from the
+database.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +10,18 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import func, insert, select
+from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 
 from chatbuffer.domain.buffer import BufferPolicy
+from chatbuffer.domain.marker import Marker
 from chatbuffer.domain.model import Attachment, ConversationKey, InboundMessage
 from chatbuffer.domain.ports import PostedMessage
+from chatbuffer.storage import database
 from chatbuffer.storage.repository import SqlBufferStore
-from chatbuffer.storage.tables import (
-    buffer_processing_jobs,
-    buffered_messages,
-    conversations,
-    message_buffer,
-)
-from chatbuffer.testing import FakeClock
+from chatbuffer.storage.tables import message_buffer
+from chatbuffer.testing import FakeClock, MemoryStore
+from tests.support.probes import snapshot
 
 POLICY = BufferPolicy(
     quiet_period=timedelta(seconds=30), max_age=timedelta(seconds=300), max_size=3
@@ -43,9 +45,12 @@ def message(mid: int, key: ConversationKey = KEY, text: str = "hi", **extra) -> 
     )
 
 
-async def rows(store: SqlBufferStore, table) -> list:
-    async with store.engine.connect() as conn:
-        return list((await conn.execute(select(table))).all())
+Store = MemoryStore | SqlBufferStore
+
+
+@pytest.fixture
+def store(any_store: Store) -> Store:
+    return any_store
 
 
 async def test_burst_goes_into_one_buffer_whose_job_moves_with_each_message(store) -> None:
@@ -59,26 +64,27 @@ async def test_burst_goes_into_one_buffer_whose_job_moves_with_each_message(stor
     assert second.buffer_id == first.buffer_id
     assert second.message_count == 2
     assert second.due_at == start + timedelta(seconds=40)
-    [job] = await rows(store, buffer_processing_jobs)
+    seen = await snapshot(store)
+    [job] = seen.jobs
     assert job.scheduled_for == start + timedelta(seconds=40)
     assert job.status == "scheduled"
-    [buf] = await rows(store, message_buffer)
+    [buf] = seen.buffers
     assert (buf.status, buf.message_count) == ("active", 2)
-    assert buf.buffer_end_time == start + timedelta(seconds=40)
-    [conv] = await rows(store, conversations)
-    assert (conv.conversation_state, conv.message_count) == ("buffering", 2)
+    assert buf.due == start + timedelta(seconds=40)
+    [conv] = seen.conversations
+    assert (conv.state, conv.message_count) == ("buffering", 2)
     assert conv.active_buffer_id == first.buffer_id
 
 
 async def test_redelivered_message_changes_nothing(store) -> None:
     clock = FakeClock()
     await store.record_incoming(message(1), POLICY, clock.now())
-    before = (await rows(store, message_buffer), await rows(store, buffer_processing_jobs))
+    before = await snapshot(store)
     clock.advance(5)
     again = await store.record_incoming(message(1, text="changed"), POLICY, clock.now())
     assert not again.stored
-    assert (await rows(store, message_buffer), await rows(store, buffer_processing_jobs)) == before
-    [stored] = await rows(store, buffered_messages)
+    assert await snapshot(store) == before
+    [stored] = before.messages
     assert stored.content == "hi"
 
 
@@ -90,16 +96,21 @@ async def test_conversations_are_kept_apart(store) -> None:
     assert a.opened_buffer and b.opened_buffer
 
 
-async def test_the_database_refuses_a_second_active_buffer(store) -> None:
+async def test_the_database_refuses_a_second_active_buffer(db_url: str) -> None:
     clock = FakeClock()
-    result = await store.record_incoming(message(1), POLICY, clock.now())
-    async with store.engine.connect() as conn:
-        [buf] = (await conn.execute(select(message_buffer))).all()
-        values = dict(buf._mapping)
-        values["id"] = __import__("uuid").uuid4()
-        with pytest.raises(IntegrityError):
-            await conn.execute(insert(message_buffer).values(**values))
-    assert result.buffer_id == buf.id
+    engine = database.create_engine(db_url, pool_size=1)
+    store = SqlBufferStore(engine)
+    try:
+        result = await store.record_incoming(message(1), POLICY, clock.now())
+        async with store.engine.connect() as conn:
+            [buf] = (await conn.execute(select(message_buffer))).all()
+            values = dict(buf._mapping)
+            values["id"] = __import__("uuid").uuid4()
+            with pytest.raises(IntegrityError):
+                await conn.execute(insert(message_buffer).values(**values))
+        assert result.buffer_id == buf.id
+    finally:
+        await engine.dispose()
 
 
 async def test_full_buffer_closes_at_once_and_next_message_opens_a_new_one(store) -> None:
@@ -112,7 +123,7 @@ async def test_full_buffer_closes_at_once_and_next_message_opens_a_new_one(store
     assert results[2].due_at == clock.now() - timedelta(seconds=2)
     assert results[3].opened_buffer
     assert results[3].buffer_id != results[0].buffer_id
-    statuses = sorted(r.status for r in await rows(store, message_buffer))
+    statuses = sorted(r.status for r in (await snapshot(store)).buffers)
     assert statuses == ["active", "closed"]
 
 
@@ -125,10 +136,11 @@ async def test_claim_takes_only_due_buffers_and_holds_them_under_a_lease(store) 
     [job] = await store.claim_due(clock.now(), "w1", LEASE, 10)
     assert job.key == KEY and job.attempts == 1
     assert await store.claim_due(clock.now(), "w2", LEASE, 10) == []
-    [buf] = await rows(store, message_buffer)
+    seen = await snapshot(store)
+    [buf] = seen.buffers
     assert buf.status == "processing"
-    [conv] = await rows(store, conversations)
-    assert conv.conversation_state == "processing"
+    [conv] = seen.conversations
+    assert conv.state == "processing"
     assert await store.next_wake_at() == clock.now() + LEASE
     contents = await store.load(job, history_limit=10)
     assert [m.chatwoot_message_id for m in contents.messages] == [1]
@@ -157,10 +169,11 @@ async def test_an_expired_lease_is_taken_over_by_another_worker(store) -> None:
     assert not await store.extend_lease(job, "dead", clock.now() + LEASE)
     assert not await store.complete(job, "dead", clock.now(), "replied")
     assert await store.complete(again, "alive", clock.now(), "replied")
-    [buf] = await rows(store, message_buffer)
+    seen = await snapshot(store)
+    [buf] = seen.buffers
     assert (buf.status, buf.outcome) == ("completed", "replied")
-    [conv] = await rows(store, conversations)
-    assert conv.conversation_state == "idle"
+    [conv] = seen.conversations
+    assert conv.state == "idle"
 
 
 async def test_heartbeat_keeps_the_lease(store) -> None:
@@ -181,7 +194,7 @@ async def test_retry_reschedules_and_failure_is_recorded(store) -> None:
     [job] = await store.claim_due(clock.now(), "w1", LEASE, 10)
     retry_at = clock.now() + timedelta(seconds=2)
     assert await store.release_for_retry(job, "w1", "model timed out", retry_at)
-    [row] = await rows(store, buffer_processing_jobs)
+    [row] = (await snapshot(store)).jobs
     assert (row.status, row.error_message, row.scheduled_for) == (
         "scheduled",
         "model timed out",
@@ -194,7 +207,7 @@ async def test_retry_reschedules_and_failure_is_recorded(store) -> None:
     [again] = await store.claim_due(clock.now(), "w1", LEASE, 1)
     assert again.buffer_id == job.buffer_id and again.attempts == 2
     assert await store.fail(again, "w1", "gave up", clock.now())
-    buf = next(b for b in await rows(store, message_buffer) if b.id == job.buffer_id)
+    buf = (await snapshot(store)).buffer(job.buffer_id)
     assert (buf.status, buf.outcome) == ("failed", "gave up")
 
 
@@ -206,8 +219,9 @@ async def test_human_takeover_cancels_open_and_processing_buffers(store) -> None
     await store.record_incoming(message(2), POLICY, clock.now())
     assert await store.cancel_open(KEY, clock.now(), "a human agent answered") == 2
     assert await store.before_send(job, "w1") == "cancelled"
-    assert {b.status for b in await rows(store, message_buffer)} == {"cancelled"}
-    assert {j.status for j in await rows(store, buffer_processing_jobs)} == {"cancelled"}
+    seen = await snapshot(store)
+    assert {b.status for b in seen.buffers} == {"cancelled"}
+    assert {j.status for j in seen.jobs} == {"cancelled"}
     clock.advance(60)
     assert await store.claim_due(clock.now(), "w2", LEASE, 10) == []
     assert await store.next_wake_at() is None
@@ -223,7 +237,7 @@ async def test_a_human_takeover_keeps_the_bot_out_until_the_pause_ends(store) ->
     clock.advance(60)
     paused = await store.record_incoming(message(2), POLICY, clock.now())
     assert not paused.stored and paused.human_active_until == until
-    assert len(await rows(store, buffered_messages)) == 1
+    assert len((await snapshot(store)).messages) == 1
     clock.advance(timedelta(minutes=60))
     later = await store.record_incoming(message(3), POLICY, clock.now())
     assert later.stored and later.opened_buffer
@@ -252,7 +266,7 @@ async def test_history_holds_earlier_bursts_and_replies_in_order(store) -> None:
     clock.advance(30)
     [nxt] = await store.claim_due(clock.now(), "w1", LEASE, 10)
     contents = await store.load(nxt, history_limit=10)
-    assert [(h.role, h.text) for h in contents.history] == [
+    assert [(h.role, h.content) for h in contents.history] == [
         ("contact", "where is my order?"),
         ("assistant", "It ships tomorrow."),
     ]
@@ -292,10 +306,9 @@ async def test_concurrent_deliveries_for_one_conversation_share_one_buffer(store
     )
     assert sum(r.stored for r in results) == 20
     assert len({r.buffer_id for r in results if r.stored}) == 1
-    async with store.engine.connect() as conn:
-        count = await conn.scalar(select(func.count()).select_from(buffered_messages))
-        [buf] = (await conn.execute(select(message_buffer))).all()
-    assert count == 20 and buf.message_count == 20
+    seen = await snapshot(store)
+    [buf] = seen.buffers
+    assert len(seen.messages) == 20 and buf.message_count == 20
 
 
 async def test_concurrent_workers_never_claim_the_same_buffer(store) -> None:
@@ -352,3 +365,88 @@ async def test_a_delivery_that_waited_past_the_claim_is_ordered_after_the_claime
     # ... and the held one sees it as newer, so it folds into it instead of replying.
     assert await store.before_send(held, "w1") == "newer"
     assert await store.supersede(held, "w1", clock.now(), 50) == late.buffer_id
+
+
+async def _claimed(store, clock: FakeClock, *texts: str, key: ConversationKey = KEY):
+    """One burst of ``texts``, due and claimed by w1."""
+    for i, text in enumerate(texts, start=1):
+        await store.record_incoming(message(i, key, text), POLICY, clock.now())
+    clock.advance(30)
+    [job] = await store.claim_due(clock.now(), "w1", LEASE, 10)
+    return job
+
+
+async def test_history_keeps_who_said_it_and_the_attachments_not_prompt_text(store) -> None:
+    clock = FakeClock()
+    voice = Attachment(file_type="audio", data_url="https://cw/a.ogg", transcript="late again")
+    await store.record_incoming(message(1, text="", attachments=(voice,)), POLICY, clock.now())
+    clock.advance(30)
+    [job] = await store.claim_due(clock.now(), "w1", LEASE, 10)
+    # Sent, but Chatwoot never confirmed it: not history, it may not have reached the contact.
+    assert await store.complete(job, "w1", clock.now(), "replied", PostedMessage("reply", "Sorry!"))
+    clock.advance(60)
+    await store.record_incoming(message(2, text="hello?"), POLICY, clock.now())
+    clock.advance(30)
+    [nxt] = await store.claim_due(clock.now(), "w1", LEASE, 10)
+    [entry] = (await store.load(nxt, history_limit=10)).history
+    assert (entry.role, entry.content, entry.attachments) == ("contact", "", (voice,))
+
+
+async def test_the_send_intent_is_recorded_unless_the_job_is_lost(store) -> None:
+    clock = FakeClock()
+    job = await _claimed(store, clock, "hi")
+    intent = PostedMessage("reply", "Hello!")
+    assert await store.reserve_send(job, "someone else", intent, clock.now()) == "cancelled"
+    assert (await store.load(job, 0)).posted == []
+    assert await store.reserve_send(job, "w1", intent, clock.now()) == "send"
+    # A second reservation of the same kind keeps the first intent.
+    again = PostedMessage("reply", "Hello again!")
+    assert await store.reserve_send(job, "w1", again, clock.now()) == "send"
+    assert (await store.load(job, 0)).posted == [intent]
+
+
+async def test_the_first_confirmation_of_a_send_wins(store) -> None:
+    clock = FakeClock()
+    job = await _claimed(store, clock, "hi")
+    await store.reserve_send(job, "w1", PostedMessage("reply", "Hello!"), clock.now())
+    marker = Marker(job.buffer_id, "reply")
+    assert not await store.confirm_sent(OTHER, marker, 7)
+    assert not await store.confirm_sent(KEY, Marker(job.buffer_id, "handoff_note"), 7)
+    assert await store.confirm_sent(KEY, marker, 7)
+    assert not await store.confirm_sent(KEY, marker, 8)
+    assert await store.complete(job, "w1", clock.now(), "replied", PostedMessage("reply", "x", 9))
+    assert (await store.load(job, 0)).posted == [PostedMessage("reply", "Hello!", 7)]
+
+
+async def test_only_the_lease_holder_finishes_a_job(store) -> None:
+    clock = FakeClock()
+    job = await _claimed(store, clock, "hi")
+    retry_at = clock.now() + timedelta(seconds=2)
+    assert not await store.release_for_retry(job, "w2", "nope", retry_at)
+    assert not await store.fail(job, "w2", "nope", clock.now())
+    assert not await store.complete(job, "w2", clock.now(), "nope")
+    assert await store.before_send(job, "w2") == "cancelled"
+    seen = await snapshot(store)
+    assert [(b.status, b.outcome) for b in seen.buffers] == [("processing", None)]
+    assert await store.fail(job, "w1", "model refused", clock.now())
+    seen = await snapshot(store)
+    assert [(b.status, b.outcome) for b in seen.buffers] == [("failed", "model refused")]
+    assert [(j.status, j.error_message) for j in seen.jobs] == [("failed", "model refused")]
+    assert [c.state for c in seen.conversations] == ["idle"]
+
+
+async def test_supersede_never_grows_a_buffer_past_its_size(store) -> None:
+    clock = FakeClock()
+    job = await _claimed(store, clock, "a", "b")
+    for mid in (10, 11):  # a newer burst of two (the size cap is 3)
+        await store.record_incoming(message(mid), POLICY, clock.now())
+    assert await store.before_send(job, "w1") == "newer"
+    assert await store.supersede(job, "w1", clock.now(), max_size=3) is None
+    assert await store.before_send(job, "w1") == "newer"  # nothing changed
+    into = await store.supersede(job, "w1", clock.now(), max_size=4)
+    seen = await snapshot(store)
+    assert seen.buffer(job.buffer_id).status == "superseded"
+    assert seen.buffer(into).message_count == 4
+    assert {m.buffer_id for m in seen.messages} == {into}
+    # The superseded job is finished: the holder can do nothing more with it.
+    assert await store.before_send(job, "w1") == "cancelled"

@@ -31,10 +31,18 @@ class Prompt:
 
 def describe(message: InboundMessage) -> str:
     """One message as a single line of the burst, attachments included."""
-    parts: list[str] = []
-    for attachment in message.attachments:
-        parts.append(_describe_attachment(attachment))
-    text = (message.content or "").strip()
+    return _line(message.content, message.attachments)
+
+
+def describe_turn(entry: HistoryEntry) -> str:
+    """One earlier turn as a line of the history, saying who spoke."""
+    who = "Customer" if entry.role == "contact" else "You"
+    return f"{who}: {_line(entry.content, entry.attachments)}"
+
+
+def _line(content: str | None, attachments: Sequence[Attachment]) -> str:
+    parts = [_describe_attachment(a) for a in attachments]
+    text = (content or "").strip()
     if text:
         parts.append(text)
     return " ".join(parts) if parts else "(empty message)"
@@ -78,12 +86,8 @@ def build_prompt(
         raise ValueError("a prompt needs at least one message")
     combined = "\n".join(f"- {describe(m)}" for m in messages)
     audio = "\n".join(f"- {t}" for t in transcripts(messages)) or "(none)"
-    if include_history and history:
-        past = "\n".join(
-            f"{'Customer' if h.role == 'contact' else 'You'}: {h.text}" for h in history
-        )
-    else:
-        past = "(none)"
+    shown = history if include_history else ()
+    past = "\n".join(describe_turn(h) for h in shown) or "(none)"
     sender = messages[-1].sender
     user_context = {
         "name": sender.get("name"),

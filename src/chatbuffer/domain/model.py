@@ -69,13 +69,20 @@ class InboundMessage:
     conversation: dict[str, Any] = field(default_factory=dict)
 
 
+Speaker = Literal["contact", "assistant"]
+
+
 @dataclass(frozen=True, slots=True)
 class HistoryEntry:
-    """One earlier turn of the conversation, oldest first when in a list."""
+    """One earlier turn of the conversation, oldest first when in a list.
 
-    role: Literal["contact", "assistant"]
-    text: str
+    Stored facts, not prompt text: ``domain.aggregation`` decides how a turn reads to the model.
+    """
+
+    role: Speaker
+    content: str | None
     at: datetime
+    attachments: tuple[Attachment, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

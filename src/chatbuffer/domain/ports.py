@@ -1,19 +1,23 @@
-"""The roles the core needs from the outside world, as Protocols.
+"""The roles the core needs from the outside world, as Protocols, one role each.
 
-Adapters implement them (``storage.repository.SqlBufferStore``, ``chatwoot.client.ChatwootClient``,
-``ai.openai_model.OpenAIReplyModel``); ``app.py`` wires them; the worker and intake see only these.
+The store's roles: ``IntakeStore`` (webhooks), ``JobQueue`` and ``WakeSignals`` (the scheduler),
+``ConversationHistory`` and ``SendLedger`` (the pipeline), ``FlagSource`` / ``FeatureFlags`` and
+``BufferAdmin`` (operators). ``storage`` implements them over SQL, ``chatbuffer.testing`` in memory
+with the same semantics; ``chatwoot.client.ChatwootClient`` and ``ai.openai_model.OpenAIReplyModel``
+implement the rest. ``app.py`` wires them; the worker and intake see only these.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
 from chatbuffer.domain.aggregation import Prompt
 from chatbuffer.domain.buffer import BufferPolicy
+from chatbuffer.domain.flags import Flag
 from chatbuffer.domain.marker import Marker, ReplyKind
 from chatbuffer.domain.model import (
     Attachment,
@@ -147,16 +151,20 @@ class PostedMessage:
     chatwoot_message_id: int | None = None
 
 
-class BufferStore(Protocol):
-    """Durable buffers and their processing jobs."""
-
-    async def record_incoming(
-        self, message: InboundMessage, policy: BufferPolicy, now: datetime
-    ) -> IntakeResult: ...
+class AttachmentUpdates(Protocol):
+    """Takes a later version of a stored message's attachments (a voice note's transcript)."""
 
     async def update_attachments(
         self, key: ConversationKey, chatwoot_message_id: int, attachments: Sequence[Attachment]
     ) -> bool: ...
+
+
+class IntakeStore(AttachmentUpdates, Protocol):
+    """What a webhook does to the buffers: store a message, cancel, pause or resume the bot."""
+
+    async def record_incoming(
+        self, message: InboundMessage, policy: BufferPolicy, now: datetime
+    ) -> IntakeResult: ...
 
     async def cancel_open(
         self,
@@ -164,28 +172,43 @@ class BufferStore(Protocol):
         now: datetime,
         reason: str,
         pause_until: datetime | None = None,
-    ) -> int: ...
+    ) -> int:
+        """Cancel the conversation's unanswered buffers; with ``pause_until``, keep the bot
+        out of the conversation until then (a person is answering instead)."""
+        ...
 
     async def resume_bot(self, key: ConversationKey, now: datetime) -> bool: ...
+
+
+class JobQueue(Protocol):
+    """Due buffers for the workers: claim under a lease, keep it, know when to look again."""
 
     async def claim_due(
         self, now: datetime, owner: str, lease: timedelta, limit: int
     ) -> list[ClaimedJob]: ...
 
-    async def next_wake_at(self) -> datetime | None: ...
-
-    async def extend_lease(self, job: ClaimedJob, owner: str, until: datetime) -> bool: ...
-
-    async def load(self, job: ClaimedJob, history_limit: int) -> BufferContents: ...
-
-    async def before_send(self, job: ClaimedJob, owner: str) -> SendCheck: ...
-
-    async def reserve_send(
-        self, job: ClaimedJob, owner: str, intent: PostedMessage, now: datetime
-    ) -> SendCheck:
-        """``before_send``, and unless the job is lost record ``intent`` in the same
-        transaction, so a crash after the POST leaves a trace to check."""
+    async def extend_lease(self, job: ClaimedJob, owner: str, until: datetime) -> bool:
+        """The heartbeat: False once the job is no longer this owner's."""
         ...
+
+    async def next_wake_at(self) -> datetime | None:
+        """The earliest instant a job becomes due or a lease runs out."""
+        ...
+
+
+WakeCallback = Callable[[datetime | None], None]
+
+
+class WakeSignals(Protocol):
+    """Wake-ups from other processes: something became due at the given instant (None: look)."""
+
+    async def listen(self, wake: WakeCallback) -> None:
+        """Call ``wake`` for each signal until cancelled."""
+        ...
+
+
+class SendConfirmations(Protocol):
+    """Learns the Chatwoot id of a message the bot posted."""
 
     async def confirm_sent(
         self, key: ConversationKey, marker: Marker, chatwoot_message_id: int
@@ -194,9 +217,28 @@ class BufferStore(Protocol):
         or a reconciliation)."""
         ...
 
+
+class SendLedger(SendConfirmations, Protocol):
+    """How a held buffer ends: the checks and the send intent before a POST, then one outcome."""
+
+    async def before_send(self, job: ClaimedJob, owner: str) -> SendCheck:
+        """Whether the buffer may still be answered: ``send``, ``cancelled`` (lost, or a
+        human took over) or ``newer`` (the contact wrote again since it closed)."""
+        ...
+
+    async def reserve_send(
+        self, job: ClaimedJob, owner: str, intent: PostedMessage, now: datetime
+    ) -> SendCheck:
+        """``before_send``, and unless the job is lost record ``intent`` in the same
+        transaction, so a crash after the POST leaves a trace to check."""
+        ...
+
     async def supersede(
         self, job: ClaimedJob, owner: str, now: datetime, max_size: int
-    ) -> uuid.UUID | None: ...
+    ) -> uuid.UUID | None:
+        """Fold this buffer's messages into the conversation's newer open buffer; the buffer
+        that now holds them, or None when nothing changed."""
+        ...
 
     async def complete(
         self,
@@ -213,7 +255,26 @@ class BufferStore(Protocol):
 
     async def fail(self, job: ClaimedJob, owner: str, error: str, now: datetime) -> bool: ...
 
+
+class ConversationHistory(AttachmentUpdates, Protocol):
+    """A held buffer's messages, the conversation before them, and what was posted for it."""
+
+    async def load(self, job: ClaimedJob, history_limit: int) -> BufferContents:
+        """One consistent read: the burst in Chatwoot message-id order, at most
+        ``history_limit`` earlier turns (oldest first), and earlier attempts' send intents."""
+        ...
+
+
+class FlagSource(Protocol):
+    """The stored flag settings, as rows (a name this version does not know is kept)."""
+
     async def flags(self) -> Mapping[str, bool]: ...
+
+
+class FeatureFlags(Protocol):
+    """Whether a flag is on for one conversation."""
+
+    async def is_enabled(self, flag: Flag, key: ConversationKey) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from chatbuffer.domain import marker as markers
 from chatbuffer.domain.buffer import BufferPolicy
 from chatbuffer.domain.model import Attachment, ConversationKey, InboundMessage, MessageKind
-from chatbuffer.domain.ports import BufferStore, Clock, Observer
+from chatbuffer.domain.ports import Clock, IntakeStore, Observer, SendConfirmations
 from chatbuffer.errors import MalformedPayload
 from chatbuffer.intake.payloads import ConversationEvent, MessageEvent
 
@@ -206,16 +206,18 @@ class WebhookIntake:
     def __init__(
         self,
         *,
-        store: BufferStore,
+        store: IntakeStore,
+        sends: SendConfirmations,
         clock: Clock,
         observer: Observer,
         rules: IntakeRules,
-        policy: Callable[[], Awaitable[BufferPolicy]],
+        policy: Callable[[ConversationKey], Awaitable[BufferPolicy]],
         on_scheduled: Callable[[datetime], None] | None = None,
         human_pause: timedelta = timedelta(0),
     ) -> None:
         self._human_pause = human_pause
         self._store = store
+        self._sends = sends
         self._clock = clock
         self._observer = observer
         self._rules = rules
@@ -229,7 +231,7 @@ class WebhookIntake:
             return {"status": "ignored", "reason": action.reason}
         if isinstance(action, ConfirmSent):
             # Only the store learns from it; the answer is the same either way.
-            await self._store.confirm_sent(action.key, action.marker, action.chatwoot_message_id)
+            await self._sends.confirm_sent(action.key, action.marker, action.chatwoot_message_id)
             return {"status": "ignored", "reason": "the bot's own reply"}
         if isinstance(action, ResumeBot):
             resumed = await self._store.resume_bot(action.key, now)
@@ -255,7 +257,8 @@ class WebhookIntake:
         return await self._buffer(action.message, now)
 
     async def _buffer(self, message: InboundMessage, now: datetime) -> Mapping[str, Any]:
-        result = await self._store.record_incoming(message, await self._policy(), now)
+        policy = await self._policy(message.key)
+        result = await self._store.record_incoming(message, policy, now)
         key = message.key
         if result.human_active_until is not None:
             return {

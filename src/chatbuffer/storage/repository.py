@@ -30,7 +30,6 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from chatbuffer.domain import buffer
-from chatbuffer.domain.aggregation import describe
 from chatbuffer.domain.marker import Marker
 from chatbuffer.domain.model import (
     Attachment,
@@ -73,7 +72,12 @@ def _held(job: ClaimedJob, owner: str) -> dict[str, Any]:
 
 
 class SqlBufferStore:
-    """Implements :class:`chatbuffer.domain.ports.BufferStore` over SQLAlchemy Core."""
+    """The store's ports over SQLAlchemy Core, on one engine.
+
+    Implements :class:`~chatbuffer.domain.ports.IntakeStore`, ``JobQueue``,
+    ``ConversationHistory``, ``SendLedger``, ``FlagSource`` and ``BufferAdmin``; the wake-ups
+    (``WakeSignals``) are :class:`chatbuffer.storage.listener.PgWakeListener`.
+    """
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
@@ -284,21 +288,12 @@ class SqlBufferStore:
         entries = [
             HistoryEntry(
                 role="contact",
-                text=describe(
-                    InboundMessage(
-                        key=job.key,
-                        chatwoot_message_id=0,
-                        content=r.content,
-                        kind="text",
-                        content_type="text",
-                        received_at=r.received_at,
-                        attachments=tuple(Attachment.from_json(a) for a in r.attachments or []),
-                    )
-                ),
+                content=r.content,
                 at=r.received_at,
+                attachments=tuple(Attachment.from_json(a) for a in r.attachments or []),
             )
             for r in earlier
-        ] + [HistoryEntry(role="assistant", text=r.content, at=r.sent_at) for r in replies]
+        ] + [HistoryEntry(role="assistant", content=r.content, at=r.sent_at) for r in replies]
         entries.sort(key=lambda e: e.at)
         return entries[-limit:]
 

@@ -36,6 +36,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
+from chatbuffer.domain.flags import Flag
+
 metadata = MetaData(
     naming_convention={
         "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -307,9 +309,5 @@ feature_flags = Table(
     Column("created_at", UTCDateTime, nullable=False, server_default=_now_default()),
 )
 
-DEFAULT_FLAGS: dict[str, tuple[bool, str]] = {
-    "message_buffering": (True, "Enable 30-second message buffering"),
-    "typing_indicators": (True, "Show typing indicators during processing"),
-    "enhanced_ai_processing": (True, "Use aggregated context for AI responses"),
-    "response_quality_enhancement": (False, "Apply post-processing to responses"),
-}
+#: The seed, as (enabled, description) by flag name.
+DEFAULT_FLAGS: dict[str, tuple[bool, str]] = {f.value: (f.default, f.description) for f in Flag}

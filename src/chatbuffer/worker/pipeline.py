@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from chatbuffer.domain import aggregation, decision
+from chatbuffer.domain.flags import Flag
 from chatbuffer.domain.marker import Marker
 from chatbuffer.domain.model import HandOff, InboundMessage, SendReply, StaySilent
 from chatbuffer.domain.ports import (
     BufferContents,
-    BufferStore,
     ChatwootAPI,
     ClaimedJob,
     Clock,
+    ConversationHistory,
+    FeatureFlags,
     Observer,
     PostedMessage,
     ReplyModel,
     SendCheck,
+    SendLedger,
     Transcriber,
 )
 from chatbuffer.domain.retry import RetryPolicy
@@ -43,18 +46,20 @@ class Pipeline:
     def __init__(
         self,
         *,
-        store: BufferStore,
+        history: ConversationHistory,
+        ledger: SendLedger,
+        flags: FeatureFlags,
         chatwoot: ChatwootAPI,
         model: ReplyModel,
         clock: Clock,
         observer: Observer,
         config: PipelineConfig,
-        flags: Callable[[], Awaitable[Mapping[str, bool]]] | None = None,
         transcriber: Transcriber | None = None,
     ) -> None:
-        self._store = store
+        self._history = history
+        self._ledger = ledger
         self._transcriber = transcriber
-        self._flags = flags or store.flags
+        self._flags = flags
         self._chatwoot = chatwoot
         self._model = model
         self._clock = clock
@@ -64,7 +69,7 @@ class Pipeline:
     async def process(self, job: ClaimedJob, owner: str) -> None:
         key = job.key
         lateness_ms = (job.claimed_at - job.scheduled_for) / timedelta(milliseconds=1)
-        contents = await self._store.load(job, self._config.history_limit)
+        contents = await self._history.load(job, self._config.history_limit)
         self._observer.event(
             "buffer_closed",
             key,
@@ -74,14 +79,15 @@ class Pipeline:
             lateness_ms=round(lateness_ms, 1),
         )
         if not contents.messages:
-            await self._store.complete(job, owner, self._clock.now(), "empty buffer")
+            await self._ledger.complete(job, owner, self._clock.now(), "empty buffer")
             return
-        flags = await self._flags()
-        typing = self._config.typing_enabled and flags.get("typing_indicators", True)
+        typing = self._config.typing_enabled and await self._flags.is_enabled(
+            Flag.TYPING_INDICATORS, key
+        )
         try:
             if typing:
                 await self._typing(job, on=True)
-            await self._answer(job, owner, contents, flags)
+            await self._answer(job, owner, contents)
         except DependencyError as exc:
             await self._retry_or_fail(job, owner, str(exc), exc.retryable, exc.retry_after)
         except Exception as exc:
@@ -94,9 +100,12 @@ class Pipeline:
             if typing:
                 await self._typing(job, on=False)
 
-    async def _answer(
-        self, job: ClaimedJob, owner: str, contents: BufferContents, flags: Mapping[str, bool]
-    ) -> None:
+    async def hand_back(self, job: ClaimedJob, owner: str, reason: str) -> None:
+        """Give a held buffer back, due now, so another worker takes it at once instead of after
+        the lease runs out (the worker is shutting down)."""
+        await self._ledger.release_for_retry(job, owner, reason, self._clock.now())
+
+    async def _answer(self, job: ClaimedJob, owner: str, contents: BufferContents) -> None:
         handover = next(
             (
                 p
@@ -124,7 +133,7 @@ class Pipeline:
         prompt = aggregation.build_prompt(
             burst,
             contents.history,
-            include_history=flags.get("enhanced_ai_processing", True),
+            include_history=await self._flags.is_enabled(Flag.ENHANCED_AI_PROCESSING, job.key),
         )
         answer = await self._model.decide(prompt)
         outcome = decision.route(answer, quality_threshold=self._config.quality_threshold)
@@ -132,7 +141,7 @@ class Pipeline:
         if isinstance(outcome, StaySilent):
             if await self._check(job, owner) == "send":
                 note = f"silent: {outcome.reason}"
-                await self._store.complete(job, owner, self._clock.now(), note)
+                await self._ledger.complete(job, owner, self._clock.now(), note)
                 self._observer.event(
                     "no_reply", key, buffer_id=str(job.buffer_id), reason=outcome.reason
                 )
@@ -145,7 +154,7 @@ class Pipeline:
         # While the model wrote, a person may have taken over (never answer over them) or the
         # contact may have written again (then this reply is stale: answer the whole burst once).
         # The intent is recorded in the same transaction as that check.
-        verdict = await self._store.reserve_send(job, owner, intent, self._clock.now())
+        verdict = await self._ledger.reserve_send(job, owner, intent, self._clock.now())
         if await self._settle(job, owner, verdict) != "send":
             return
         message_id = await self._post(job, intent)
@@ -217,13 +226,15 @@ class Pipeline:
         if message.kind == "handoff_note":
             # Recorded before the status change, so a retry after a failed toggle does not post
             # the note again.
-            await self._store.confirm_sent(job.key, Marker(job.buffer_id, message.kind), message_id)
+            await self._ledger.confirm_sent(
+                job.key, Marker(job.buffer_id, message.kind), message_id
+            )
             await self._chatwoot.set_status(job.key, "open")
-        await self._store.complete(job, owner, self._clock.now(), note, posted)
+        await self._ledger.complete(job, owner, self._clock.now(), note, posted)
 
     async def _check(self, job: ClaimedJob, owner: str) -> SendCheck:
         """``send``, or the reason not to: ``cancelled`` or ``newer`` (then superseded)."""
-        return await self._settle(job, owner, await self._store.before_send(job, owner))
+        return await self._settle(job, owner, await self._ledger.before_send(job, owner))
 
     async def _settle(self, job: ClaimedJob, owner: str, verdict: SendCheck) -> SendCheck:
         buffer_id = str(job.buffer_id)
@@ -231,7 +242,7 @@ class Pipeline:
             self._observer.event("no_reply", job.key, buffer_id=buffer_id, reason="cancelled")
             return "cancelled"
         if verdict == "newer":
-            into = await self._store.supersede(
+            into = await self._ledger.supersede(
                 job, owner, self._clock.now(), self._config.max_buffer_size
             )
             if into is not None:
@@ -274,7 +285,7 @@ class Pipeline:
                     changed = True
             if changed:
                 message = replace(message, attachments=tuple(attachments))
-                await self._store.update_attachments(
+                await self._history.update_attachments(
                     message.key, message.chatwoot_message_id, message.attachments
                 )
             done.append(message)
@@ -307,7 +318,7 @@ class Pipeline:
                 )
             if message_id is None:
                 message_id = await self._post(job, note)
-            await self._store.confirm_sent(job.key, marker, message_id)
+            await self._ledger.confirm_sent(job.key, marker, message_id)
             await self._chatwoot.set_status(job.key, "open")
             handed_over = True
         except ChatwootError as exc:
@@ -317,7 +328,7 @@ class Pipeline:
                 return
             logger.warning("could not hand failed buffer %s to a human: %s", job.buffer_id, exc)
             error = f"{error}; handing over to a human failed: {exc}"
-        if not await self._store.fail(job, owner, error, self._clock.now()):
+        if not await self._ledger.fail(job, owner, error, self._clock.now()):
             return
         buffer_id = str(job.buffer_id)
         self._observer.event(
@@ -347,7 +358,7 @@ class Pipeline:
         note = PostedMessage("failure_note", decision.failure_note(error, attempts=job.attempts))
         # The note is a send like any other: not over a person who took over, folded into a
         # newer burst if the contact wrote again, and recorded before it is posted.
-        verdict = await self._store.reserve_send(job, owner, note, self._clock.now())
+        verdict = await self._ledger.reserve_send(job, owner, note, self._clock.now())
         if await self._settle(job, owner, verdict) == "send":
             await self._hand_over(job, owner, note, error)
 
@@ -357,7 +368,7 @@ class Pipeline:
         retry_at = self._clock.now() + self._config.retry.delay(
             job.attempts, retry_after=retry_after
         )
-        await self._store.release_for_retry(job, owner, error, retry_at)
+        await self._ledger.release_for_retry(job, owner, error, retry_at)
         self._observer.event(
             "attempt_failed",
             job.key,

@@ -14,8 +14,9 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
-from chatbuffer.domain.ports import BufferStore, ClaimedJob, Clock
+from chatbuffer.domain.ports import ClaimedJob, Clock, JobQueue
 from chatbuffer.worker.pipeline import Pipeline
+from chatbuffer.worker.waits import wait_all, wait_any
 from chatbuffer.worker.waker import Waker
 
 logger = logging.getLogger(__name__)
@@ -40,14 +41,14 @@ class Scheduler:
     def __init__(
         self,
         *,
-        store: BufferStore,
+        queue: JobQueue,
         pipeline: Pipeline,
         clock: Clock,
         waker: Waker,
         config: SchedulerConfig,
         owner: str | None = None,
     ) -> None:
-        self._store = store
+        self._queue = queue
         self._pipeline = pipeline
         self._clock = clock
         self._waker = waker
@@ -73,9 +74,9 @@ class Scheduler:
         free = self._config.concurrency - len(self._in_flight)
         sweep = self._config.sweep_interval.total_seconds()
         if free <= 0:
-            await asyncio.wait(self._in_flight, timeout=sweep, return_when=asyncio.FIRST_COMPLETED)
+            await wait_any(self._clock, self._in_flight, sweep)
             return
-        claimed = await self._store.claim_due(
+        claimed = await self._queue.claim_due(
             self._clock.now(), self.owner, self._config.lease, free
         )
         for job in claimed:
@@ -84,7 +85,7 @@ class Scheduler:
             task.add_done_callback(self._finished)
         if len(claimed) == free:
             return  # more may be due right now
-        await self._waker.sleep_until(await self._store.next_wake_at(), sweep)
+        await self._waker.sleep_until(await self._queue.next_wake_at(), sweep)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
@@ -99,9 +100,7 @@ class Scheduler:
         except asyncio.CancelledError:
             # Shutting down past the grace period: hand the buffer back now, so another worker
             # takes it at once instead of after the lease runs out.
-            await self._store.release_for_retry(
-                job, self.owner, "the worker shut down before finishing", self._clock.now()
-            )
+            await self._pipeline.hand_back(job, self.owner, "the worker shut down before finishing")
             raise
         except Exception:
             logger.exception("buffer %s could not be processed", job.buffer_id)
@@ -115,7 +114,7 @@ class Scheduler:
         while True:
             await self._clock.sleep(every)
             try:
-                held = await self._store.extend_lease(
+                held = await self._queue.extend_lease(
                     job, self.owner, self._clock.now() + self._config.lease
                 )
             except Exception as exc:
@@ -133,7 +132,7 @@ class Scheduler:
             return
         grace = self._config.shutdown_grace.total_seconds()
         logger.info("worker %s draining %d buffers", self.owner, len(self._in_flight))
-        _, unfinished = await asyncio.wait(self._in_flight, timeout=grace)
+        unfinished = await wait_all(self._clock, self._in_flight, grace)
         for task in unfinished:
             task.cancel()
         await asyncio.gather(*unfinished, return_exceptions=True)

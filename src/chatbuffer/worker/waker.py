@@ -8,6 +8,7 @@ import logging
 from datetime import datetime
 
 from chatbuffer.domain.ports import Clock
+from chatbuffer.worker.waits import wait_any
 
 logger = logging.getLogger(__name__)
 
@@ -40,14 +41,12 @@ class Waker:
         self._target = target
         self._sleeping = True
         poked = asyncio.ensure_future(self._event.wait())
-        timer = asyncio.ensure_future(self._clock.sleep(seconds))
         try:
-            await asyncio.wait({poked, timer}, return_when=asyncio.FIRST_COMPLETED)
+            await wait_any(self._clock, {poked}, seconds)
         finally:
-            for task in (poked, timer):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            poked.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poked
             self._sleeping = False
             self._target = None
             self._event.clear()

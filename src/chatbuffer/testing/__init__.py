@@ -1,4 +1,7 @@
-"""Test doubles that are real implementations of the ports (no mocking library needed)."""
+"""Test doubles that are real implementations of the ports (no mocking library needed).
+
+The store's ports are :class:`chatbuffer.testing.memory.MemoryStore`.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from chatbuffer.domain.aggregation import Prompt
 from chatbuffer.domain.model import ConversationKey, ModelDecision
 from chatbuffer.domain.ports import EventName
 from chatbuffer.errors import ChatwootError
+from chatbuffer.testing.memory import MemoryStore as MemoryStore
 
 
 class FakeClock:
