@@ -55,12 +55,19 @@ def test_voice_notes_images_and_files_are_described_in_place() -> None:
 
 
 def test_history_is_included_unless_switched_off() -> None:
+    voice = Attachment(file_type="audio", data_url="https://cw/a.ogg", transcript="order 4411")
     history = [
         HistoryEntry("contact", "where is my order?", T0 - timedelta(hours=1)),
+        HistoryEntry("contact", None, T0 - timedelta(hours=1), (voice,)),
         HistoryEntry("assistant", "It ships tomorrow.", T0 - timedelta(minutes=59)),
     ]
     with_history = aggregation.build_prompt([msg(1, "still nothing")], history)
-    assert "Customer: where is my order?\nYou: It ships tomorrow." in with_history.user
+    past = with_history.user.split("Recent conversation history:\n", 1)[1].split("\n\n", 1)[0]
+    assert past.splitlines() == [
+        "Customer: where is my order?",
+        "Customer: [voice note] order 4411",
+        "You: It ships tomorrow.",
+    ]
     without = aggregation.build_prompt([msg(1, "still nothing")], history, include_history=False)
     assert "where is my order?" not in without.user
 
