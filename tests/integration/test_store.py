@@ -7,6 +7,7 @@ database.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -105,7 +106,7 @@ async def test_the_database_refuses_a_second_active_buffer(db_url: str) -> None:
         async with store.engine.connect() as conn:
             [buf] = (await conn.execute(select(message_buffer))).all()
             values = dict(buf._mapping)
-            values["id"] = __import__("uuid").uuid4()
+            values["id"] = uuid.uuid4()
             with pytest.raises(IntegrityError):
                 await conn.execute(insert(message_buffer).values(**values))
         assert result.buffer_id == buf.id
@@ -222,6 +223,7 @@ async def test_human_takeover_cancels_open_and_processing_buffers(store) -> None
     seen = await snapshot(store)
     assert {b.status for b in seen.buffers} == {"cancelled"}
     assert {j.status for j in seen.jobs} == {"cancelled"}
+    assert [(c.state, c.active_buffer_id) for c in seen.conversations] == [("idle", None)]
     clock.advance(60)
     assert await store.claim_due(clock.now(), "w2", LEASE, 10) == []
     assert await store.next_wake_at() is None
@@ -450,3 +452,47 @@ async def test_supersede_never_grows_a_buffer_past_its_size(store) -> None:
     assert {m.buffer_id for m in seen.messages} == {into}
     # The superseded job is finished: the holder can do nothing more with it.
     assert await store.before_send(job, "w1") == "cancelled"
+
+
+async def _failed(store, clock: FakeClock, key: ConversationKey, error: str, *notes):
+    """A buffer of ``key`` that gave up with ``error``, after recording ``notes``."""
+    await store.record_incoming(message(key.conversation_id, key), POLICY, clock.now())
+    clock.advance(30)
+    [job] = await store.claim_due(clock.now(), "w1", LEASE, 10)
+    for note in notes:
+        await store.reserve_send(job, "w1", note, clock.now())
+    clock.advance(1)
+    assert await store.fail(job, "w1", error, clock.now())
+    return job
+
+
+async def test_operators_list_failed_buffers_newest_first(store) -> None:
+    clock = FakeClock()
+    first = await _failed(store, clock, KEY, "the model answered 400")
+    second = await _failed(store, clock, OTHER, "Chatwoot answered 404")
+    listed = await store.list_buffers("failed", 10)
+    assert [(b.buffer_id, b.key, b.status, b.attempts, b.error, b.outcome) for b in listed] == [
+        (second.buffer_id, OTHER, "failed", 1, "Chatwoot answered 404", "Chatwoot answered 404"),
+        (first.buffer_id, KEY, "failed", 1, "the model answered 400", "the model answered 400"),
+    ]
+    assert [b.buffer_id for b in await store.list_buffers("failed", 1)] == [second.buffer_id]
+    assert [b.buffer_id for b in await store.list_buffers("failed", 10, KEY)] == [first.buffer_id]
+    assert await store.list_buffers("completed", 10) == []
+
+
+async def test_a_replay_is_due_now_with_fresh_attempts_and_no_unsent_hand_over(store) -> None:
+    clock = FakeClock()
+    note = PostedMessage("failure_note", "could not answer; please take over")
+    job = await _failed(store, clock, KEY, "gave up", note)
+    clock.advance(3600)
+    result, summary = await store.replay(job.buffer_id, clock.now())
+    assert result == "scheduled"
+    assert summary is not None and (summary.status, summary.attempts) == ("closed", 0)
+    assert await store.next_wake_at() == clock.now()
+    [again] = await store.claim_due(clock.now(), "w2", LEASE, 10)
+    assert (again.buffer_id, again.attempts) == (job.buffer_id, 1)
+    assert (await store.load(again, 10)).posted == []
+    # Only a failed buffer can be replayed.
+    result, summary = await store.replay(job.buffer_id, clock.now())
+    assert result == "not_failed" and summary is not None and summary.status == "processing"
+    assert await store.replay(uuid.uuid4(), clock.now()) == ("not_found", None)
