@@ -97,7 +97,7 @@ class MemoryStore:
     messages: list[Message] = field(default_factory=list)
     replies: list[Reply] = field(default_factory=list)
     flag_rows: dict[str, bool] = field(default_factory=lambda: {f.value: f.default for f in Flag})
-    _listeners: list[WakeCallback] = field(default_factory=list)
+    _listeners: list[WakeCallback] = field(default_factory=list, init=False, repr=False)
 
     # -- intake ---------------------------------------------------------------------------
 
