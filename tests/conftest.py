@@ -109,6 +109,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path
 async def store(db_url: str) -> AsyncIterator[SqlBufferStore]:
     engine = database.create_engine(db_url, pool_size=5)
     try:
-        yield SqlBufferStore(engine)
+        # The tests drive time with a FakeClock, on PostgreSQL too.
+        yield SqlBufferStore(engine, database_clock=False)
     finally:
         await engine.dispose()

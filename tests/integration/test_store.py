@@ -120,7 +120,7 @@ async def test_claim_takes_only_due_buffers_and_holds_them_under_a_lease(store) 
     clock = FakeClock()
     await store.record_incoming(message(1), POLICY, clock.now())
     assert await store.claim_due(clock.now(), "w1", LEASE, 10) == []
-    assert await store.next_wake_at() == clock.now() + timedelta(seconds=30)
+    assert await store.next_wake_at(clock.now()) == clock.now() + timedelta(seconds=30)
     clock.advance(30)
     [job] = await store.claim_due(clock.now(), "w1", LEASE, 10)
     assert job.key == KEY and job.attempts == 1
@@ -129,7 +129,7 @@ async def test_claim_takes_only_due_buffers_and_holds_them_under_a_lease(store) 
     assert buf.status == "processing"
     [conv] = await rows(store, conversations)
     assert conv.conversation_state == "processing"
-    assert await store.next_wake_at() == clock.now() + LEASE
+    assert await store.next_wake_at(clock.now()) == clock.now() + LEASE
     contents = await store.load(job, history_limit=10)
     assert [m.chatwoot_message_id for m in contents.messages] == [1]
 
@@ -154,7 +154,7 @@ async def test_an_expired_lease_is_taken_over_by_another_worker(store) -> None:
     [again] = await store.claim_due(clock.now(), "alive", LEASE, 10)
     assert again.buffer_id == job.buffer_id and again.attempts == 2
     # The dead worker can no longer complete or extend what it lost.
-    assert not await store.extend_lease(job, "dead", clock.now() + LEASE)
+    assert await store.heartbeat("dead", [job], LEASE, clock.now()) == set()
     assert not await store.complete(job, "dead", clock.now(), "replied")
     assert await store.complete(again, "alive", clock.now(), "replied")
     [buf] = await rows(store, message_buffer)
@@ -169,7 +169,7 @@ async def test_heartbeat_keeps_the_lease(store) -> None:
     clock.advance(30)
     [job] = await store.claim_due(clock.now(), "w1", LEASE, 10)
     clock.advance(8)
-    assert await store.extend_lease(job, "w1", clock.now() + LEASE)
+    assert await store.heartbeat("w1", [job], LEASE, clock.now()) == {job.job_id}
     clock.advance(8)
     assert await store.claim_due(clock.now(), "w2", LEASE, 10) == []
 
@@ -210,7 +210,7 @@ async def test_human_takeover_cancels_open_and_processing_buffers(store) -> None
     assert {j.status for j in await rows(store, buffer_processing_jobs)} == {"cancelled"}
     clock.advance(60)
     assert await store.claim_due(clock.now(), "w2", LEASE, 10) == []
-    assert await store.next_wake_at() is None
+    assert await store.next_wake_at(clock.now()) is None
     # Nothing to cancel the second time.
     assert await store.cancel_open(KEY, clock.now(), "again") == 0
 
@@ -320,12 +320,12 @@ async def test_a_newer_buffer_waits_while_an_older_one_is_unanswered(store) -> N
     clock.advance(1)
     await store.record_incoming(message(2), POLICY, clock.now())
     clock.advance(31)  # the newer buffer is due, but its conversation is still being answered
-    assert await store.extend_lease(older, "w1", clock.now() + LEASE)  # the heartbeat
+    assert await store.heartbeat("w1", [older], LEASE, clock.now()) == {older.job_id}
     assert await store.claim_due(clock.now(), "w2", LEASE, 10) == []
     # No busy loop: the only wake-up left is the older buffer's lease expiry.
-    assert await store.next_wake_at() == clock.now() + LEASE
+    assert await store.next_wake_at(clock.now()) == clock.now() + LEASE
     assert await store.before_send(older, "w1") == "newer"
-    into = await store.supersede(older, "w1", clock.now(), max_size=50)
+    into = await store.supersede(older, "w1", clock.now(), POLICY)
     assert into is not None
     [merged] = await store.claim_due(clock.now(), "w2", LEASE, 10)
     assert merged.buffer_id == into
@@ -351,4 +351,4 @@ async def test_a_delivery_that_waited_past_the_claim_is_ordered_after_the_claime
     assert await store.claim_due(clock.now(), "w2", LEASE, 10) == []
     # ... and the held one sees it as newer, so it folds into it instead of replying.
     assert await store.before_send(held, "w1") == "newer"
-    assert await store.supersede(held, "w1", clock.now(), 50) == late.buffer_id
+    assert await store.supersede(held, "w1", clock.now(), POLICY) == late.buffer_id

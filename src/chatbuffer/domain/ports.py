@@ -172,19 +172,32 @@ class BufferStore(Protocol):
         self, now: datetime, owner: str, lease: timedelta, limit: int
     ) -> list[ClaimedJob]: ...
 
-    async def next_wake_at(self) -> datetime | None: ...
+    async def next_wake_at(self, now: datetime) -> datetime | None:
+        """When the next job is due or lease runs out, on the clock that read ``now``."""
+        ...
 
-    async def extend_lease(self, job: ClaimedJob, owner: str, until: datetime) -> bool: ...
+    async def heartbeat(
+        self, owner: str, jobs: Sequence[ClaimedJob], lease: timedelta, now: datetime
+    ) -> set[uuid.UUID]:
+        """Renew ``owner``'s leases on ``jobs``; the ids of those it still holds."""
+        ...
 
     async def load(self, job: ClaimedJob, history_limit: int) -> BufferContents: ...
 
     async def before_send(self, job: ClaimedJob, owner: str) -> SendCheck: ...
 
     async def reserve_send(
-        self, job: ClaimedJob, owner: str, intent: PostedMessage, now: datetime
+        self,
+        job: ClaimedJob,
+        owner: str,
+        intent: PostedMessage,
+        now: datetime,
+        *,
+        hold: timedelta = ...,
     ) -> SendCheck:
-        """``before_send``, and unless the job is lost record ``intent`` in the same
-        transaction, so a crash after the POST leaves a trace to check."""
+        """``before_send``, and unless the job is lost record ``intent`` and keep the lease for
+        at least ``hold`` in the same transaction, so a crash after the POST leaves a trace to
+        check and no other worker takes the buffer over while the POST may still land."""
         ...
 
     async def confirm_sent(
@@ -195,8 +208,10 @@ class BufferStore(Protocol):
         ...
 
     async def supersede(
-        self, job: ClaimedJob, owner: str, now: datetime, max_size: int
-    ) -> uuid.UUID | None: ...
+        self, job: ClaimedJob, owner: str, now: datetime, policy: BufferPolicy
+    ) -> uuid.UUID | None:
+        """Fold a stale buffer closed by quiet into the newer one; None: answer it as it is."""
+        ...
 
     async def complete(
         self,
@@ -230,7 +245,7 @@ class BufferSummary:
     updated_at: datetime
 
 
-ReplayResult = Literal["scheduled", "not_found", "not_failed"]
+ReplayResult = Literal["scheduled", "not_found", "not_failed", "out_of_order"]
 
 
 class BufferAdmin(Protocol):

@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from chatbuffer.domain import aggregation, decision
+from chatbuffer.domain.buffer import BufferPolicy
 from chatbuffer.domain.marker import Marker
 from chatbuffer.domain.model import HandOff, InboundMessage, SendReply, StaySilent
 from chatbuffer.domain.ports import (
@@ -28,13 +29,23 @@ from chatbuffer.errors import ChatwootError, DependencyError, TranscriptionError
 logger = logging.getLogger(__name__)
 
 
+#: The settings' defaults (30 s quiet, 300 s age cap, 50 messages).
+DEFAULT_POLICY = BufferPolicy(
+    quiet_period=timedelta(seconds=30), max_age=timedelta(seconds=300), max_size=50
+)
+
+
 @dataclass(frozen=True, slots=True)
 class PipelineConfig:
     quality_threshold: float
     typing_enabled: bool
     history_limit: int
     retry: RetryPolicy
-    max_buffer_size: int = 50
+    #: The buffer rules, for supersede (only buffers closed by quiet fold into newer ones).
+    policy: BufferPolicy = DEFAULT_POLICY
+    #: How long a reserved send keeps the lease: the Chatwoot timeout plus a margin, so the
+    #: lease cannot run out while a POST may still land.
+    send_hold: timedelta = timedelta(seconds=12)
 
 
 class Pipeline:
@@ -145,8 +156,7 @@ class Pipeline:
         # While the model wrote, a person may have taken over (never answer over them) or the
         # contact may have written again (then this reply is stale: answer the whole burst once).
         # The intent is recorded in the same transaction as that check.
-        verdict = await self._store.reserve_send(job, owner, intent, self._clock.now())
-        if await self._settle(job, owner, verdict) != "send":
+        if await self._reserve(job, owner, intent) != "send":
             return
         message_id = await self._post(job, intent)
         reason = "replied" if isinstance(outcome, SendReply) else f"handed off: {outcome.reason}"
@@ -189,7 +199,7 @@ class Pipeline:
                 found=message_id is not None,
             )
         if message_id is None:
-            if await self._check(job, owner) != "send":
+            if await self._reserve(job, owner, earlier) != "send":
                 return
             message_id = await self._post(job, earlier)
         reason = "replied" if earlier.kind == "reply" else "handed off"
@@ -221,6 +231,13 @@ class Pipeline:
             await self._chatwoot.set_status(job.key, "open")
         await self._store.complete(job, owner, self._clock.now(), note, posted)
 
+    async def _reserve(self, job: ClaimedJob, owner: str, message: PostedMessage) -> SendCheck:
+        """The last check before a POST, which also keeps the lease for the POST's duration."""
+        verdict = await self._store.reserve_send(
+            job, owner, message, self._clock.now(), hold=self._config.send_hold
+        )
+        return await self._settle(job, owner, verdict)
+
     async def _check(self, job: ClaimedJob, owner: str) -> SendCheck:
         """``send``, or the reason not to: ``cancelled`` or ``newer`` (then superseded)."""
         return await self._settle(job, owner, await self._store.before_send(job, owner))
@@ -231,9 +248,7 @@ class Pipeline:
             self._observer.event("no_reply", job.key, buffer_id=buffer_id, reason="cancelled")
             return "cancelled"
         if verdict == "newer":
-            into = await self._store.supersede(
-                job, owner, self._clock.now(), self._config.max_buffer_size
-            )
+            into = await self._store.supersede(job, owner, self._clock.now(), self._config.policy)
             if into is not None:
                 self._observer.event(
                     "buffer_superseded", job.key, buffer_id=buffer_id, into=str(into)
@@ -305,6 +320,16 @@ class Pipeline:
                 message_id = await self._chatwoot.find_marked(
                     job.key, marker, after_message_id=after
                 )
+                # Resuming an earlier attempt's hand-over: nothing has kept the lease for this
+                # POST yet (a newer burst does not stop a hand-over, a lost lease does).
+                if (
+                    message_id is None
+                    and await self._store.reserve_send(
+                        job, owner, note, self._clock.now(), hold=self._config.send_hold
+                    )
+                    == "cancelled"
+                ):
+                    return
             if message_id is None:
                 message_id = await self._post(job, note)
             await self._store.confirm_sent(job.key, marker, message_id)
@@ -347,8 +372,7 @@ class Pipeline:
         note = PostedMessage("failure_note", decision.failure_note(error, attempts=job.attempts))
         # The note is a send like any other: not over a person who took over, folded into a
         # newer burst if the contact wrote again, and recorded before it is posted.
-        verdict = await self._store.reserve_send(job, owner, note, self._clock.now())
-        if await self._settle(job, owner, verdict) == "send":
+        if await self._reserve(job, owner, note) == "send":
             await self._hand_over(job, owner, note, error)
 
     async def _release(
