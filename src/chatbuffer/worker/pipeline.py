@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -103,7 +104,9 @@ class Pipeline:
             )
         finally:
             if typing:
-                await self._typing(job, on=False)
+                # Shielded: a buffer abandoned on a lost lease is cancelled, and the contact must
+                # not be left watching "typing…".
+                await asyncio.shield(self._typing(job, on=False))
 
     async def _answer(
         self, job: ClaimedJob, owner: str, contents: BufferContents, flags: Mapping[str, bool]
