@@ -18,8 +18,8 @@ CAP_S = 3.0
 MODEL_S = 1.5
 EVERY_S = 0.5
 TYPING_FOR_S = 8.0
-#: HTTP, the claim, the POST and this test's polling, on a busy 2-core machine.
-SLACK_S = 1.0
+#: HTTP, the claim, the POST and this test's polling, on a 2-core machine shared with other work.
+SLACK_S = 1.5
 CONVERSATION = 1300
 
 

@@ -482,12 +482,15 @@ class SqlBufferStore:
             if (await conn.execute(sql.COMPLETE_JOB, params)).rowcount != 1:
                 return None
             grown = buffer.merged(window, _window(newer))
+            due = buffer.due_at(grown, policy)
             await conn.execute(sql.SUPERSEDE_BUFFER, params)
             params.update(
                 p_into=newer.id,
                 p_moved=window.message_count,
                 p_start=grown.started_at,
-                p_due=buffer.due_at(grown, policy),
+                p_due=due,
+                # Already past the oldest message's cap (or full): it takes no more messages.
+                p_status="closed" if due <= stale.now else newer.status,
             )
             await conn.execute(sql.MOVE_MESSAGES, params)
             await conn.execute(sql.GROW_BUFFER, params)

@@ -482,6 +482,7 @@ STALE_BUFFER = select(
 NEWER_BUFFER = (
     select(
         buffers.c.id,
+        buffers.c.status,
         buffers.c.buffer_start_time,
         buffers.c.last_message_time,
         buffers.c.message_count,
@@ -507,6 +508,7 @@ GROW_BUFFER = (
         message_count=buffers.c.message_count + bindparam("p_moved"),
         buffer_start_time=_time("p_start"),
         buffer_end_time=_time("p_due"),
+        status=bindparam("p_status"),
         updated_at=_time("p_now"),
     )
 )
