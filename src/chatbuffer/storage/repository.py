@@ -239,7 +239,7 @@ class SqlBufferStore:
                 key=ConversationKey(r.account_id, r.conversation_id),
                 attempts=r.attempts,
                 scheduled_for=r.scheduled_for,
-                claimed_at=now,
+                claimed_at=r.claimed_at,
                 last_error=r.error_message,
             )
             for r in sorted(rows, key=lambda r: r.scheduled_for)

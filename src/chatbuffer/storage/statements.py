@@ -328,6 +328,8 @@ _TAKEN_JOB = (
     jobs.c.attempts,
     jobs.c.scheduled_for,
     jobs.c.error_message,
+    # On the clock the due time was compared on, so lateness is never negative.
+    CLOCK.label("claimed_at"),
 )
 
 CLAIM_JOBS = (
