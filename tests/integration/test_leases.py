@@ -286,7 +286,8 @@ async def test_a_worker_that_loses_its_lease_abandons_the_model_call(store, how:
             [thief] = await store.claim_due(later, "w2", LEASE, 10)
         else:
             assert await store.cancel_open(KEY, clock.now(), "a human agent answered") == 1
-        await scheduler.heartbeat()
+        # The worker's next heartbeat (a third of the lease later) learns it lost the lease.
+        clock.advance(LEASE / 3)
         await asyncio.wait_for(model.abandoned.wait(), timeout=5)
     finally:
         stop.set()

@@ -135,10 +135,9 @@ class Scheduler:
         every = self._config.heartbeat_every.total_seconds()
         while True:
             await self._clock.sleep(every)
-            await self.heartbeat()
+            await self._beat()
 
-    async def heartbeat(self) -> None:
-        """One round of :meth:`_heartbeats` (public so tests can drive it)."""
+    async def _beat(self) -> None:
         held = dict(self._held)
         if not held:
             return
