@@ -189,11 +189,11 @@ async def store_timings(url: str, runs: int, round_no: int) -> dict[str, float]:
         now = datetime.now(UTC)
         wake: list[float] = []
         claim: list[float] = []
-        await store.next_wake_at()  # warm up: connections, prepared plans
+        await store.next_wake_at(now)  # warm up: connections, prepared plans
         await store.claim_due(now, "bench", timedelta(minutes=5), CLAIM_LIMIT)
         for _ in range(runs):
             started = time.perf_counter()
-            await store.next_wake_at()
+            await store.next_wake_at(now)
             wake.append(time.perf_counter() - started)
             started = time.perf_counter()
             claimed = await store.claim_due(now, "bench", timedelta(minutes=5), CLAIM_LIMIT)

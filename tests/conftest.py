@@ -114,7 +114,8 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 async def store(db_url: str) -> AsyncIterator[SqlBufferStore]:
     engine = database.create_engine(db_url, pool_size=5)
     try:
-        yield SqlBufferStore(engine)
+        # The tests drive time with a FakeClock, on PostgreSQL too.
+        yield SqlBufferStore(engine, database_clock=False)
     finally:
         await engine.dispose()
 
@@ -129,6 +130,6 @@ async def any_store(
         return
     engine = database.create_engine(_database_url(request.param, request, tmp_path), pool_size=5)
     try:
-        yield SqlBufferStore(engine)
+        yield SqlBufferStore(engine, database_clock=False)
     finally:
         await engine.dispose()

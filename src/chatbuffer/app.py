@@ -54,6 +54,10 @@ from chatbuffer.worker.waker import Waker
 
 logger = logging.getLogger(__name__)
 
+#: Beyond the Chatwoot timeout, how long a reserved send keeps its lease: the round trips that
+#: reserve before and record after the POST.
+SEND_MARGIN = timedelta(seconds=2)
+
 
 class Runtime:
     """Everything one chatbuffer process runs, wired from ``Settings``."""
@@ -70,11 +74,13 @@ class Runtime:
     ) -> None:
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
+        self._clock_injected = clock is not None
         self.observer = FanOut([LoggingObserver(), *observers])
         self._chatwoot = chatwoot
         self._model = model
         self._transcriber = transcriber
         self._engine: AsyncEngine | None = None
+        self._heartbeat_engine: AsyncEngine | None = None
         self._store: SqlBufferStore | None = None
         self._owned: list[ChatwootClient | OpenAIReplyModel | AttachmentFetcher] = []
         self.waker = Waker(self.clock)
@@ -90,7 +96,16 @@ class Runtime:
         self._engine = database.create_engine(
             self.settings.database_url, pool_size=self.settings.database_pool_size
         )
-        self._store = SqlBufferStore(self._engine)
+        # The heartbeats' own connection (opened on first use, so an api process never does):
+        # a lease must not wait behind busy buffers and webhooks for a pooled one.
+        self._heartbeat_engine = database.create_engine(self.settings.database_url, pool_size=1)
+        # Leases and due times go by PostgreSQL's clock, unless a clock was injected (tests and
+        # the demo drive time through it).
+        self._store = SqlBufferStore(
+            self._engine,
+            database_clock=self._clock_injected is False,
+            heartbeat_engine=self._heartbeat_engine,
+        )
         self._flags = CachedFlags(self._store, self.clock)
         await database.check_schema(self._engine, self.settings.database_url)
         self._intake = self._build_intake()
@@ -100,9 +115,10 @@ class Runtime:
             with contextlib.suppress(Exception):
                 await resource.aclose()
         self._owned.clear()
-        if self._engine is not None:
-            await self._engine.dispose()
-            self._engine = None
+        for engine in (self._heartbeat_engine, self._engine):
+            if engine is not None:
+                await engine.dispose()
+        self._engine = self._heartbeat_engine = None
 
     @asynccontextmanager
     async def opened(self) -> AsyncIterator[Runtime]:
@@ -254,7 +270,8 @@ class Runtime:
                 typing_enabled=s.chatwoot_typing_indicator_enabled,
                 history_limit=s.history_limit,
                 retry=RetryPolicy(max_attempts=s.max_processing_attempts),
-                max_buffer_size=s.max_buffer_size,
+                policy=s.buffer_policy,
+                send_hold=timedelta(milliseconds=s.chatwoot_timeout_ms) + SEND_MARGIN,
             ),
         )
         return Scheduler(

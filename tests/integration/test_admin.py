@@ -146,6 +146,28 @@ async def test_only_failed_buffers_can_be_replayed(admin: Admin) -> None:
     assert await snapshot(admin.runtime.store.engine) == before
 
 
+async def test_a_replay_that_would_answer_out_of_order_is_refused(admin: Admin) -> None:
+    store = admin.runtime.store
+    job = await admin.failed_buffer(506)
+    newer = InboundMessage(
+        key=job.key,
+        chatwoot_message_id=5061,
+        content="anyone?",
+        kind="text",
+        content_type="text",
+        received_at=admin.clock.now(),
+    )
+    await store.record_incoming(newer, POLICY, admin.clock.now())
+    admin.clock.advance(31)
+    [answered] = await store.claim_due(admin.clock.now(), "w1", LEASE, 10)
+    assert await store.complete(answered, "w1", admin.clock.now(), "replied")
+    before = await snapshot(store.engine)
+    response = await admin.client.post(f"/admin/buffers/{job.buffer_id}/replay", headers=AUTH)
+    assert response.status_code == 409
+    assert "replaying it would answer out of order" in response.json()["error"]
+    assert await snapshot(store.engine) == before
+
+
 @pytest.mark.parametrize(
     ("query", "error"),
     [

@@ -46,6 +46,7 @@ CROSS_CONVERSATION = {
         "CLAIM": "the claim in one statement (PostgreSQL)",
         "NEXT_DUE": "the next wake-up",
         "NEXT_LEASE_EXPIRY": "the next wake-up",
+        "NEXT_WAKE": "the next wake-up: both instants above and the clock, in one round trip",
         "LIST_BUFFERS": "operators' listing (admin API)",
         "BUFFER_SUMMARY": "operators look a buffer up by id (admin API)",
     },

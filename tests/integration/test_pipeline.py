@@ -33,6 +33,8 @@ POLICY = BufferPolicy(
     quiet_period=timedelta(seconds=30), max_age=timedelta(seconds=300), max_size=50
 )
 LEASE = timedelta(seconds=10)
+#: What a reserved send keeps the lease for (Chatwoot's timeout plus a margin), above the lease.
+HOLD = timedelta(seconds=15)
 
 
 def message(mid: int, text: str) -> InboundMessage:
@@ -80,7 +82,7 @@ class Harness:
                 typing_enabled=True,
                 history_limit=10,
                 retry=RetryPolicy(max_attempts=3, base_delay=timedelta(seconds=2)),
-                max_buffer_size=max_size,
+                policy=BufferPolicy(POLICY.quiet_period, POLICY.max_age, max_size),
             ),
         )
 
@@ -374,7 +376,12 @@ async def test_no_merge_beyond_the_maximum_buffer_size(store) -> None:
     [job] = await h.store.claim_due(h.clock.now(), "w1", LEASE, 10)
     await h.store.record_incoming(message(2, "two"), small, h.clock.now())
     await h.store.record_incoming(message(3, "three"), small, h.clock.now())
-    assert await h.store.supersede(job, "w1", h.clock.now(), max_size=2) is None
+    assert (
+        await h.store.supersede(
+            job, "w1", h.clock.now(), BufferPolicy(POLICY.quiet_period, POLICY.max_age, 2)
+        )
+        is None
+    )
     await h.build(h.model, max_size=2).process(
         job, "w1"
     )  # answered as it is: merging would make 3 > 2
@@ -444,8 +451,11 @@ async def test_a_worker_that_died_after_deciding_has_its_reply_posted_once_by_th
     [job] = await h.store.claim_due(h.clock.now(), "w1", LEASE, 10)
     # w1 recorded its intent and died before (or while) posting.
     intent = PostedMessage("reply", "Hello Ana, it ships today.")
-    assert await h.store.reserve_send(job, "w1", intent, h.clock.now()) == "send"
-    h.clock.advance(LEASE + timedelta(seconds=1))
+    assert await h.store.reserve_send(job, "w1", intent, h.clock.now(), hold=HOLD) == "send"
+    # The reservation kept the lease for the POST's timeout; only then may another take over.
+    h.clock.advance(HOLD - timedelta(milliseconds=1))
+    assert await h.store.claim_due(h.clock.now(), "w2", LEASE, 10) == []
+    h.clock.advance(timedelta(milliseconds=2))
     [taken] = await h.store.claim_due(h.clock.now(), "w2", LEASE, 10)
     await h.pipeline.process(taken, "w2")
     [sent] = h.chatwoot.sent

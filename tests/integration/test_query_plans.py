@@ -22,6 +22,7 @@ from chatbuffer.storage.tables import buffer_processing_jobs as jobs
 #: SQL for each parameter the statements below take.
 ARGUMENTS = {
     "p_now": "now()",
+    "p_clock": "NULL",
     "p_before": "now()",
     "p_cutoff": "now()",
     "p_limit": "64",

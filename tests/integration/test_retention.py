@@ -23,6 +23,7 @@ from chatbuffer.storage.tables import (
     message_buffer,
 )
 from chatbuffer.testing import FakeClock
+from tests.conftest import _empty_postgres
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 CUTOFF = NOW - timedelta(days=30)
@@ -233,12 +234,23 @@ HOLDERS = {
 }
 
 
+@pytest.fixture
+async def pg_engine(postgres_url: str) -> AsyncIterator[AsyncEngine]:
+    """PostgreSQL only: SQLite serialises writers, so it has no row lock a purge could skip."""
+    _empty_postgres(postgres_url)
+    engine = database.create_engine(postgres_url, pool_size=3)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.postgres
 @pytest.mark.parametrize("row", list(HOLDERS))
 async def test_purge_skips_a_buffer_whose_rows_another_transaction_holds(
-    engine: AsyncEngine, db_url: str, row: str
+    pg_engine: AsyncEngine, row: str
 ) -> None:
-    if database.is_sqlite(db_url):
-        pytest.skip("SQLite serialises writers; there is no row lock to skip")
+    engine = pg_engine
     stored = Stored(engine)
     key = ConversationKey(1, 1)
     held = await stored.buffer(key, "failed", OLD)

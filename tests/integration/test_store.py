@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -132,7 +133,7 @@ async def test_claim_takes_only_due_buffers_and_holds_them_under_a_lease(store) 
     clock = FakeClock()
     await store.record_incoming(message(1), POLICY, clock.now())
     assert await store.claim_due(clock.now(), "w1", LEASE, 10) == []
-    assert await store.next_wake_at() == clock.now() + timedelta(seconds=30)
+    assert await store.next_wake_at(clock.now()) == clock.now() + timedelta(seconds=30)
     clock.advance(30)
     [job] = await store.claim_due(clock.now(), "w1", LEASE, 10)
     assert job.key == KEY and job.attempts == 1
@@ -142,7 +143,7 @@ async def test_claim_takes_only_due_buffers_and_holds_them_under_a_lease(store) 
     assert buf.status == "processing"
     [conv] = seen.conversations
     assert conv.state == "processing"
-    assert await store.next_wake_at() == clock.now() + LEASE
+    assert await store.next_wake_at(clock.now()) == clock.now() + LEASE
     contents = await store.load(job, history_limit=10)
     assert [m.chatwoot_message_id for m in contents.messages] == [1]
 
@@ -167,7 +168,7 @@ async def test_an_expired_lease_is_taken_over_by_another_worker(store) -> None:
     [again] = await store.claim_due(clock.now(), "alive", LEASE, 10)
     assert again.buffer_id == job.buffer_id and again.attempts == 2
     # The dead worker can no longer complete or extend what it lost.
-    assert not await store.extend_lease(job, "dead", clock.now() + LEASE)
+    assert await store.heartbeat("dead", [job], LEASE, clock.now()) == set()
     assert not await store.complete(job, "dead", clock.now(), "replied")
     assert await store.complete(again, "alive", clock.now(), "replied")
     seen = await snapshot(store)
@@ -183,7 +184,7 @@ async def test_heartbeat_keeps_the_lease(store) -> None:
     clock.advance(30)
     [job] = await store.claim_due(clock.now(), "w1", LEASE, 10)
     clock.advance(8)
-    assert await store.extend_lease(job, "w1", clock.now() + LEASE)
+    assert await store.heartbeat("w1", [job], LEASE, clock.now()) == {job.job_id}
     clock.advance(8)
     assert await store.claim_due(clock.now(), "w2", LEASE, 10) == []
 
@@ -226,7 +227,7 @@ async def test_human_takeover_cancels_open_and_processing_buffers(store) -> None
     assert [(c.state, c.active_buffer_id) for c in seen.conversations] == [("idle", None)]
     clock.advance(60)
     assert await store.claim_due(clock.now(), "w2", LEASE, 10) == []
-    assert await store.next_wake_at() is None
+    assert await store.next_wake_at(clock.now()) is None
     # Nothing to cancel the second time.
     assert await store.cancel_open(KEY, clock.now(), "again") == 0
 
@@ -335,12 +336,12 @@ async def test_a_newer_buffer_waits_while_an_older_one_is_unanswered(store) -> N
     clock.advance(1)
     await store.record_incoming(message(2), POLICY, clock.now())
     clock.advance(31)  # the newer buffer is due, but its conversation is still being answered
-    assert await store.extend_lease(older, "w1", clock.now() + LEASE)  # the heartbeat
+    assert await store.heartbeat("w1", [older], LEASE, clock.now()) == {older.job_id}
     assert await store.claim_due(clock.now(), "w2", LEASE, 10) == []
     # No busy loop: the only wake-up left is the older buffer's lease expiry.
-    assert await store.next_wake_at() == clock.now() + LEASE
+    assert await store.next_wake_at(clock.now()) == clock.now() + LEASE
     assert await store.before_send(older, "w1") == "newer"
-    into = await store.supersede(older, "w1", clock.now(), max_size=50)
+    into = await store.supersede(older, "w1", clock.now(), POLICY)
     assert into is not None
     [merged] = await store.claim_due(clock.now(), "w2", LEASE, 10)
     assert merged.buffer_id == into
@@ -366,7 +367,7 @@ async def test_a_delivery_that_waited_past_the_claim_is_ordered_after_the_claime
     assert await store.claim_due(clock.now(), "w2", LEASE, 10) == []
     # ... and the held one sees it as newer, so it folds into it instead of replying.
     assert await store.before_send(held, "w1") == "newer"
-    assert await store.supersede(held, "w1", clock.now(), 50) == late.buffer_id
+    assert await store.supersede(held, "w1", clock.now(), POLICY) == late.buffer_id
 
 
 async def _claimed(store, clock: FakeClock, *texts: str, key: ConversationKey = KEY):
@@ -443,9 +444,9 @@ async def test_supersede_never_grows_a_buffer_past_its_size(store) -> None:
     for mid in (10, 11):  # a newer burst of two (the size cap is 3)
         await store.record_incoming(message(mid), POLICY, clock.now())
     assert await store.before_send(job, "w1") == "newer"
-    assert await store.supersede(job, "w1", clock.now(), max_size=3) is None
+    assert await store.supersede(job, "w1", clock.now(), POLICY) is None
     assert await store.before_send(job, "w1") == "newer"  # nothing changed
-    into = await store.supersede(job, "w1", clock.now(), max_size=4)
+    into = await store.supersede(job, "w1", clock.now(), replace(POLICY, max_size=4))
     seen = await snapshot(store)
     assert seen.buffer(job.buffer_id).status == "superseded"
     assert seen.buffer(into).message_count == 4
@@ -488,7 +489,7 @@ async def test_a_replay_is_due_now_with_fresh_attempts_and_no_unsent_hand_over(s
     result, summary = await store.replay(job.buffer_id, clock.now())
     assert result == "scheduled"
     assert summary is not None and (summary.status, summary.attempts) == ("closed", 0)
-    assert await store.next_wake_at() == clock.now()
+    assert await store.next_wake_at(clock.now()) == clock.now()
     [again] = await store.claim_due(clock.now(), "w2", LEASE, 10)
     assert (again.buffer_id, again.attempts) == (job.buffer_id, 1)
     assert (await store.load(again, 10)).posted == []

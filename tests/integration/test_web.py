@@ -606,7 +606,7 @@ async def test_an_unreachable_database_is_unavailable(tmp_path: Path, backend: s
         else f"sqlite:///{tmp_path / 'no-such-folder' / 'chatbuffer.db'}"
     )
     engine = database.create_engine(url, pool_size=1)
-    store = SqlBufferStore(engine)
+    store = SqlBufferStore(engine, database_clock=False)
     clock = FakeClock(START)
     intake = WebhookIntake(
         store=store,

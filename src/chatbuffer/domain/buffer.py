@@ -87,3 +87,34 @@ def place(current: BufferWindow | None, policy: BufferPolicy, now: datetime) -> 
         due=due,
         closes_now=window.message_count >= policy.max_size or due <= now,
     )
+
+
+def closed_by_quiet(window: BufferWindow, due: datetime, policy: BufferPolicy) -> bool:
+    """Whether a buffer closed because its contact paused, rather than by a cap.
+
+    Derived from the buffer's own times: the age cap and the size cap both close a buffer before
+    its last message plus the quiet period.
+    """
+    return window.message_count < policy.max_size and (
+        due >= window.last_message_at + policy.quiet_period
+    )
+
+
+def may_fold(window: BufferWindow, due: datetime, policy: BufferPolicy, now: datetime) -> bool:
+    """Whether a buffer whose reply went stale (the contact wrote again) may be folded into the
+    newer buffer instead of being answered.
+
+    Only a buffer closed by quiet, and only while its first message is younger than the age cap:
+    the newer buffer inherits that age, so the fold never delays an answer past the cap plus one
+    model call. A buffer closed by a cap is answered with its own messages.
+    """
+    return closed_by_quiet(window, due, policy) and now < window.started_at + policy.max_age
+
+
+def merged(older: BufferWindow, newer: BufferWindow) -> BufferWindow:
+    """The newer buffer after taking the older one's messages: it is as old as the oldest."""
+    return BufferWindow(
+        started_at=min(older.started_at, newer.started_at),
+        last_message_at=max(older.last_message_at, newer.last_message_at),
+        message_count=older.message_count + newer.message_count,
+    )

@@ -187,12 +187,14 @@ class JobQueue(Protocol):
         self, now: datetime, owner: str, lease: timedelta, limit: int
     ) -> list[ClaimedJob]: ...
 
-    async def extend_lease(self, job: ClaimedJob, owner: str, until: datetime) -> bool:
-        """The heartbeat: False once the job is no longer this owner's."""
+    async def heartbeat(
+        self, owner: str, jobs: Sequence[ClaimedJob], lease: timedelta, now: datetime
+    ) -> set[uuid.UUID]:
+        """Renew ``owner``'s leases on ``jobs``; the ids of those it still holds."""
         ...
 
-    async def next_wake_at(self) -> datetime | None:
-        """The earliest instant a job becomes due or a lease runs out."""
+    async def next_wake_at(self, now: datetime) -> datetime | None:
+        """When the next job is due or a lease runs out, on the clock that read ``now``."""
         ...
 
 
@@ -227,17 +229,23 @@ class SendLedger(SendConfirmations, Protocol):
         ...
 
     async def reserve_send(
-        self, job: ClaimedJob, owner: str, intent: PostedMessage, now: datetime
+        self,
+        job: ClaimedJob,
+        owner: str,
+        intent: PostedMessage,
+        now: datetime,
+        *,
+        hold: timedelta = ...,
     ) -> SendCheck:
-        """``before_send``, and unless the job is lost record ``intent`` in the same
-        transaction, so a crash after the POST leaves a trace to check."""
+        """``before_send``, and unless the job is lost record ``intent`` and keep the lease for
+        at least ``hold`` in the same transaction, so a crash after the POST leaves a trace to
+        check and no other worker takes the buffer over while the POST may still land."""
         ...
 
     async def supersede(
-        self, job: ClaimedJob, owner: str, now: datetime, max_size: int
+        self, job: ClaimedJob, owner: str, now: datetime, policy: BufferPolicy
     ) -> uuid.UUID | None:
-        """Fold this buffer's messages into the conversation's newer open buffer; the buffer
-        that now holds them, or None when nothing changed."""
+        """Fold a stale buffer closed by quiet into the newer one; None: answer it as it is."""
         ...
 
     async def complete(
@@ -291,7 +299,7 @@ class BufferSummary:
     updated_at: datetime
 
 
-ReplayResult = Literal["scheduled", "not_found", "not_failed"]
+ReplayResult = Literal["scheduled", "not_found", "not_failed", "out_of_order"]
 
 
 class BufferAdmin(Protocol):

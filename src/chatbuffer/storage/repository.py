@@ -2,8 +2,11 @@
 
 Concurrency, in short:
 
-* Intake locks the conversation row first, so two deliveries for one conversation queue up while
-  different conversations proceed in parallel. Every statement it runs is keyed by
+* One lock order everywhere: every write that touches a conversation's buffers or jobs (intake,
+  cancel, supersede, reserving a send, complete, retry, fail, replay) locks the conversation row
+  first, so they queue up per conversation and never deadlock with each other, while different
+  conversations proceed in parallel. The rest never wait while holding a lock they need: the
+  claim skips locked rows, a heartbeat touches only its own jobs. Every statement is keyed by
   (account_id, conversation_id).
 * The claim is the one cross-conversation write. On PostgreSQL it locks job and buffer rows with
   ``FOR UPDATE ... SKIP LOCKED`` and never waits, so it cannot deadlock with intake; a buffer that
@@ -13,6 +16,12 @@ Concurrency, in short:
   earlier, the message opens a new buffer instead of joining one whose reply is being written.
 * Finishing a job is conditional on still holding its lease, so a worker that lost its lease
   cannot overwrite the new holder's result.
+* Leases and due times are compared on one clock: the database's on PostgreSQL, so a worker host
+  whose clock is skewed can neither take a live lease nor hold one too long; the caller's on
+  SQLite (one host) and when ``database_clock=False`` (tests driving a fake clock). Reserving a
+  send keeps the lease for at least the Chatwoot timeout plus a margin, so no other worker can
+  take the buffer over while the POST may still land. Heartbeats run on their own connection
+  (``heartbeat_engine``), never queued behind the pool.
 
 The statements themselves are prebuilt in :mod:`chatbuffer.storage.statements`.
 """
@@ -62,6 +71,10 @@ class _Conversation:
 
 _NEW_CONVERSATION = _Conversation(human_active_until=None, message_count=0)
 
+#: How long a reserved send keeps the lease when the caller does not say: the default Chatwoot
+#: timeout plus a margin for the round trips around the POST.
+DEFAULT_SEND_HOLD = timedelta(seconds=12)
+
 
 def _key(key: ConversationKey) -> dict[str, Any]:
     return {"p_account_id": key.account_id, "p_conversation_id": key.conversation_id}
@@ -79,12 +92,36 @@ class SqlBufferStore:
     (``WakeSignals``) are :class:`chatbuffer.storage.listener.PgWakeListener`.
     """
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        database_clock: bool | None = None,
+        heartbeat_engine: AsyncEngine | None = None,
+    ) -> None:
+        """``database_clock``: compare leases and due times on PostgreSQL's clock (the default
+        there) instead of the ``now`` callers pass; SQLite always uses the caller's.
+        ``heartbeat_engine``: a one-connection engine for heartbeats, apart from the pool."""
         self._engine = engine
         self._postgres = engine.dialect.name == "postgresql"
         self._sqlite_intake = (
             None if self._postgres else sqlite_intake.SqliteIntake(engine.url.database or "")
         )
+        self._database_clock = self._postgres and database_clock is not False
+        self._heartbeat_engine = heartbeat_engine or engine
+
+    def _clock(self, now: datetime) -> dict[str, Any]:
+        """The ``p_clock`` of ``statements.CLOCK``: NULL selects the database's own clock."""
+        return {"p_clock": None if self._database_clock else now}
+
+    def _lease(self, now: datetime, lease: timedelta) -> dict[str, Any]:
+        """The parameters of ``statements.LEASE_END``: ``lease`` from now on that clock."""
+        return {**self._clock(now), "p_lease": lease, "p_lease_end": now + lease}
+
+    @staticmethod
+    async def _lock(conn: AsyncConnection, key: ConversationKey) -> None:
+        """Take the conversation's row lock, the first lock of every write (module docstring)."""
+        await conn.execute(sql.LOCK_CONVERSATION, _key(key))
 
     @property
     def engine(self) -> AsyncEngine:
@@ -189,7 +226,12 @@ class SqlBufferStore:
                 rows = (
                     await conn.execute(
                         sql.CLAIM,
-                        {"p_now": now, "p_limit": limit, "p_owner": owner, "p_until": now + lease},
+                        {
+                            "p_now": now,
+                            "p_limit": limit,
+                            "p_owner": owner,
+                            **self._lease(now, lease),
+                        },
                     )
                 ).all()
             else:
@@ -201,18 +243,21 @@ class SqlBufferStore:
                 key=ConversationKey(r.account_id, r.conversation_id),
                 attempts=r.attempts,
                 scheduled_for=r.scheduled_for,
-                claimed_at=now,
+                claimed_at=r.claimed_at,
                 last_error=r.error_message,
             )
             for r in sorted(rows, key=lambda r: r.scheduled_for)
         ]
 
-    @staticmethod
     async def _claim_step_by_step(
-        conn: AsyncConnection, now: datetime, owner: str, lease: timedelta, limit: int
+        self, conn: AsyncConnection, now: datetime, owner: str, lease: timedelta, limit: int
     ) -> Sequence[Any]:
         """SQLite: the claim's statements one by one (SQLite has no UPDATE in WITH)."""
-        picked = (await conn.execute(sql.CLAIM_CANDIDATES, {"p_now": now, "p_limit": limit})).all()
+        picked = (
+            await conn.execute(
+                sql.CLAIM_CANDIDATES, {"p_now": now, "p_limit": limit, **self._clock(now)}
+            )
+        ).all()
         if not picked:
             return []
         rows = (
@@ -221,8 +266,8 @@ class SqlBufferStore:
                 {
                     "p_jobs": [(p.account_id, p.conversation_id, p.id) for p in picked],
                     "p_owner": owner,
-                    "p_until": now + lease,
                     "p_now": now,
+                    **self._lease(now, lease),
                 },
             )
         ).all()
@@ -239,18 +284,32 @@ class SqlBufferStore:
         )
         return rows
 
-    async def next_wake_at(self) -> datetime | None:
-        """The earliest instant a job becomes due or a lease runs out."""
+    async def next_wake_at(self, now: datetime) -> datetime | None:
+        """The earliest instant a job becomes due or a lease runs out, on the caller's clock
+        (``now`` is the caller's present)."""
         async with self._reading() as conn:
-            next_due = await conn.scalar(sql.NEXT_DUE)
-            next_expiry = await conn.scalar(sql.NEXT_LEASE_EXPIRY)
-        instants = [v for v in (next_due, next_expiry) if v is not None]
-        return min(instants) if instants else None
+            row = (await conn.execute(sql.NEXT_WAKE, self._clock(now))).one()
+        instants = [v for v in (row.next_due, row.next_expiry) if v is not None]
+        if not instants:
+            return None
+        # Measured on the database's clock: the distance from its now is what the caller waits.
+        wake: datetime = now + (min(instants) - row.now)
+        return wake
 
-    async def extend_lease(self, job: ClaimedJob, owner: str, until: datetime) -> bool:
-        async with self._engine.begin() as conn:
-            result = await conn.execute(sql.EXTEND_LEASE, {**_held(job, owner), "p_until": until})
-            return result.rowcount == 1
+    async def heartbeat(
+        self, owner: str, jobs: Sequence[ClaimedJob], lease: timedelta, now: datetime
+    ) -> set[uuid.UUID]:
+        """Renew the lease of every job in ``jobs`` in one statement, on the heartbeat's own
+        connection; returns the ids of those ``owner`` still holds (the rest are lost)."""
+        if not jobs:
+            return set()
+        params = {
+            "p_jobs": [(j.key.account_id, j.key.conversation_id, j.job_id) for j in jobs],
+            "p_owner": owner,
+            **self._lease(now, lease),
+        }
+        async with self._heartbeat_engine.begin() as conn:
+            return set((await conn.execute(sql.HEARTBEAT, params)).scalars())
 
     async def load(self, job: ClaimedJob, history_limit: int) -> BufferContents:
         key = _key(job.key)
@@ -312,10 +371,24 @@ class SqlBufferStore:
         return "newer" if row.newer else "send"
 
     async def reserve_send(
-        self, job: ClaimedJob, owner: str, intent: PostedMessage, now: datetime
+        self,
+        job: ClaimedJob,
+        owner: str,
+        intent: PostedMessage,
+        now: datetime,
+        *,
+        hold: timedelta = DEFAULT_SEND_HOLD,
     ) -> SendCheck:
+        """``before_send``, the intent recorded, and the lease kept for at least ``hold`` (the
+        Chatwoot timeout plus a margin) on the database's clock, all in one transaction: a
+        ``send`` verdict means no other worker can take the buffer over before the POST has
+        landed or timed out."""
         params = {**_held(job, owner), "p_buffer_id": job.buffer_id}
         async with self._engine.begin() as conn:
+            await self._lock(conn, job.key)
+            kept = await conn.execute(sql.HOLD_LEASE, {**params, **self._lease(now, hold)})
+            if kept.first() is None:
+                return "cancelled"
             verdict = await self._send_check(conn, params)
             # Also on "newer": if the burst cannot be folded into the newer buffer, this reply
             # is sent after all. An intent left on a superseded buffer was never posted.
@@ -373,34 +446,50 @@ class SqlBufferStore:
         )
 
     async def supersede(
-        self, job: ClaimedJob, owner: str, now: datetime, max_size: int
+        self, job: ClaimedJob, owner: str, now: datetime, policy: buffer.BufferPolicy
     ) -> uuid.UUID | None:
         """Fold this buffer's messages into the conversation's newer open buffer.
 
-        Returns the buffer that now holds them, or None (nothing newer, it is being processed
-        already, the merge would exceed ``max_size`` messages, or the lease was lost), in which
-        case nothing changed.
+        Returns the buffer that now holds them, or None, in which case nothing changed and this
+        buffer is answered with its own messages: it was closed by a cap, its first message is
+        already past the age cap (``buffer.may_fold``), there is nothing newer or it is being
+        processed already, the merge would exceed the size cap, or the lease was lost. The newer
+        buffer inherits the older one's age, so it is due by the cap of the oldest message.
         """
         params: dict[str, Any] = {
             **_held(job, owner),
+            **self._clock(now),
             "p_buffer_id": job.buffer_id,
             "p_now": now,
             "p_note": "superseded: the contact wrote again while the reply was being written",
         }
         async with self._engine.begin() as conn:
-            await self._lock_conversation(conn, job.key, now)
-            newer = (await conn.execute(sql.NEWER_BUFFER, params)).first()
-            if newer is None:
+            await self._lock(conn, job.key)
+            stale = (await conn.execute(sql.STALE_BUFFER, params)).first()
+            if stale is None:
                 return None
-            moved = await conn.scalar(sql.COUNT_MESSAGES, params) or 0
-            if newer.message_count + moved > max_size:
+            window = _window(stale)
+            if not buffer.may_fold(window, stale.buffer_end_time, policy, stale.now):
+                return None
+            newer = (await conn.execute(sql.NEWER_BUFFER, params)).first()
+            if newer is None or newer.message_count + window.message_count > policy.max_size:
                 return None
             if (await conn.execute(sql.COMPLETE_JOB, params)).rowcount != 1:
                 return None
+            grown = buffer.merged(window, _window(newer))
+            due = buffer.due_at(grown, policy)
             await conn.execute(sql.SUPERSEDE_BUFFER, params)
-            params.update(p_into=newer.id, p_moved=moved)
+            params.update(
+                p_into=newer.id,
+                p_moved=window.message_count,
+                p_start=grown.started_at,
+                p_due=due,
+                # Already past the oldest message's cap (or full): it takes no more messages.
+                p_status="closed" if due <= stale.now else newer.status,
+            )
             await conn.execute(sql.MOVE_MESSAGES, params)
             await conn.execute(sql.GROW_BUFFER, params)
+            await conn.execute(sql.GROWN_JOB, params)
             await self._wake_waiting(conn, params)
             new_id: uuid.UUID = newer.id
             return new_id
@@ -420,6 +509,7 @@ class SqlBufferStore:
         """
         params = {**_held(job, owner), "p_buffer_id": job.buffer_id, "p_now": now, "p_note": note}
         async with self._engine.begin() as conn:
+            await self._lock(conn, job.key)
             if posted is not None:
                 await self._record_posted(conn, job, posted, now)
             if (await conn.execute(sql.COMPLETE_JOB, params)).rowcount != 1:
@@ -447,6 +537,7 @@ class SqlBufferStore:
             "p_now": job.claimed_at,
         }
         async with self._engine.begin() as conn:
+            await self._lock(conn, job.key)
             if (await conn.execute(sql.RETRY_JOB, params)).rowcount != 1:
                 return False
             await conn.execute(sql.RETRY_BUFFER, params)
@@ -463,6 +554,7 @@ class SqlBufferStore:
             "p_now": now,
         }
         async with self._engine.begin() as conn:
+            await self._lock(conn, job.key)
             if (await conn.execute(sql.FAIL_JOB, params)).rowcount != 1:
                 return False
             await conn.execute(sql.FAIL_BUFFER, params)
@@ -489,7 +581,9 @@ class SqlBufferStore:
         """Put a failed buffer back in the queue, due now, with its attempts reset.
 
         What an earlier attempt recorded (an unconfirmed reply, say) is kept, so the replay
-        checks Chatwoot for it before posting anything.
+        checks Chatwoot for it before posting anything. Refused (``out_of_order``) once a newer
+        buffer of the conversation is being or was answered, or cancelled by a human: the old
+        burst would be answered after the newer one. Newer buffers still waiting wait for it.
         """
         async with self._engine.begin() as conn:
             found = (
@@ -499,9 +593,15 @@ class SqlBufferStore:
                 return "not_found", None
             key = ConversationKey(found.account_id, found.conversation_id)
             params = {**_key(key), "p_buffer_id": buffer_id, "p_now": now}
-            if (await conn.execute(sql.REPLAY_JOB, params)).rowcount != 1:
+            await self._lock(conn, key)
+            if found.status != "failed":
                 return "not_failed", _summary(found)
-            await conn.execute(sql.REPLAY_BUFFER, params)
+            later = (await conn.execute(sql.LATER_BUFFERS, params)).scalars().all()
+            if _ANSWERED.intersection(later):
+                return "out_of_order", _summary(found)
+            if (await conn.execute(sql.REPLAY_BUFFER, params)).rowcount != 1:
+                return "not_failed", _summary(found)
+            await conn.execute(sql.REPLAY_JOB, params)
             await conn.execute(sql.DROP_UNSENT_FAILURE_NOTES, params)
             if self._postgres:
                 await conn.execute(sql.NOTIFY, {"p_payload": now.isoformat()})
@@ -514,6 +614,18 @@ class SqlBufferStore:
         async with self._reading() as conn:
             rows = (await conn.execute(sql.FLAGS)).all()
         return {r.flag_name: bool(r.is_enabled) for r in rows}
+
+
+#: Statuses of a newer buffer that make replaying an older one answer out of order.
+_ANSWERED = frozenset({"processing", "completed", "cancelled"})
+
+
+def _window(row: Any) -> buffer.BufferWindow:
+    return buffer.BufferWindow(
+        started_at=row.buffer_start_time,
+        last_message_at=row.last_message_time,
+        message_count=row.message_count,
+    )
 
 
 def _inbound(key: ConversationKey, row: Any) -> InboundMessage:

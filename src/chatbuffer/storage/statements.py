@@ -13,6 +13,10 @@ the id, so each statement stays inside one shard when the tables are distributed
 
 Statuses are SQL literals, not parameters: the planner can then match the partial indexes
 (``WHERE status = 'scheduled'`` and the like) in a prepared statement's generic plan too.
+
+Leases and due times are compared on one clock, :data:`CLOCK`: on PostgreSQL the database's own
+(``statement_timestamp()``) unless the caller passes ``p_clock``; on SQLite (one host) the caller's
+``p_clock``. A worker whose host clock is skewed therefore cannot see a live lease as expired.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from sqlalchemy import (
     Uuid,
     and_,
     bindparam,
+    case,
     column,
     delete,
     func,
@@ -40,6 +45,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 
 from chatbuffer.storage.tables import (
     JSONType,
@@ -97,6 +105,54 @@ _JOB_BUFFER = jobs.join(
     buffers, and_(same_conversation(buffers, jobs), buffers.c.id == jobs.c.buffer_id)
 )
 
+
+class _Clock(FunctionElement[Any]):
+    """The instant leases and due times are compared at (see the module docstring)."""
+
+    type = UTCDateTime()
+    inherit_cache = True
+    name = "chatbuffer_clock"
+
+
+class _LeaseEnd(FunctionElement[Any]):
+    """``CLOCK`` plus ``p_lease``: when a lease taken or renewed now runs out."""
+
+    type = UTCDateTime()
+    inherit_cache = True
+    name = "chatbuffer_lease_end"
+
+
+def _caller_clock(compiler: SQLCompiler, name: str, **kw: Any) -> str:
+    return compiler.process(bindparam(name, type_=UTCDateTime()), **kw)
+
+
+@compiles(_Clock)
+def _clock_sqlite(_element: _Clock, compiler: SQLCompiler, **kw: Any) -> str:
+    return _caller_clock(compiler, "p_clock", **kw)
+
+
+@compiles(_Clock, "postgresql")
+def _clock_postgres(_element: Any, compiler: SQLCompiler, **kw: Any) -> str:
+    # statement_timestamp() is stable within a statement, so an index can still serve it.
+    return f"coalesce({_caller_clock(compiler, 'p_clock', **kw)}, statement_timestamp())"
+
+
+@compiles(_LeaseEnd)
+def _lease_end_sqlite(_element: _LeaseEnd, compiler: SQLCompiler, **kw: Any) -> str:
+    # SQLite keeps timestamps as text, so the sum is made by the caller (``p_lease_end``).
+    return _caller_clock(compiler, "p_lease_end", **kw)
+
+
+@compiles(_LeaseEnd, "postgresql")
+def _lease_end_postgres(_element: _LeaseEnd, compiler: SQLCompiler, **kw: Any) -> str:
+    lease = compiler.process(bindparam("p_lease", type_=Interval()), **kw)
+    return f"({_clock_postgres(_element, compiler, **kw)} + {lease})"
+
+
+#: Now, on the clock leases and due times are compared on.
+CLOCK: Any = _Clock()
+#: Now plus ``p_lease`` on the same clock.
+LEASE_END: Any = _LeaseEnd()
 
 CONVERSATION = and_(
     conversations.c.account_id == bindparam("p_account_id"),
@@ -247,11 +303,11 @@ def _claimable(due: Any, order: Any) -> Any:
 # Two ordered scans instead of one OR: each walks its own partial index (ix_buffer_jobs_lease,
 # ix_buffer_jobs_due) and stops after p_limit rows, however many jobs are due or stored.
 _EXPIRED = _claimable(
-    and_(status_is(jobs.c.status, "running"), jobs.c.lease_expires_at < _time("p_now")),
+    and_(status_is(jobs.c.status, "running"), jobs.c.lease_expires_at < CLOCK),
     jobs.c.lease_expires_at,
 ).cte("expired")
 _SCHEDULED = _claimable(
-    and_(status_is(jobs.c.status, "scheduled"), jobs.c.scheduled_for <= _time("p_now")),
+    and_(status_is(jobs.c.status, "scheduled"), jobs.c.scheduled_for <= CLOCK),
     jobs.c.scheduled_for,
 ).cte("scheduled")
 
@@ -260,7 +316,7 @@ CLAIM_CANDIDATES = union_all(select(_EXPIRED), select(_SCHEDULED)).limit(bindpar
 _TAKE_JOB: dict[str, Any] = {
     "status": "running",
     "lease_owner": bindparam("p_owner"),
-    "lease_expires_at": _time("p_until"),
+    "lease_expires_at": LEASE_END,
     "attempts": jobs.c.attempts + 1,
     "updated_at": _time("p_now"),
 }
@@ -272,6 +328,8 @@ _TAKEN_JOB = (
     jobs.c.attempts,
     jobs.c.scheduled_for,
     jobs.c.error_message,
+    # On the clock the due time was compared on, so lateness is never negative.
+    CLOCK.label("claimed_at"),
 )
 
 CLAIM_JOBS = (
@@ -358,6 +416,14 @@ NEXT_LEASE_EXPIRY = select(func.min(jobs.c.lease_expires_at)).where(
     status_is(jobs.c.status, "running")
 )
 
+#: Both wake-up instants and the clock they are on, in one round trip: the worker sleeps for the
+#: difference, so its own clock's offset does not matter.
+NEXT_WAKE = select(
+    NEXT_DUE.scalar_subquery().label("next_due"),
+    NEXT_LEASE_EXPIRY.scalar_subquery().label("next_expiry"),
+    CLOCK.label("now"),
+)
+
 HELD = and_(
     _key(jobs),
     jobs.c.id == bindparam("p_job_id"),
@@ -365,7 +431,25 @@ HELD = and_(
     jobs.c.lease_owner == bindparam("p_owner"),
 )
 
-EXTEND_LEASE = update(jobs).where(HELD).values(lease_expires_at=_time("p_until"))
+#: Renewing never shortens a lease (a reserved send may hold it longer than a heartbeat would).
+_RENEWED = case((jobs.c.lease_expires_at > LEASE_END, jobs.c.lease_expires_at), else_=LEASE_END)
+
+#: Before a POST: keep the lease for at least ``p_lease`` more, or learn it is lost.
+HOLD_LEASE = update(jobs).where(HELD).values(lease_expires_at=_RENEWED).returning(jobs.c.id)
+
+#: One worker's heartbeat for every job it holds; returns those it still holds.
+HEARTBEAT = (
+    update(jobs)
+    .where(
+        tuple_(jobs.c.account_id, jobs.c.conversation_id, jobs.c.id).in_(
+            bindparam("p_jobs", expanding=True)
+        ),
+        jobs.c.status == "running",
+        jobs.c.lease_owner == bindparam("p_owner"),
+    )
+    .values(lease_expires_at=_RENEWED)
+    .returning(jobs.c.id)
+)
 
 _THIS_BUFFER_SEQ = (
     select(buffers.c.conversation_seq)
@@ -387,8 +471,24 @@ BEFORE_SEND = (
     .where(HELD, status_is(buffers.c.status, "processing"))
 )
 
+#: What supersede needs to know about the buffer whose reply went stale: why it closed (derived
+#: from its times, see ``domain.buffer.closed_by_quiet``) and how old it is now.
+STALE_BUFFER = select(
+    buffers.c.buffer_start_time,
+    buffers.c.last_message_time,
+    buffers.c.buffer_end_time,
+    buffers.c.message_count,
+    CLOCK.label("now"),
+).where(_key(buffers), buffers.c.id == bindparam("p_buffer_id"))
+
 NEWER_BUFFER = (
-    select(buffers.c.id, buffers.c.message_count)
+    select(
+        buffers.c.id,
+        buffers.c.status,
+        buffers.c.buffer_start_time,
+        buffers.c.last_message_time,
+        buffers.c.message_count,
+    )
     .where(_NEWER_OPEN)
     .order_by(buffers.c.conversation_seq)
     .limit(1)
@@ -401,14 +501,27 @@ MOVE_MESSAGES = (
     .values(buffer_id=bindparam("p_into"))
 )
 
+#: The newer buffer takes the stale one's messages and its age: it is due no later than the
+#: oldest message it now holds allows (``MAX_BUFFER_AGE_MS``).
 GROW_BUFFER = (
     update(buffers)
     .where(_key(buffers), buffers.c.id == bindparam("p_into"))
-    .values(message_count=buffers.c.message_count + bindparam("p_moved"), updated_at=_time("p_now"))
+    .values(
+        message_count=buffers.c.message_count + bindparam("p_moved"),
+        buffer_start_time=_time("p_start"),
+        buffer_end_time=_time("p_due"),
+        status=bindparam("p_status"),
+        updated_at=_time("p_now"),
+    )
 )
 
-COUNT_MESSAGES = select(func.count()).where(
-    _key(messages), messages.c.buffer_id == bindparam("p_buffer_id")
+#: Its job is due when the grown buffer is (never later than before: it is as old as the oldest).
+GROWN_JOB = (
+    update(jobs)
+    .where(
+        _key(jobs), jobs.c.buffer_id == bindparam("p_into"), status_is(jobs.c.status, "scheduled")
+    )
+    .values(scheduled_for=_time("p_due"), updated_at=_time("p_now"))
 )
 
 
@@ -542,6 +655,14 @@ _SUMMARY = (
 LIST_BUFFERS = _SUMMARY.where(buffers.c.status == bindparam("p_status"))
 LIST_CONVERSATION_BUFFERS = LIST_BUFFERS.where(_key(buffers))
 BUFFER_SUMMARY = _SUMMARY.where(buffers.c.id == bindparam("p_buffer_id"))
+
+#: A conversation's buffers opened after this one, locked so that a claim in flight is waited
+#: for: a replay must not answer an old burst after (or while) a newer one is answered.
+LATER_BUFFERS = (
+    select(buffers.c.status)
+    .where(_key(buffers), buffers.c.conversation_seq > _THIS_BUFFER_SEQ)
+    .with_for_update()
+)
 
 REPLAY_JOB = (
     update(jobs)

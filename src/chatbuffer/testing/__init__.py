@@ -6,7 +6,7 @@ The store's ports are :class:`chatbuffer.testing.memory.MemoryStore`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -61,7 +61,9 @@ class Sent:
 @dataclass
 class RecordingChatwoot:
     """Implements ``ChatwootAPI`` in memory; ``fail_with`` makes the next sends raise, and
-    ``lose_answers`` makes the next sends take effect but raise a timeout (a slow Chatwoot)."""
+    ``lose_answers`` makes the next sends take effect but raise a timeout (a slow Chatwoot).
+    ``while_posting`` runs at the start of each send, before the message exists (a POST on its
+    way: note the time, look at the store, let another worker act)."""
 
     sent: list[Sent] = field(default_factory=list)
     typing: list[tuple[ConversationKey, bool]] = field(default_factory=list)
@@ -70,6 +72,7 @@ class RecordingChatwoot:
     lose_answers: int = 0
     lookups: list[tuple[ConversationKey, markers.Marker, int | None]] = field(default_factory=list)
     next_id: int = 1000
+    while_posting: Callable[[], Awaitable[None]] | None = None
 
     async def set_typing(self, key: ConversationKey, *, on: bool) -> None:
         self.typing.append((key, on))
@@ -82,6 +85,8 @@ class RecordingChatwoot:
         private: bool = False,
         content_attributes: Mapping[str, Any] | None = None,
     ) -> int:
+        if self.while_posting is not None:
+            await self.while_posting()
         if self.fail_with:
             raise self.fail_with.pop(0)
         self.next_id += 1

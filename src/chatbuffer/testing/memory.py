@@ -34,6 +34,12 @@ from chatbuffer.domain.ports import (
 #: whose lease ran out.
 _CLAIMABLE = ("active", "closed", "processing")
 
+#: A newer buffer in one of these states makes a replay answer out of order.
+_ANSWERED = ("processing", "completed", "cancelled")
+
+#: As the SQL store: the default Chatwoot timeout plus a margin.
+DEFAULT_SEND_HOLD = timedelta(seconds=12)
+
 
 @dataclass
 class Conversation:
@@ -238,7 +244,7 @@ class MemoryStore:
             for b in self._of(waiting.key)
         )
 
-    async def next_wake_at(self) -> datetime | None:
+    async def next_wake_at(self, now: datetime) -> datetime | None:  # noqa: ARG002
         instants = [
             j.scheduled_for
             for j in self.jobs.values()
@@ -250,12 +256,22 @@ class MemoryStore:
         ]
         return min(instants, default=None)
 
-    async def extend_lease(self, job: ClaimedJob, owner: str, until: datetime) -> bool:
-        held = self._held(job, owner)
-        if held is None:
-            return False
-        held.lease_expires_at = until
-        return True
+    async def heartbeat(
+        self, owner: str, jobs: Sequence[ClaimedJob], lease: timedelta, now: datetime
+    ) -> set[uuid.UUID]:
+        kept = set()
+        for job in jobs:
+            held = self._held(job, owner)
+            if held is not None:
+                self._keep_lease(held, now + lease)
+                kept.add(job.job_id)
+        return kept
+
+    @staticmethod
+    def _keep_lease(held: Job, until: datetime) -> None:
+        """A renewal never shortens a lease (a reserved send may hold it longer)."""
+        if held.lease_expires_at is None or held.lease_expires_at < until:
+            held.lease_expires_at = until
 
     async def listen(self, wake: WakeCallback) -> None:
         """Hears what PostgreSQL's NOTIFY would carry (new due times, retries, replays)."""
@@ -321,8 +337,18 @@ class MemoryStore:
         return "newer" if self._newer(self.buffers[job.buffer_id]) else "send"
 
     async def reserve_send(
-        self, job: ClaimedJob, owner: str, intent: PostedMessage, now: datetime
+        self,
+        job: ClaimedJob,
+        owner: str,
+        intent: PostedMessage,
+        now: datetime,
+        *,
+        hold: timedelta = DEFAULT_SEND_HOLD,
     ) -> SendCheck:
+        held = self._held(job, owner)
+        if held is None:
+            return "cancelled"
+        self._keep_lease(held, now + hold)
         verdict = await self.before_send(job, owner)
         if verdict != "cancelled":
             self._record_posted(job, intent, now)
@@ -356,20 +382,30 @@ class MemoryStore:
         )
 
     async def supersede(
-        self, job: ClaimedJob, owner: str, now: datetime, max_size: int
+        self, job: ClaimedJob, owner: str, now: datetime, policy: buffer.BufferPolicy
     ) -> uuid.UUID | None:
-        newer = self._newer(self.buffers[job.buffer_id])
+        stale = self.buffers[job.buffer_id]
+        if not buffer.may_fold(stale.window, stale.due, policy, now):
+            return None
+        newer = self._newer(stale)
         if newer is None:
             return None
-        moving = [m for m in self.messages if m.buffer_id == job.buffer_id]
-        if newer.window.message_count + len(moving) > max_size:
+        if newer.window.message_count + stale.window.message_count > policy.max_size:
             return None
         if not self._finish(job, owner, "completed", "superseded", now, _SUPERSEDED):
             return None
-        for moved in moving:
-            moved.buffer_id = newer.id
-        newer.window = replace(newer.window, message_count=newer.window.message_count + len(moving))
+        for moved in self.messages:
+            if moved.buffer_id == job.buffer_id:
+                moved.buffer_id = newer.id
+        newer.window = buffer.merged(stale.window, newer.window)
+        newer.due = buffer.due_at(newer.window, policy)
+        if newer.due <= now:
+            # Already past the oldest message's cap (or full): it takes no more messages.
+            newer.status = "closed"
         newer.updated_at = now
+        grown = self.jobs[newer.id]
+        if grown.status == "scheduled":
+            grown.scheduled_for = newer.due
         return newer.id
 
     async def complete(
@@ -461,6 +497,10 @@ class MemoryStore:
         job = self.jobs[buffer_id]
         if job.status != "failed":
             return "not_failed", self._summary(found)
+        if any(b.status in _ANSWERED and b.seq > found.seq for b in self._of(found.key)):
+            # A newer burst of the conversation is answered or being answered: answering this
+            # one now would reply out of order.
+            return "out_of_order", self._summary(found)
         job.status, job.attempts, job.scheduled_for = "scheduled", 0, now
         job.lease_owner = job.lease_expires_at = None
         if found.status == "failed":

@@ -103,6 +103,12 @@ def admin_router(*, admin: BufferAdmin, token: str | None, clock: Clock) -> APIR
                 f"buffer {parsed} is {summary.status}; only failed buffers can be replayed",
                 status_code=409,
             )
+        if result == "out_of_order":
+            raise AdminRefused(
+                f"buffer {parsed} is older than a burst of its conversation that was answered "
+                "or taken over since; replaying it would answer out of order",
+                status_code=409,
+            )
         return JSONResponse({"status": "scheduled", "buffer": summary_json(summary)})
 
     return router

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from chatbuffer.domain import aggregation, decision
+from chatbuffer.domain.buffer import BufferPolicy
 from chatbuffer.domain.flags import Flag
 from chatbuffer.domain.marker import Marker
 from chatbuffer.domain.model import HandOff, InboundMessage, SendReply, StaySilent
@@ -31,13 +33,23 @@ from chatbuffer.errors import ChatwootError, DependencyError, TranscriptionError
 logger = logging.getLogger(__name__)
 
 
+#: The settings' defaults (30 s quiet, 300 s age cap, 50 messages).
+DEFAULT_POLICY = BufferPolicy(
+    quiet_period=timedelta(seconds=30), max_age=timedelta(seconds=300), max_size=50
+)
+
+
 @dataclass(frozen=True, slots=True)
 class PipelineConfig:
     quality_threshold: float
     typing_enabled: bool
     history_limit: int
     retry: RetryPolicy
-    max_buffer_size: int = 50
+    #: The buffer rules, for supersede (only buffers closed by quiet fold into newer ones).
+    policy: BufferPolicy = DEFAULT_POLICY
+    #: How long a reserved send keeps the lease: the Chatwoot timeout plus a margin, so the
+    #: lease cannot run out while a POST may still land.
+    send_hold: timedelta = timedelta(seconds=12)
 
 
 class Pipeline:
@@ -98,7 +110,9 @@ class Pipeline:
             )
         finally:
             if typing:
-                await self._typing(job, on=False)
+                # Shielded: a buffer abandoned on a lost lease is cancelled, and the contact must
+                # not be left watching "typing…".
+                await asyncio.shield(self._typing(job, on=False))
 
     async def hand_back(self, job: ClaimedJob, owner: str, reason: str) -> None:
         """Give a held buffer back, due now, so another worker takes it at once instead of after
@@ -154,8 +168,7 @@ class Pipeline:
         # While the model wrote, a person may have taken over (never answer over them) or the
         # contact may have written again (then this reply is stale: answer the whole burst once).
         # The intent is recorded in the same transaction as that check.
-        verdict = await self._ledger.reserve_send(job, owner, intent, self._clock.now())
-        if await self._settle(job, owner, verdict) != "send":
+        if await self._reserve(job, owner, intent) != "send":
             return
         message_id = await self._post(job, intent)
         reason = "replied" if isinstance(outcome, SendReply) else f"handed off: {outcome.reason}"
@@ -198,7 +211,7 @@ class Pipeline:
                 found=message_id is not None,
             )
         if message_id is None:
-            if await self._check(job, owner) != "send":
+            if await self._reserve(job, owner, earlier) != "send":
                 return
             message_id = await self._post(job, earlier)
         reason = "replied" if earlier.kind == "reply" else "handed off"
@@ -232,6 +245,13 @@ class Pipeline:
             await self._chatwoot.set_status(job.key, "open")
         await self._ledger.complete(job, owner, self._clock.now(), note, posted)
 
+    async def _reserve(self, job: ClaimedJob, owner: str, message: PostedMessage) -> SendCheck:
+        """The last check before a POST, which also keeps the lease for the POST's duration."""
+        verdict = await self._ledger.reserve_send(
+            job, owner, message, self._clock.now(), hold=self._config.send_hold
+        )
+        return await self._settle(job, owner, verdict)
+
     async def _check(self, job: ClaimedJob, owner: str) -> SendCheck:
         """``send``, or the reason not to: ``cancelled`` or ``newer`` (then superseded)."""
         return await self._settle(job, owner, await self._ledger.before_send(job, owner))
@@ -242,9 +262,7 @@ class Pipeline:
             self._observer.event("no_reply", job.key, buffer_id=buffer_id, reason="cancelled")
             return "cancelled"
         if verdict == "newer":
-            into = await self._ledger.supersede(
-                job, owner, self._clock.now(), self._config.max_buffer_size
-            )
+            into = await self._ledger.supersede(job, owner, self._clock.now(), self._config.policy)
             if into is not None:
                 self._observer.event(
                     "buffer_superseded", job.key, buffer_id=buffer_id, into=str(into)
@@ -316,6 +334,16 @@ class Pipeline:
                 message_id = await self._chatwoot.find_marked(
                     job.key, marker, after_message_id=after
                 )
+                # Resuming an earlier attempt's hand-over: nothing has kept the lease for this
+                # POST yet (a newer burst does not stop a hand-over, a lost lease does).
+                if (
+                    message_id is None
+                    and await self._ledger.reserve_send(
+                        job, owner, note, self._clock.now(), hold=self._config.send_hold
+                    )
+                    == "cancelled"
+                ):
+                    return
             if message_id is None:
                 message_id = await self._post(job, note)
             await self._ledger.confirm_sent(job.key, marker, message_id)
@@ -358,8 +386,7 @@ class Pipeline:
         note = PostedMessage("failure_note", decision.failure_note(error, attempts=job.attempts))
         # The note is a send like any other: not over a person who took over, folded into a
         # newer burst if the contact wrote again, and recorded before it is posted.
-        verdict = await self._ledger.reserve_send(job, owner, note, self._clock.now())
-        if await self._settle(job, owner, verdict) == "send":
+        if await self._reserve(job, owner, note) == "send":
             await self._hand_over(job, owner, note, error)
 
     async def _release(

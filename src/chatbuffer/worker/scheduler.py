@@ -3,6 +3,10 @@
 Latency comes from the wake-ups, not from polling: the loop sleeps until the earliest due time or
 lease expiry it knows of, and a new buffer due sooner (NOTIFY or in-process poke) cuts the sleep
 short. ``BUFFER_PROCESSING_INTERVAL_MS`` only bounds the sleep as a safety sweep.
+
+One heartbeat loop renews every lease the worker holds in one statement (on the store's own
+heartbeat connection) and learns which it lost; a buffer whose lease is lost (another worker took
+it over, or a human took the conversation over) is abandoned at once, its model call cancelled.
 """
 
 from __future__ import annotations
@@ -55,9 +59,12 @@ class Scheduler:
         self._config = config
         self.owner = owner or f"worker-{uuid.uuid4().hex[:12]}"
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._held: dict[uuid.UUID, tuple[ClaimedJob, asyncio.Task[None]]] = {}
+        self._lost: set[uuid.UUID] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
         logger.info("worker %s started (concurrency %d)", self.owner, self._config.concurrency)
+        heartbeat = asyncio.create_task(self._heartbeats(), name="heartbeat")
         try:
             while not stop.is_set():
                 try:
@@ -68,7 +75,12 @@ class Scheduler:
                     logger.warning("worker loop error (%s); retrying", type(exc).__name__)
                     await self._clock.sleep(ERROR_BACKOFF_S)
         finally:
-            await self._drain()
+            try:
+                await self._drain()
+            finally:
+                heartbeat.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await heartbeat
 
     async def _tick(self) -> None:
         free = self._config.concurrency - len(self._in_flight)
@@ -82,10 +94,12 @@ class Scheduler:
         for job in claimed:
             task = asyncio.create_task(self._run_job(job), name=f"buffer-{job.buffer_id}")
             self._in_flight.add(task)
+            self._held[job.job_id] = (job, task)
             task.add_done_callback(self._finished)
         if len(claimed) == free:
             return  # more may be due right now
-        await self._waker.sleep_until(await self._queue.next_wake_at(), sweep)
+        wake_at = await self._queue.next_wake_at(self._clock.now())
+        await self._waker.sleep_until(wake_at, sweep)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
@@ -94,10 +108,17 @@ class Scheduler:
         self._waker.poke()
 
     async def _run_job(self, job: ClaimedJob) -> None:
-        heartbeat = asyncio.create_task(self._heartbeat(job))
         try:
             await self._pipeline.process(job, self.owner)
         except asyncio.CancelledError:
+            if job.job_id in self._lost:
+                # The heartbeat cancelled it: someone else holds the buffer now, and what this
+                # worker would still do (the model call above all) is wasted.
+                logger.warning("lost the lease on buffer %s; abandoned it", job.buffer_id)
+                current = asyncio.current_task()
+                if current is not None:
+                    current.uncancel()
+                return
             # Shutting down past the grace period: hand the buffer back now, so another worker
             # takes it at once instead of after the lease runs out.
             await self._pipeline.hand_back(job, self.owner, "the worker shut down before finishing")
@@ -105,26 +126,33 @@ class Scheduler:
         except Exception:
             logger.exception("buffer %s could not be processed", job.buffer_id)
         finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+            self._held.pop(job.job_id, None)
+            self._lost.discard(job.job_id)
 
-    async def _heartbeat(self, job: ClaimedJob) -> None:
+    async def _heartbeats(self) -> None:
+        """Renew every held lease each third of the lease; abandon the buffers it lost."""
         every = self._config.heartbeat_every.total_seconds()
         while True:
             await self._clock.sleep(every)
-            try:
-                held = await self._queue.extend_lease(
-                    job, self.owner, self._clock.now() + self._config.lease
-                )
-            except Exception as exc:
-                logger.warning(
-                    "lease heartbeat failed for %s (%s)", job.buffer_id, type(exc).__name__
-                )
-                continue
-            if not held:
-                logger.warning("lost the lease on buffer %s", job.buffer_id)
-                return
+            await self._beat()
+
+    async def _beat(self) -> None:
+        held = dict(self._held)
+        if not held:
+            return
+        jobs = [job for job, _ in held.values()]
+        try:
+            kept = await self._queue.heartbeat(
+                self.owner, jobs, self._config.lease, self._clock.now()
+            )
+        except Exception as exc:
+            logger.warning("lease heartbeat failed (%s)", type(exc).__name__)
+            return
+        for job_id, (_, task) in held.items():
+            # A job that finished meanwhile is no longer ours to cancel.
+            if job_id not in kept and job_id in self._held:
+                self._lost.add(job_id)
+                task.cancel()
 
     async def _drain(self) -> None:
         """Let in-flight buffers finish within the grace period; hand back the rest."""

@@ -115,3 +115,40 @@ def test_is_open_boundaries() -> None:
 def test_policy_rejects_impossible_limits() -> None:
     with pytest.raises(ValueError, match="max_size"):
         BufferPolicy(quiet_period=timedelta(seconds=1), max_age=timedelta(seconds=1), max_size=0)
+
+
+@pytest.mark.parametrize(
+    ("gaps", "policy", "by_quiet"),
+    [
+        ([0, 10, 10], POLICY, True),  # the contact paused
+        ([0, *[20] * 14], POLICY, False),  # the age cap closed it
+        ([0, 1, 1], BufferPolicy(timedelta(seconds=30), timedelta(seconds=300), 3), False),
+    ],
+    ids=["quiet", "age-cap", "size-cap"],
+)
+def test_why_a_buffer_closed_is_read_from_its_own_times(
+    gaps: list[float], policy: BufferPolicy, by_quiet: bool
+) -> None:
+    last = feed(FakeClock(), gaps, policy)[-1]
+    assert buffer.closed_by_quiet(last.window, last.due, policy) is by_quiet
+
+
+def test_only_a_buffer_closed_by_quiet_and_younger_than_the_cap_may_fold() -> None:
+    clock = FakeClock()
+    start = clock.now()
+    quiet = feed(clock, [0, 10])[-1]
+    capped = feed(FakeClock(), [0, *[20] * 14])[-1]
+    cap = start + POLICY.max_age
+    assert buffer.may_fold(quiet.window, quiet.due, POLICY, cap - timedelta(milliseconds=1))
+    assert not buffer.may_fold(quiet.window, quiet.due, POLICY, cap)
+    assert not buffer.may_fold(capped.window, capped.due, POLICY, capped.due)
+
+
+def test_a_fold_keeps_the_oldest_start_so_the_cap_still_counts_from_it() -> None:
+    clock = FakeClock()
+    start = clock.now()
+    older = BufferWindow(start, start + timedelta(seconds=10), 2)
+    newer = BufferWindow(start + timedelta(seconds=50), start + timedelta(seconds=290), 9)
+    grown = buffer.merged(older, newer)
+    assert grown == BufferWindow(start, start + timedelta(seconds=290), 11)
+    assert buffer.due_at(grown, POLICY) == start + POLICY.max_age

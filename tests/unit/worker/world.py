@@ -94,7 +94,7 @@ class World:
                 typing_enabled=True,
                 history_limit=10,
                 retry=RetryPolicy(max_attempts=3, base_delay=timedelta(seconds=2)),
-                max_buffer_size=POLICY.max_size,
+                policy=POLICY,
             ),
         )
 
