@@ -48,6 +48,21 @@ def config(policy: BufferPolicy = POLICY) -> PipelineConfig:
     )
 
 
+def _pipeline(
+    store: SqlBufferStore, clock: FakeClock, chatwoot: RecordingChatwoot, model: Any
+) -> Pipeline:
+    return Pipeline(
+        history=store,
+        ledger=store,
+        flags=CachedFlags(store, clock),
+        chatwoot=chatwoot,
+        model=model,
+        clock=clock,
+        observer=RecordingObserver(),
+        config=config(),
+    )
+
+
 @pytest.fixture
 async def db_clock_store(postgres_url: str) -> AsyncIterator[SqlBufferStore]:
     """A PostgreSQL store as production runs it: leases and due times on the database's clock."""
@@ -164,16 +179,7 @@ async def test_the_lease_outlasts_the_post_even_when_it_is_shorter(store) -> Non
         clock.advance(1.9)  # most of the 2 s lease is gone by the time the model answers
         return ANSWER
 
-    pipeline = Pipeline(
-        history=store,
-        ledger=store,
-        flags=CachedFlags(store, clock),
-        chatwoot=chatwoot,
-        model=_Model(slow),
-        clock=clock,
-        observer=RecordingObserver(),
-        config=config(),
-    )
+    pipeline = _pipeline(store, clock, chatwoot, _Model(slow))
     await store.record_incoming(message(1), POLICY, clock.now())
     clock.advance(31)
     [job] = await store.claim_due(clock.now(), "w1", timedelta(seconds=2), 10)
@@ -197,16 +203,7 @@ async def test_a_reserved_send_is_not_shortened_by_a_heartbeat(store) -> None:
 async def test_no_other_worker_takes_over_while_a_post_may_still_land(store) -> None:
     clock = FakeClock()
     chatwoot = RecordingChatwoot()
-    pipeline = Pipeline(
-        history=store,
-        ledger=store,
-        flags=CachedFlags(store, clock),
-        chatwoot=chatwoot,
-        model=_Model(lambda prompt: _answer()),
-        clock=clock,
-        observer=RecordingObserver(),
-        config=config(),
-    )
+    pipeline = _pipeline(store, clock, chatwoot, _Model(lambda prompt: _answer()))
     overtaken: list[Any] = []
 
     async def second_worker() -> None:
@@ -263,16 +260,7 @@ async def test_a_worker_that_loses_its_lease_abandons_the_model_call(store, how:
     clock = FakeClock()
     chatwoot = RecordingChatwoot()
     model = StallingModel()
-    pipeline = Pipeline(
-        history=store,
-        ledger=store,
-        flags=CachedFlags(store, clock),
-        chatwoot=chatwoot,
-        model=model,
-        clock=clock,
-        observer=RecordingObserver(),
-        config=config(),
-    )
+    pipeline = _pipeline(store, clock, chatwoot, model)
     waker = Waker(clock)
     scheduler = Scheduler(
         queue=store,
