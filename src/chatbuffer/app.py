@@ -105,6 +105,7 @@ class Runtime:
             self._engine,
             database_clock=self._clock_injected is False,
             heartbeat_engine=self._heartbeat_engine,
+            intake_batch=self.settings.database_intake_batch,
         )
         self._flags = CachedFlags(self._store, self.clock)
         await database.check_schema(self._engine, self.settings.database_url)

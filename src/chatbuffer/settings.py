@@ -30,6 +30,7 @@ class Settings(BaseSettings):
 
     database_url: str = "sqlite:///./chatbuffer.db"
     database_pool_size: int = Field(20, ge=1, le=500)
+    database_intake_batch: int = Field(64, ge=1, le=1000)
 
     message_buffer_duration_ms: int = Field(30_000, ge=0)
     max_buffer_size: int = Field(50, ge=1, le=10_000)

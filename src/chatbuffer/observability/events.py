@@ -15,12 +15,21 @@ logger = logging.getLogger("chatbuffer.events")
 PRIVATE_FIELDS = frozenset({"reply", "content", "draft"})
 
 
+#: Failures warn. A message joining an open buffer is routine and can come thousands of times a
+#: second: DEBUG (its buffer's opening and closing are at INFO).
+_LEVELS: dict[str, int] = {
+    "buffer_failed": logging.WARNING,
+    "attempt_failed": logging.WARNING,
+    "buffer_extended": logging.DEBUG,
+}
+
+
 class LoggingObserver:
     """Writes every event as one log line; message text only at DEBUG."""
 
     def event(self, name: EventName, key: ConversationKey, **fields: Any) -> None:
         public = {k: v for k, v in fields.items() if k not in PRIVATE_FIELDS}
-        level = logging.WARNING if name in {"buffer_failed", "attempt_failed"} else logging.INFO
+        level = _LEVELS.get(name, logging.INFO)
         logger.log(level, name, extra={"conversation": str(key), **public})
         if logger.isEnabledFor(logging.DEBUG):
             private = {k: v for k, v in fields.items() if k in PRIVATE_FIELDS}

@@ -98,15 +98,18 @@ class SqlBufferStore:
         *,
         database_clock: bool | None = None,
         heartbeat_engine: AsyncEngine | None = None,
+        intake_batch: int = 64,
     ) -> None:
         """``database_clock``: compare leases and due times on PostgreSQL's clock (the default
         there) instead of the ``now`` callers pass; SQLite always uses the caller's.
-        ``heartbeat_engine``: a one-connection engine for heartbeats, apart from the pool."""
+        ``heartbeat_engine``: a one-connection engine for heartbeats, apart from the pool.
+        ``intake_batch``: at most this many webhooks stored in one transaction (PostgreSQL)."""
         self._engine = engine
         self._postgres = engine.dialect.name == "postgresql"
         self._sqlite_intake = (
             None if self._postgres else sqlite_intake.SqliteIntake(engine.url.database or "")
         )
+        self._pg_intake = pg_intake.IntakeBatches(engine, max_batch=intake_batch)
         self._database_clock = self._postgres and database_clock is not False
         self._heartbeat_engine = heartbeat_engine or engine
 
@@ -144,7 +147,7 @@ class SqlBufferStore:
         """Store one incoming message: one round trip on PostgreSQL, one thread hop on SQLite."""
         if self._sqlite_intake is not None:
             return await self._sqlite_intake.record(message, policy, now)
-        return await pg_intake.record(self._engine, message, policy, now)
+        return await self._pg_intake.record(message, policy, now)
 
     async def _lock_conversation(
         self, conn: AsyncConnection, key: ConversationKey, now: datetime
