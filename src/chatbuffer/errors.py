@@ -11,7 +11,10 @@
     └── DependencyError             a call to something outside failed; retried by the worker
         ├── ChatwootError           the Chatwoot API failed or refused a call
         ├── ModelError              the LLM failed, timed out or answered something unusable
-        └── TranscriptionError      a voice note could not be fetched or transcribed
+        │   ├── InvalidModelAnswer  its answer is not the JSON the prompt asks for (one repair)
+        │   └── ImagesRefused       the endpoint does not take images (asked again without)
+        └── AttachmentError         an attachment could not be downloaded or read
+            └── TranscriptionError  a voice note could not be fetched or transcribed
 
 Adapters translate foreign exceptions (httpx2, openai, sqlalchemy) into this tree at their edge,
 so the worker decides retries from our types only.
@@ -106,7 +109,35 @@ class ModelError(DependencyError):
     """The LLM failed, timed out, or answered with something that is not a usable decision."""
 
 
-class TranscriptionError(DependencyError):
+class InvalidModelAnswer(ModelError):
+    """The model answered, but not with the JSON object the prompt asks for.
+
+    ``answer`` is what it wrote and ``problem`` what is wrong with it, so the worker can ask it
+    once to repair its answer before the ordinary retry policy takes over.
+    """
+
+    def __init__(self, message: str, *, answer: str, problem: str) -> None:
+        super().__init__(message)
+        self.answer = answer
+        self.problem = problem
+
+
+class ImagesRefused(ModelError):
+    """The endpoint refused a request because it carried images (a model without vision)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=False)
+
+
+class AttachmentError(DependencyError):
+    """An attachment could not be downloaded or read.
+
+    Not retryable when the attachment itself is the problem (not on the Chatwoot host, too large,
+    gone, unreadable): the burst is then answered with a note in its place.
+    """
+
+
+class TranscriptionError(AttachmentError):
     """A voice note could not be downloaded or transcribed.
 
     Not retryable when the attachment itself is the problem (not on the Chatwoot host, too large,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -25,22 +26,42 @@ class ConversationKey:
 
 @dataclass(frozen=True, slots=True)
 class Attachment:
-    """A file the contact sent, as Chatwoot describes it."""
+    """A file the contact sent, as Chatwoot describes it.
+
+    Images, voice notes and files have a ``data_url`` on Chatwoot; a location has coordinates and
+    a ``fallback_title`` ("name, address"); a contact card has the number as ``fallback_title``
+    and the name as ``contact_name`` (Chatwoot's ``meta.firstName`` and ``lastName``).
+    """
 
     file_type: str
     data_url: str | None = None
     transcript: str | None = None
     content_type: str | None = None
     file_size: int | None = None
+    extension: str | None = None
+    fallback_title: str | None = None
+    coordinates_lat: float | None = None
+    coordinates_long: float | None = None
+    contact_name: str | None = None
 
     def as_json(self) -> dict[str, Any]:
-        return {
+        stored: dict[str, Any] = {
             "file_type": self.file_type,
             "data_url": self.data_url,
             "transcript": self.transcript,
             "content_type": self.content_type,
             "file_size": self.file_size,
         }
+        # Only the fields a kind has, so a stored text or voice note looks as it always did.
+        extra = {
+            "extension": self.extension,
+            "fallback_title": self.fallback_title,
+            "coordinates_lat": self.coordinates_lat,
+            "coordinates_long": self.coordinates_long,
+            "contact_name": self.contact_name,
+        }
+        stored.update({k: v for k, v in extra.items() if v is not None})
+        return stored
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> Attachment:
@@ -50,7 +71,49 @@ class Attachment:
             transcript=raw.get("transcript") or None,
             content_type=raw.get("content_type"),
             file_size=raw.get("file_size"),
+            extension=raw.get("extension") or None,
+            fallback_title=raw.get("fallback_title") or None,
+            coordinates_lat=_number(raw.get("coordinates_lat")),
+            coordinates_long=_number(raw.get("coordinates_long")),
+            contact_name=raw.get("contact_name") or None,
         )
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class InlineImage:
+    """An image's bytes, to travel inside the model request (never as a link)."""
+
+    media_type: str
+    data: bytes
+
+    @property
+    def data_url(self) -> str:
+        return f"data:{self.media_type};base64,{base64.b64encode(self.data).decode('ascii')}"
+
+
+@dataclass(frozen=True, slots=True)
+class AttachmentContent:
+    """What was read from one attachment for the model: an image to show, or a file's text.
+
+    ``problem`` says why neither could be had (too large, not on the Chatwoot host, a format the
+    model cannot take); the prompt then says so in the attachment's place.
+    """
+
+    image: InlineImage | None = None
+    text: str | None = None
+    #: The text was cut at the configured length.
+    truncated: bool = False
+    pages: int | None = None
+    problem: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

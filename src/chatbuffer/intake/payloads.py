@@ -51,6 +51,19 @@ class AttachmentIn(_Wire):
     transcribed_text: str | None = None
     content_type: str | None = None
     file_size: int | None = None
+    extension: str | None = None
+    # A location: "name, address" and coordinates; a contact card: the number.
+    fallback_title: str | None = None
+    coordinates_lat: float | None = None
+    coordinates_long: float | None = None
+    # A contact card's name: {"firstName": ..., "lastName": ...}.
+    meta: dict[str, Any] | None = None
+
+    @property
+    def contact_name(self) -> str | None:
+        meta = self.meta or {}
+        parts = [str(meta[k]).strip() for k in ("firstName", "lastName") if meta.get(k)]
+        return " ".join(p for p in parts if p) or None
 
 
 class MessageEvent(_Wire):

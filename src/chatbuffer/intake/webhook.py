@@ -165,6 +165,11 @@ def _classify_message(
             transcript=a.transcribed_text or None,
             content_type=a.content_type,
             file_size=a.file_size,
+            extension=a.extension,
+            fallback_title=a.fallback_title,
+            coordinates_lat=a.coordinates_lat,
+            coordinates_long=a.coordinates_long,
+            contact_name=a.contact_name if a.file_type == "contact" else None,
         )
         for a in event.attachments
     )

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import httpx2
 
 from chatbuffer.domain.retry import parse_retry_after, retryable_status
-from chatbuffer.errors import TranscriptionError
+from chatbuffer.errors import AttachmentError
 
 MAX_REDIRECTS = 3
 
@@ -59,9 +59,12 @@ class AttachmentFetcher:
         scheme, host, _ = origin = _origin(url)
         return scheme in {"http", "https"} and bool(host) and origin == self._origin
 
-    async def fetch(self, url: str) -> Download:
+    async def fetch(self, url: str, *, max_bytes: int | None = None) -> Download:
+        """Download ``url``, refusing more than ``max_bytes`` (default: the fetcher's cap; a
+        smaller one for images, which travel to the model inside the request)."""
+        limit = self._max_bytes if max_bytes is None else min(max_bytes, self._max_bytes)
         if not self.allowed(url):
-            raise TranscriptionError(
+            raise AttachmentError(
                 "the attachment is not on the Chatwoot host; it was not downloaded",
                 retryable=False,
             )
@@ -69,21 +72,21 @@ class AttachmentFetcher:
             async with self._client.stream("GET", url) as response:
                 if response.status_code >= 400:
                     status = response.status_code
-                    raise TranscriptionError(
+                    raise AttachmentError(
                         f"the attachment download answered {status}",
                         # Chatwoot answers 404 until the upload has been stored.
                         retryable=status == 404 or retryable_status(status),
                         retry_after=parse_retry_after(response.headers.get("retry-after")),
                     )
                 declared = response.headers.get("content-length")
-                if declared is not None and declared.isdigit() and int(declared) > self._max_bytes:
-                    raise self._too_large()
+                if declared is not None and declared.isdigit() and int(declared) > limit:
+                    raise self._too_large(limit)
                 chunks: list[bytes] = []
                 size = 0
                 async for chunk in response.aiter_bytes():
                     size += len(chunk)
-                    if size > self._max_bytes:
-                        raise self._too_large()
+                    if size > limit:
+                        raise self._too_large(limit)
                     chunks.append(chunk)
                 filename = urlsplit(str(response.url)).path.rsplit("/", 1)[-1] or "voice.ogg"
                 return Download(
@@ -92,17 +95,14 @@ class AttachmentFetcher:
                     content_type=response.headers.get("content-type"),
                 )
         except httpx2.TooManyRedirects as exc:
-            raise TranscriptionError(
-                "the attachment redirected too often", retryable=False
-            ) from exc
+            raise AttachmentError("the attachment redirected too often", retryable=False) from exc
         except httpx2.TimeoutException as exc:
-            raise TranscriptionError("the attachment download timed out") from exc
+            raise AttachmentError("the attachment download timed out") from exc
         except httpx2.HTTPError as exc:
-            raise TranscriptionError(
+            raise AttachmentError(
                 f"the attachment could not be downloaded: {type(exc).__name__}"
             ) from exc
 
-    def _too_large(self) -> TranscriptionError:
-        return TranscriptionError(
-            f"the attachment is larger than {self._max_bytes} bytes", retryable=False
-        )
+    @staticmethod
+    def _too_large(limit: int) -> AttachmentError:
+        return AttachmentError(f"the attachment is larger than {limit} bytes", retryable=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import openai
 
 from chatbuffer.domain.model import Attachment
-from chatbuffer.errors import TranscriptionError
+from chatbuffer.errors import AttachmentError, TranscriptionError
 from chatbuffer.openai_errors import translated
 from chatbuffer.transcription.fetch import AttachmentFetcher
 
@@ -27,7 +27,16 @@ class OpenAITranscriber:
     async def transcribe(self, attachment: Attachment) -> str:
         if not attachment.data_url:
             raise TranscriptionError("the voice note has no download URL", retryable=False)
-        download = await self._fetcher.fetch(attachment.data_url)
+        try:
+            download = await self._fetcher.fetch(attachment.data_url)
+        except TranscriptionError:
+            raise
+        except AttachmentError as exc:
+            # The pipeline tells a voice note it could not transcribe from a passing failure by
+            # this type and its retryable flag.
+            raise TranscriptionError(
+                str(exc), retryable=exc.retryable, retry_after=exc.retry_after
+            ) from exc
         with translated(TranscriptionError, "transcription endpoint"):
             result = await self._client.audio.transcriptions.create(
                 model=self._model,

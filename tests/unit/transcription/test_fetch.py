@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx2
 import pytest
 
-from chatbuffer.errors import TranscriptionError
+from chatbuffer.errors import AttachmentError
 from chatbuffer.transcription.fetch import AttachmentFetcher
 
 CHATWOOT = "https://chatwoot.example.com"
@@ -70,7 +70,7 @@ async def test_follows_chatwoots_redirect_to_its_storage() -> None:
 )
 async def test_urls_off_the_chatwoot_origin_are_never_requested(url: str) -> None:
     storage = Storage()
-    with pytest.raises(TranscriptionError, match="not on the Chatwoot host") as caught:
+    with pytest.raises(AttachmentError, match="not on the Chatwoot host") as caught:
         await fetcher(storage).fetch(url)
     assert not caught.value.retryable
     assert storage.seen == []
@@ -79,14 +79,14 @@ async def test_urls_off_the_chatwoot_origin_are_never_requested(url: str) -> Non
 @pytest.mark.parametrize("declare", [True, False])
 async def test_too_large_is_refused_for_good(declare: bool) -> None:
     storage = Storage(body=b"x" * 20_000, declare=declare)
-    with pytest.raises(TranscriptionError, match="larger than 10000 bytes") as caught:
+    with pytest.raises(AttachmentError, match="larger than 10000 bytes") as caught:
         await fetcher(storage).fetch(f"{CHATWOOT}/rails/a.ogg")
     assert not caught.value.retryable
 
 
 @pytest.mark.parametrize(("status", "retryable"), [(500, True), (404, True), (403, False)])
 async def test_error_statuses(status: int, retryable: bool) -> None:
-    with pytest.raises(TranscriptionError, match=f"answered {status}") as caught:
+    with pytest.raises(AttachmentError, match=f"answered {status}") as caught:
         await fetcher(Storage(status=status)).fetch(f"{CHATWOOT}/rails/a.ogg")
     assert caught.value.retryable is retryable
 
@@ -101,6 +101,6 @@ async def test_network_failure_is_retryable() -> None:
         timeout_s=1,
         transport=httpx2.MockTransport(refuse),
     )
-    with pytest.raises(TranscriptionError, match="ConnectError") as caught:
+    with pytest.raises(AttachmentError, match="ConnectError") as caught:
         await broken.fetch(f"{CHATWOOT}/rails/a.ogg")
     assert caught.value.retryable
