@@ -12,6 +12,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -23,11 +24,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from chatbuffer.ai.openai_model import OpenAIReplyModel
 from chatbuffer.chatwoot.client import ChatwootClient
 from chatbuffer.clock import SystemClock
+from chatbuffer.domain.aggregation import Prompt
 from chatbuffer.domain.buffer import BufferPolicy
 from chatbuffer.domain.flags import Flag
+from chatbuffer.domain.instructions import BotInstructions
 from chatbuffer.domain.model import ConversationKey
 from chatbuffer.domain.ports import (
+    AttachmentReader,
     BufferSummary,
+    BurstArchive,
     ChatwootAPI,
     Clock,
     Observer,
@@ -40,13 +45,18 @@ from chatbuffer.errors import ConfigurationError, StorageUnavailable
 from chatbuffer.flags import CachedFlags
 from chatbuffer.intake.webhook import IntakeRules, WebhookIntake
 from chatbuffer.observability.events import FanOut, LoggingObserver
+from chatbuffer.prompting.loading import load_instructions, load_template
+from chatbuffer.prompting.template import PromptTemplate
 from chatbuffer.settings import Settings
 from chatbuffer.storage import database, retention
 from chatbuffer.storage.listener import PgWakeListener
 from chatbuffer.storage.repository import SqlBufferStore
+from chatbuffer.storage.transcripts import SqlBurstArchive
 from chatbuffer.transcription.fetch import AttachmentFetcher
 from chatbuffer.transcription.openai_transcriber import OpenAITranscriber
+from chatbuffer.transcription.reading import ChatwootAttachmentReader
 from chatbuffer.web.asgi import WebConfig, create_asgi_app
+from chatbuffer.worker.asking import Asker
 from chatbuffer.worker.model_gate import GatedReplyModel, GatedTranscriber, ModelGate
 from chatbuffer.worker.pipeline import Pipeline, PipelineConfig
 from chatbuffer.worker.scheduler import Scheduler, SchedulerConfig
@@ -57,6 +67,37 @@ logger = logging.getLogger(__name__)
 #: Beyond the Chatwoot timeout, how long a reserved send keeps its lease: the round trips that
 #: reserve before and record after the POST.
 SEND_MARGIN = timedelta(seconds=2)
+
+
+@dataclass(frozen=True, slots=True)
+class PromptFiles:
+    """The operator's prompt files, read once at start-up."""
+
+    template: PromptTemplate
+    instructions: BotInstructions
+
+
+def load_prompt_files(settings: Settings) -> PromptFiles:
+    """``PROMPT_TEMPLATE_FILE`` and the business's instructions; a ``ConfigurationError`` that
+    names the setting and the file when one cannot be used."""
+    return PromptFiles(
+        template=load_template(settings.prompt_template_file),
+        instructions=load_instructions(
+            settings.bot_instructions,
+            settings.bot_instructions_file,
+            settings.bot_instructions_dir,
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Adapters:
+    chatwoot: ChatwootAPI
+    model: ReplyModel
+    transcriber: Transcriber | None
+    asker: Asker
+    #: Builds the exact request body (``chatbuffer prompt show``).
+    openai_model: OpenAIReplyModel
 
 
 class Runtime:
@@ -71,6 +112,8 @@ class Runtime:
         chatwoot: ChatwootAPI | None = None,
         model: ReplyModel | None = None,
         transcriber: Transcriber | None = None,
+        reader: AttachmentReader | None = None,
+        prompt_files: PromptFiles | None = None,
     ) -> None:
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
@@ -79,6 +122,9 @@ class Runtime:
         self._chatwoot = chatwoot
         self._model = model
         self._transcriber = transcriber
+        self._reader = reader
+        self._prompt_files = prompt_files
+        self._built: _Adapters | None = None
         self._engine: AsyncEngine | None = None
         self._heartbeat_engine: AsyncEngine | None = None
         self._store: SqlBufferStore | None = None
@@ -116,6 +162,7 @@ class Runtime:
             with contextlib.suppress(Exception):
                 await resource.aclose()
         self._owned.clear()
+        self._built = None
         for engine in (self._heartbeat_engine, self._engine):
             if engine is not None:
                 await engine.dispose()
@@ -206,8 +253,20 @@ class Runtime:
 
     # -- worker ---------------------------------------------------------------------------
 
-    def _adapters(self) -> tuple[ChatwootAPI, ReplyModel, Transcriber | None]:
+    @property
+    def prompt_files(self) -> PromptFiles:
+        if self._prompt_files is None:
+            self._prompt_files = load_prompt_files(self.settings)
+        return self._prompt_files
+
+    def _adapters(self) -> _Adapters:
+        if self._built is None:
+            self._built = self._build_adapters()
+        return self._built
+
+    def _build_adapters(self) -> _Adapters:
         s = self.settings
+        files = self.prompt_files
         chatwoot = self._chatwoot
         if chatwoot is None:
             if s.chatwoot_base_url is None or s.chatwoot_api_token is None:
@@ -229,7 +288,12 @@ class Runtime:
             timeout=s.ai_processing_timeout_ms / 1000,
             max_retries=0,
         )
-        openai_model = OpenAIReplyModel(model=s.openai_model, client=openai_client)
+        openai_model = OpenAIReplyModel(
+            model=s.openai_model,
+            client=openai_client,
+            temperature=s.ai_temperature,
+            max_tokens=s.ai_max_tokens,
+        )
         self._owned.append(openai_model)
         # One gate for the whole process, shared by replies and transcriptions: both spend the
         # same endpoint's limits.
@@ -239,33 +303,68 @@ class Runtime:
             requests_per_minute=s.ai_requests_per_minute,
         )
         model = GatedReplyModel(self._model or openai_model, gate)
-        transcriber: Transcriber | None = self._transcriber
-        if transcriber is None and s.transcription_enabled and s.chatwoot_base_url:
+        fetcher: AttachmentFetcher | None = None
+        if s.chatwoot_base_url:
             fetcher = AttachmentFetcher(
                 chatwoot_base_url=s.chatwoot_base_url,
                 max_bytes=s.attachment_max_bytes,
                 timeout_s=s.attachment_timeout_ms / 1000,
             )
             self._owned.append(fetcher)
+        transcriber: Transcriber | None = self._transcriber
+        if transcriber is None and s.transcription_enabled and fetcher is not None:
             transcriber = OpenAITranscriber(
                 client=openai_client, model=s.openai_transcription_model, fetcher=fetcher
             )
         if transcriber is not None:
             transcriber = GatedTranscriber(transcriber, gate)
-        return chatwoot, model, transcriber
+        reader = self._reader
+        if reader is None and fetcher is not None:
+            reader = ChatwootAttachmentReader(
+                fetcher=fetcher,
+                image_max_bytes=s.ai_image_max_bytes,
+                text_max_chars=s.file_text_max_chars,
+            )
+        asker = Asker(
+            model=model,
+            template=files.template,
+            reader=reader,
+            instructions=files.instructions,
+            vision=s.ai_vision_enabled,
+        )
+        return _Adapters(chatwoot, model, transcriber, asker, openai_model)
+
+    # -- the prompt, for operators (`chatbuffer prompt show` / `try`) ----------------------
+
+    def asker(self) -> Asker:
+        """What the worker asks the model with: the same template, instructions, reader."""
+        return self._adapters().asker
+
+    def model_request(self, prompt: Prompt) -> dict[str, Any]:
+        """The exact body the service sends the model for ``prompt``."""
+        return self._adapters().openai_model.request(prompt)
+
+    def archive(self) -> BurstArchive:
+        if self._engine is None:
+            raise RuntimeError("Runtime is not open")
+        return SqlBurstArchive(self._engine)
+
+    async def include_history(self, key: ConversationKey) -> bool:
+        return await self._flags.is_enabled(Flag.ENHANCED_AI_PROCESSING, key)
 
     def scheduler(self) -> Scheduler:
         s = self.settings
-        chatwoot, model, transcriber = self._adapters()
+        adapters = self._adapters()
         pipeline = Pipeline(
             history=self.store,
             ledger=self.store,
             flags=self._flags,
-            chatwoot=chatwoot,
-            model=model,
+            chatwoot=adapters.chatwoot,
+            model=adapters.model,
             clock=self.clock,
             observer=self.observer,
-            transcriber=transcriber,
+            transcriber=adapters.transcriber,
+            asker=adapters.asker,
             config=PipelineConfig(
                 quality_threshold=s.response_quality_threshold,
                 typing_enabled=s.chatwoot_typing_indicator_enabled,

@@ -7,12 +7,18 @@ import asyncio
 import re
 import signal
 import sys
+import uuid
 from collections.abc import Sequence
 from datetime import timedelta
+from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from chatbuffer.errors import ChatbufferError, ConfigurationError
 from chatbuffer.settings import Role, Settings, load_settings
+
+if TYPE_CHECKING:
+    from chatbuffer.app import PromptFiles
 
 USAGE_ERROR = 2
 
@@ -49,6 +55,38 @@ def _parser() -> argparse.ArgumentParser:
     replay = actions.add_parser("replay", help="answer a failed buffer again, now")
     replay.add_argument("buffer_id", help="the buffer's id, as `buffers list` shows it")
     commands.add_parser("migrate", help="create or upgrade the database schema")
+    prompt = commands.add_parser(
+        "prompt",
+        help="see the exact request the model is sent, or try new instructions on stored bursts",
+        description="Uses the same settings as a worker (the database, Chatwoot for the "
+        "attachments, the model endpoint); posts nothing to Chatwoot and changes no row.",
+    )
+    prompt_actions = prompt.add_subparsers(dest="action", required=True, metavar="ACTION")
+    show = prompt_actions.add_parser(
+        "show", help="print the exact request (JSON) the service sends for a stored buffer"
+    )
+    show.add_argument("buffer_id", type=_buffer_id, help="the buffer's id")
+    show.add_argument(
+        "--short-images",
+        action="store_true",
+        help="print each image's data: URL as its type and size instead of its bytes",
+    )
+    trial = prompt_actions.add_parser(
+        "try",
+        help="ask the model again about the last stored bursts and print old and new answers",
+    )
+    trial.add_argument(
+        "--last", type=_positive_int, default=5, metavar="N", help="how many bursts (default 5)"
+    )
+    trial.add_argument(
+        "--instructions",
+        type=Path,
+        metavar="FILE",
+        help="try these instructions instead of the configured ones (for every inbox)",
+    )
+    prompt_actions.add_parser(
+        "template", help="print the shipped prompt template (start of a PROMPT_TEMPLATE_FILE)"
+    )
     purge = commands.add_parser(
         "purge",
         help="delete finished buffers, their messages and replies, older than a cutoff",
@@ -97,6 +135,13 @@ def _positive_ms(value: str) -> int:
     return ms
 
 
+def _buffer_id(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a buffer id: {value!r}") from None
+
+
 def _positive_int(value: str) -> int:
     if not value.isdigit() or not 1 <= int(value) <= 1000:
         raise argparse.ArgumentTypeError(f"must be a whole number from 1 to 1000, not {value!r}")
@@ -136,7 +181,15 @@ def _run(args: argparse.Namespace) -> int:
 
         return demo.run(window_ms=args.window_ms)
 
+    if args.command == "prompt" and args.action == "template":
+        from chatbuffer.prompting.template import shipped_source
+
+        print(shipped_source(), end="")
+        return 0
+
     settings = load_settings()
+    if args.command == "prompt":
+        return _prompt(settings, args)
     if args.command == "buffers":
         from chatbuffer import admin_client
 
@@ -162,14 +215,48 @@ def _run(args: argparse.Namespace) -> int:
         revision = _migrate(settings)
         print(f"chatbuffer: database schema is at revision {revision}")
         return 0
+    prompt_files = None
+    if role in {"serve", "worker"}:
+        from chatbuffer.app import load_prompt_files
+
+        # A template or instructions file that cannot be used stops start-up with one line,
+        # before the first customer's message would find out.
+        prompt_files = load_prompt_files(settings)
     if role == "serve" and settings.is_sqlite:
         _migrate(settings)
     asyncio.run(_preflight(settings))
     if role == "worker":
-        asyncio.run(_worker(settings))
+        asyncio.run(_worker(settings, prompt_files))
         return 0
-    _serve_http(settings, host=args.host, port=args.port, with_worker=role == "serve")
+    _serve_http(
+        settings,
+        host=args.host,
+        port=args.port,
+        with_worker=role == "serve",
+        prompt_files=prompt_files,
+    )
     return 0
+
+
+def _prompt(settings: Settings, args: argparse.Namespace) -> int:
+    from chatbuffer import prompt_tool
+    from chatbuffer.observability import logging as log_setup
+
+    # The worker's code runs here: it needs what a worker needs. Logs go to stderr, so stdout
+    # holds only the answer.
+    settings.require_for("worker")
+    log_setup.configure("WARNING")
+    asyncio.run(_preflight(settings))
+    if args.action == "show":
+        print(
+            asyncio.run(prompt_tool.show(settings, args.buffer_id, short_images=args.short_images))
+        )
+        return 0
+    trials, failed = asyncio.run(
+        prompt_tool.try_instructions(settings, last=args.last, instructions=args.instructions)
+    )
+    print(prompt_tool.side_by_side(trials), end="")
+    return 1 if failed else 0
 
 
 def _migrate(settings: Settings) -> str | None:
@@ -236,7 +323,14 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else "no detail"
 
 
-def _serve_http(settings: Settings, *, host: str, port: int, with_worker: bool) -> None:
+def _serve_http(
+    settings: Settings,
+    *,
+    host: str,
+    port: int,
+    with_worker: bool,
+    prompt_files: PromptFiles | None,
+) -> None:
     import uvicorn
 
     from chatbuffer.app import Runtime
@@ -250,7 +344,7 @@ def _serve_http(settings: Settings, *, host: str, port: int, with_worker: bool) 
                 return
             super().handle_exit(sig, frame)
 
-    runtime = Runtime(settings)
+    runtime = Runtime(settings, prompt_files=prompt_files)
     config = uvicorn.Config(
         runtime.asgi(with_worker=with_worker),
         host=host,
@@ -262,14 +356,15 @@ def _serve_http(settings: Settings, *, host: str, port: int, with_worker: bool) 
     _Server(config).run()
 
 
-async def _worker(settings: Settings) -> None:
+async def _worker(settings: Settings, prompt_files: PromptFiles | None) -> None:
     from chatbuffer.app import Runtime
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with Runtime(settings).opened() as runtime, runtime.worker_running():
+    runtime = Runtime(settings, prompt_files=prompt_files)
+    async with runtime.opened(), runtime.worker_running():
         await stop.wait()
 
 

@@ -14,29 +14,48 @@ import socket
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import openai
+
+from chatbuffer.ai.openai_model import OpenAIReplyModel
 from chatbuffer.app import Runtime
-from chatbuffer.domain.model import ConversationKey
+from chatbuffer.domain.aggregation import ReadKind
+from chatbuffer.domain.model import (
+    Attachment,
+    AttachmentContent,
+    ConversationKey,
+    InboundMessage,
+    InlineImage,
+)
 from chatbuffer.domain.ports import EventName
-from chatbuffer.settings import load_settings
+from chatbuffer.intake.webhook import Buffer, IntakeRules, classify, parse
+from chatbuffer.settings import Settings, load_settings
 from chatbuffer.simulator import payloads
 from chatbuffer.simulator.chatwoot import ChatwootSimulator
+from chatbuffer.simulator.media import png
 from chatbuffer.simulator.model import ScriptedModelServer, voice_note
 from chatbuffer.simulator.server import serve_in_background
 from chatbuffer.storage import database
+from chatbuffer.transcription.reading import image_type
+from chatbuffer.worker.asking import Asker
 
 ACCOUNT_ID = 1
 CONVERSATION_ID = 1532
-# (seconds after the previous message, what the contact sends, whether it is a voice note)
-BURST = [
-    (0.0, "hi", False),
-    (0.8, "I ordered a blue jacket last week", False),
-    (1.1, "it still hasn't arrived, can you check?", True),
-    (0.7, "order 4411", False),
+FIRST_MESSAGE_ID = 90_812
+Kind = Literal["text", "image", "voice"]
+# (seconds after the previous message, what the contact sends, as what)
+BURST: list[tuple[float, str, Kind]] = [
+    (0.0, "hi", "text"),
+    (0.8, "I ordered this blue jacket last week", "image"),
+    (1.1, "it still hasn't arrived, can you check?", "voice"),
+    (0.7, "order 4411", "text"),
 ]
+#: The photo the contact sends with the second message: a small blue PNG, made on the spot.
+PHOTO = png(width=4, height=3, rgb=(30, 60, 200))
 REPLY_GRACE_S = 15.0
 NOTABLE = frozenset({"message_duplicate", "attempt_failed", "buffer_failed", "handoff", "no_reply"})
 
@@ -133,23 +152,15 @@ async def _demo(database_url: str, window_ms: int) -> int:
         f"(production default 30s); SQLite database in a temporary folder\n"
     )
     try:
-        for message_id, (gap, text, spoken) in enumerate(BURST, start=90_812):
+        for message_id, (gap, text, kind) in enumerate(BURST, start=FIRST_MESSAGE_ID):
             await asyncio.sleep(gap)
-            common: dict[str, Any] = {
-                "account_id": ACCOUNT_ID,
-                "conversation_id": CONVERSATION_ID,
-                "message_id": message_id,
-                "created_at": datetime.now(UTC),
-            }
-            if spoken:
+            if kind == "voice":
                 timeline.line(f"contact     [voice note, Chatwoot has no transcript] {text!r}")
-                path = chatwoot.add_file(f"voice-{message_id}.ogg", voice_note(text))
-                body = payloads.incoming_attachment(
-                    **common, file_type="audio", data_url=f"{chatwoot_url}{path}"
-                )
+            elif kind == "image":
+                timeline.line(f"contact     [photo] {text!r}")
             else:
                 timeline.line(f"contact     {text!r}")
-                body = payloads.incoming_text(**common, content=text)
+            body = _webhook(chatwoot, chatwoot_url, message_id, text, kind, datetime.now(UTC))
             delivery = await chatwoot.send_webhook(body)
             if delivery.status_code != 200:
                 why = delivery.status_code or delivery.error
@@ -161,13 +172,19 @@ async def _demo(database_url: str, window_ms: int) -> int:
             return 1
         await asyncio.sleep(0.3)  # let the typing-off call land before summarising
         typing = chatwoot.typing_events(ACCOUNT_ID, CONVERSATION_ID)
-        prompt = model.requests[-1]["messages"][-1]["content"] if model.requests else ""
-        seen = [line[2:] for line in str(prompt).splitlines() if line.startswith("- ")]
+        request = model.requests[-1] if model.requests else {"messages": []}
+        user = next((m["content"] for m in request["messages"] if m["role"] == "user"), "")
+        text = user if isinstance(user, str) else str(user[0]["text"])
+        images = sum(
+            1 for part in (user if isinstance(user, list) else []) if part["type"] == "image_url"
+        )
+        seen = [line[2:] for line in text.splitlines() if line.startswith("- ")]
         print(
             f"\nChatwoot received {len(replies)} reply for {len(BURST)} messages "
             f"(typing: {' -> '.join(typing) or 'none'}); the voice note was transcribed "
             f"({len(model.transcriptions)} call); the model was asked once "
-            f"({len(model.requests)} call) and saw, in order:"
+            f"({len(model.requests)} call), was shown {images} image as its bytes, and saw, "
+            "in order:"
         )
         for line in seen[: len(BURST)]:
             print(f"    - {line}")
@@ -179,6 +196,39 @@ async def _demo(database_url: str, window_ms: int) -> int:
         await stop_model()
 
 
+def _webhook(
+    chatwoot: ChatwootSimulator,
+    chatwoot_url: str,
+    message_id: int,
+    text: str,
+    kind: Kind,
+    at: datetime,
+) -> dict[str, Any]:
+    """The webhook Chatwoot delivers for one message of the burst (its file stored first)."""
+    common: dict[str, Any] = {
+        "account_id": ACCOUNT_ID,
+        "conversation_id": CONVERSATION_ID,
+        "message_id": message_id,
+        "created_at": at,
+    }
+    if kind == "voice":
+        path = chatwoot.add_file(f"voice-{message_id}.ogg", voice_note(text))
+        return payloads.incoming_attachment(
+            **common, file_type="audio", data_url=f"{chatwoot_url}{path}"
+        )
+    if kind == "image":
+        path = chatwoot.add_file("jacket.png", PHOTO, "image/png")
+        return payloads.incoming_attachment(
+            **common,
+            file_type="image",
+            data_url=f"{chatwoot_url}{path}",
+            content=text,
+            content_type="image/png",
+            extension="png",
+        )
+    return payloads.incoming_text(**common, content=text)
+
+
 async def _wait_for_reply(chatwoot: ChatwootSimulator, timeout_s: float) -> list[dict[str, Any]]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -187,3 +237,54 @@ async def _wait_for_reply(chatwoot: ChatwootSimulator, timeout_s: float) -> list
             return replies
         await asyncio.sleep(0.05)
     return []
+
+
+#: Where the example pretends Chatwoot is (its links must never reach the model).
+EXAMPLE_CHATWOOT = "https://chatwoot.example.com"
+EXAMPLE_START = datetime(2026, 3, 2, 14, 5, 0, tzinfo=UTC)
+
+
+async def example_request() -> dict[str, Any]:
+    """The exact request body the service sends the model for the demo's burst, with the
+    demo's timing and the default settings (docs/configuration.md shows it, and
+    tests/unit/test_docs_example.py keeps the two equal).
+
+    The webhooks go through the service's own parsing, the burst through the worker's ``Asker``
+    (the image read as the reader hands it over, the voice note as its stored transcript) and
+    the request through ``OpenAIReplyModel.request``: the path of a real reply without the
+    network and the database.
+    """
+    defaults = Settings.model_construct()
+    chatwoot = ChatwootSimulator(api_token=secrets.token_hex(8))
+    messages: list[InboundMessage] = []
+    at = EXAMPLE_START
+    for message_id, (gap, text, kind) in enumerate(BURST, start=FIRST_MESSAGE_ID):
+        at += timedelta(seconds=gap)
+        body = _webhook(chatwoot, EXAMPLE_CHATWOOT, message_id, text, kind, at)
+        action = classify(parse(body), IntakeRules(active_statuses=frozenset({"pending"})), at)
+        assert isinstance(action, Buffer)
+        message = action.message
+        if kind == "voice":
+            # Transcribed by the worker before the prompt is made, and stored.
+            heard = tuple(replace(a, transcript=text) for a in message.attachments)
+            message = replace(message, attachments=heard)
+        messages.append(message)
+
+    class _Photo:
+        async def read(self, attachment: Attachment, kind: ReadKind) -> AttachmentContent:
+            assert (attachment.file_type, kind) == ("image", "image")
+            return AttachmentContent(image=InlineImage(image_type(PHOTO) or "", PHOTO))
+
+    client = openai.AsyncOpenAI(api_key="unused", base_url="http://127.0.0.1:1/v1")
+    model = OpenAIReplyModel(
+        model=defaults.openai_model,
+        client=client,
+        temperature=defaults.ai_temperature,
+        max_tokens=defaults.ai_max_tokens,
+    )
+    try:
+        asker = Asker(model=model, reader=_Photo(), vision=defaults.ai_vision_enabled)
+        inputs = await asker.inputs(messages, [], include_history=True)
+        return model.request(asker.prompt(inputs))
+    finally:
+        await model.aclose()

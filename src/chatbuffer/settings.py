@@ -7,7 +7,8 @@ in ``docs/configuration.md``.
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -50,6 +51,19 @@ class Settings(BaseSettings):
     attachment_max_bytes: int = Field(25 * 1024 * 1024, ge=1_024)
     attachment_timeout_ms: int = Field(15_000, ge=100)
     response_quality_threshold: float = Field(0.7, ge=0.0, le=1.0)
+    ai_temperature: float = Field(0.3, ge=0.0, le=2.0)
+    # Unset: not sent, the endpoint's own limit applies.
+    ai_max_tokens: int | None = Field(None, ge=1, le=1_000_000)
+    ai_vision_enabled: bool = True
+    # Images travel inside the request as base64 (a third larger); providers cap them near 20 MB.
+    ai_image_max_bytes: int = Field(5 * 1024 * 1024, ge=1_024, le=20 * 1024 * 1024)
+    file_text_max_chars: int = Field(20_000, ge=100, le=1_000_000)
+
+    # The business's instructions and the prompt template: read once, at start-up.
+    bot_instructions: str | None = None
+    bot_instructions_file: Path | None = None
+    bot_instructions_dir: Path | None = None
+    prompt_template_file: Path | None = None
 
     chatwoot_base_url: str | None = None
     chatwoot_api_token: SecretStr | None = None
@@ -73,6 +87,21 @@ class Settings(BaseSettings):
     data_retention_days: int = Field(0, ge=0, le=36_500)
     admin_token: SecretStr | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator(
+        "ai_max_tokens",
+        "bot_instructions",
+        "bot_instructions_file",
+        "bot_instructions_dir",
+        "prompt_template_file",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # VAR= in a .env or compose file means "not set", not the current directory or zero.
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
 
     @field_validator("database_url")
     @classmethod
@@ -117,6 +146,10 @@ class Settings(BaseSettings):
             raise ValueError(
                 "MAX_BUFFER_AGE_MS must be at least MESSAGE_BUFFER_DURATION_MS "
                 f"({self.max_buffer_age_ms} < {self.message_buffer_duration_ms})"
+            )
+        if self.bot_instructions is not None and self.bot_instructions_file is not None:
+            raise ValueError(
+                "BOT_INSTRUCTIONS and BOT_INSTRUCTIONS_FILE are both set; set only one"
             )
         return self
 

@@ -208,6 +208,14 @@ def assert_log_free_of(log: Path, texts: Sequence[str]) -> None:
     assert not leaked, f"{log.name} shows {len(leaked)} value(s) it must not"
 
 
+def user_text(request: dict[str, Any]) -> str:
+    """The text of a model request's first user message."""
+    content = next(m["content"] for m in request["messages"] if m["role"] == "user")
+    if isinstance(content, str):
+        return content
+    return str(content[0]["text"])
+
+
 @dataclass
 class World:
     chatwoot: ChatwootSimulator
@@ -256,12 +264,14 @@ class World:
         return self.replies(conversation)
 
     def prompts(self) -> list[str]:
-        return [str(r["messages"][-1]["content"]) for r in self.model.requests]
+        """The text of each request's first user message (the burst; a repair request and an
+        image's parts come after it)."""
+        return [user_text(r) for r in self.model.requests]
 
     @staticmethod
     def burst_lines(prompt: str) -> list[str]:
         section = prompt.split("Combined message content:\n", 1)[1].split("\n\n", 1)[0]
-        return [line[2:] for line in section.splitlines()]
+        return [line[2:] for line in section.splitlines() if line.startswith("- ")]
 
 
 @dataclass

@@ -409,6 +409,7 @@ async def test_a_flood_of_500_messages_a_minute_costs_at_most_one_model_call_per
         for line in prompt.user.split("Combined message content:\n", 1)[1]
         .split("\n\n", 1)[0]
         .splitlines()
+        if line.startswith("- ")
     ]
     assert sorted(seen) == sorted(f"- spam {mid}" for mid in range(1, 501))
     assert max(b.message_count for b in await h.table(message_buffer)) <= POLICY.max_size

@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
-from chatbuffer.domain.aggregation import Prompt
+from chatbuffer.domain.aggregation import Prompt, ReadKind
 from chatbuffer.domain.buffer import BufferPolicy
 from chatbuffer.domain.flags import Flag
 from chatbuffer.domain.marker import Marker, ReplyKind
 from chatbuffer.domain.model import (
     Attachment,
+    AttachmentContent,
     ConversationKey,
     HistoryEntry,
     InboundMessage,
@@ -71,7 +72,21 @@ class Transcriber(Protocol):
 class ReplyModel(Protocol):
     """Writes the decision for one burst."""
 
-    async def decide(self, prompt: Prompt) -> ModelDecision: ...
+    async def decide(self, prompt: Prompt) -> ModelDecision:
+        """The model's answer; ``InvalidModelAnswer`` when it is not the JSON asked for, and
+        ``ImagesRefused`` when the endpoint does not take the prompt's images."""
+        ...
+
+
+class AttachmentReader(Protocol):
+    """Reads a burst's images and files for the model, from Chatwoot only."""
+
+    async def read(self, attachment: Attachment, kind: ReadKind) -> AttachmentContent:
+        """An image's bytes (``kind="image"``) or a file's text (``"text"``). When the
+        attachment itself is the problem (too large, not on the Chatwoot host, unreadable) the
+        answer says so in ``problem``; a passing failure raises a retryable
+        ``AttachmentError``."""
+        ...
 
 
 EventName = Literal[
@@ -313,4 +328,31 @@ class BufferAdmin(Protocol):
         self, buffer_id: uuid.UUID, now: datetime
     ) -> tuple[ReplayResult, BufferSummary | None]:
         """Schedule a failed buffer to be answered again now, with fresh attempts."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class StoredBurst:
+    """A stored buffer read back as the model would be asked about it."""
+
+    buffer_id: uuid.UUID
+    key: ConversationKey
+    status: str
+    #: The burst in Chatwoot message-id order.
+    messages: Sequence[InboundMessage]
+    #: The conversation before it, oldest first, as ``ConversationHistory.load`` gives it.
+    history: Sequence[HistoryEntry]
+    #: The reply (or hand-off note) the bot posted or meant to post for it, if any.
+    answer: PostedMessage | None
+    last_message_at: datetime
+
+
+class BurstArchive(Protocol):
+    """Stored bursts for operators (``chatbuffer prompt show`` and ``try``); never the hot path."""
+
+    async def burst(self, buffer_id: uuid.UUID, history_limit: int) -> StoredBurst | None: ...
+
+    async def recent(self, limit: int, history_limit: int) -> list[StoredBurst]:
+        """The ``limit`` bursts whose last message is newest, newest first; buffers without
+        messages (folded into a newer one) are skipped."""
         ...

@@ -50,7 +50,9 @@ def support_agent(messages: list[dict[str, Any]]) -> dict[str, Any]:
     """Default script: a polite agent that acknowledges the customer's lines from the last user
     message (lines starting with ``- ``, else the whole text) and names any order numbers."""
     user_texts = [_text_of(m.get("content")) for m in messages if m.get("role") == "user"]
-    text = user_texts[-1] if user_texts else ""
+    # The burst is in the first user message; a repair request may follow it.
+    last = user_texts[-1] if user_texts else ""
+    text = next((t for t in user_texts if _BURST_HEADING in t), last)
     # chatbuffer's prompt lists the burst under this heading; other sections (transcripts,
     # history) repeat or predate it.
     if _BURST_HEADING in text:

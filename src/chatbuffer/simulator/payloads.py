@@ -226,8 +226,12 @@ def _attachment(
     file_type: FileType,
     data_url: str,
     transcribed_text: str,
+    content_type: str | None = None,
+    extension: str | None = None,
 ) -> dict[str, Any]:
-    extension, content_type, width, height = _FILE_DETAILS[file_type]
+    default_extension, default_type, width, height = _FILE_DETAILS[file_type]
+    extension = extension or default_extension
+    content_type = content_type or default_type
     attachment: dict[str, Any] = {
         "id": message_id + 500_000,
         "message_id": message_id,
@@ -346,12 +350,16 @@ def incoming_attachment(
     transcribed_text: str = "",
     content: str | None = None,
     event: MessageEvent = "message_created",
+    content_type: str | None = None,
+    extension: str | None = None,
     **where: Unpack[MessageArgs],
 ) -> dict[str, Any]:
     """A customer's media message; ``content`` is the caption (null when there is none).
 
     Voice notes arrive first as ``message_created`` with an empty transcript and later as
-    ``message_updated`` carrying ``transcribed_text``.
+    ``message_updated`` carrying ``transcribed_text``. ``content_type`` and ``extension``
+    override the file type's usual ones (WhatsApp photos are JPEG, stickers WebP images,
+    documents anything).
     """
     conv = _message_conversation(where)
     attachment = _attachment(
@@ -360,12 +368,82 @@ def incoming_attachment(
         file_type=file_type,
         data_url=data_url,
         transcribed_text=transcribed_text,
+        content_type=content_type,
+        extension=extension,
     )
     return _message_event(
         conv,
         event=event,
         message_id=message_id,
         content=content,
+        created_at=created_at,
+        message_type="incoming",
+        author=_Author(kind="contact"),
+        attachments=[attachment],
+    )
+
+
+def incoming_location(
+    *,
+    message_id: int,
+    created_at: datetime,
+    latitude: float,
+    longitude: float,
+    name: str = "",
+    address: str = "",
+    **where: Unpack[MessageArgs],
+) -> dict[str, Any]:
+    """A shared WhatsApp location: Chatwoot keeps "name, address" as ``fallback_title``
+    (empty when the pin has no name) and the coordinates; the message has no content."""
+    conv = _message_conversation(where)
+    attachment = {
+        "id": message_id + 500_000,
+        "message_id": message_id,
+        "file_type": "location",
+        "account_id": conv.account_id,
+        "coordinates_lat": latitude,
+        "coordinates_long": longitude,
+        "fallback_title": f"{name}, {address}" if name else "",
+        "data_url": None,
+    }
+    return _message_event(
+        conv,
+        event="message_created",
+        message_id=message_id,
+        content=None,
+        created_at=created_at,
+        message_type="incoming",
+        author=_Author(kind="contact"),
+        attachments=[attachment],
+    )
+
+
+def incoming_contact(
+    *,
+    message_id: int,
+    created_at: datetime,
+    phone: str,
+    first_name: str = "",
+    last_name: str = "",
+    **where: Unpack[MessageArgs],
+) -> dict[str, Any]:
+    """A shared WhatsApp contact card: one attachment per phone number, the number as
+    ``fallback_title`` and the name in ``meta``."""
+    conv = _message_conversation(where)
+    meta = {k: v for k, v in (("firstName", first_name), ("lastName", last_name)) if v}
+    attachment = {
+        "id": message_id + 500_000,
+        "message_id": message_id,
+        "file_type": "contact",
+        "account_id": conv.account_id,
+        "fallback_title": phone,
+        "meta": meta,
+    }
+    return _message_event(
+        conv,
+        event="message_created",
+        message_id=message_id,
+        content=None,
         created_at=created_at,
         message_type="incoming",
         author=_Author(kind="contact"),

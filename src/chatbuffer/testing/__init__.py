@@ -12,11 +12,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from chatbuffer.domain import marker as markers
-from chatbuffer.domain.aggregation import Prompt
-from chatbuffer.domain.model import ConversationKey, ModelDecision
+from chatbuffer.domain.aggregation import Prompt, ReadKind
+from chatbuffer.domain.model import Attachment, AttachmentContent, ConversationKey, ModelDecision
 from chatbuffer.domain.ports import EventName
 from chatbuffer.errors import ChatwootError
 from chatbuffer.testing.memory import MemoryStore as MemoryStore
+from chatbuffer.testing.transcripts import MemoryBurstArchive as MemoryBurstArchive
 
 
 class FakeClock:
@@ -120,6 +121,24 @@ class ScriptedReplyModel:
     async def decide(self, prompt: Prompt) -> ModelDecision:
         self.prompts.append(prompt)
         answer = self.script(prompt)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+@dataclass
+class StaticAttachmentReader:
+    """Implements ``AttachmentReader`` from a table of answers by ``data_url`` (an exception in
+    it is raised); records every read."""
+
+    answers: dict[str, AttachmentContent | Exception] = field(default_factory=dict)
+    reads: list[tuple[str | None, ReadKind]] = field(default_factory=list)
+
+    async def read(self, attachment: Attachment, kind: ReadKind) -> AttachmentContent:
+        self.reads.append((attachment.data_url, kind))
+        answer = self.answers.get(attachment.data_url or "")
+        if answer is None:
+            return AttachmentContent(problem="it could not be downloaded")
         if isinstance(answer, Exception):
             raise answer
         return answer

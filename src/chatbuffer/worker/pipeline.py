@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
-from chatbuffer.domain import aggregation, decision
+from chatbuffer.domain import decision
 from chatbuffer.domain.buffer import BufferPolicy
 from chatbuffer.domain.flags import Flag
 from chatbuffer.domain.marker import Marker
@@ -29,6 +29,7 @@ from chatbuffer.domain.ports import (
 )
 from chatbuffer.domain.retry import RetryPolicy
 from chatbuffer.errors import ChatwootError, DependencyError, TranscriptionError
+from chatbuffer.worker.asking import Asker
 
 logger = logging.getLogger(__name__)
 
@@ -67,13 +68,16 @@ class Pipeline:
         observer: Observer,
         config: PipelineConfig,
         transcriber: Transcriber | None = None,
+        asker: Asker | None = None,
     ) -> None:
+        """``asker`` reads attachments, renders the prompt and asks ``model``; by default with
+        the shipped template, no instructions and no attachment reader."""
         self._history = history
+        self._asker = asker or Asker(model=model)
         self._ledger = ledger
         self._transcriber = transcriber
         self._flags = flags
         self._chatwoot = chatwoot
-        self._model = model
         self._clock = clock
         self._observer = observer
         self._config = config
@@ -144,12 +148,12 @@ class Pipeline:
         if await self._check(job, owner) != "send":
             return
         burst = await self._transcribe(contents.messages)
-        prompt = aggregation.build_prompt(
+        inputs = await self._asker.inputs(
             burst,
             contents.history,
             include_history=await self._flags.is_enabled(Flag.ENHANCED_AI_PROCESSING, job.key),
         )
-        answer = await self._model.decide(prompt)
+        answer = (await self._asker.ask(inputs)).decision
         outcome = decision.route(answer, quality_threshold=self._config.quality_threshold)
         key = job.key
         if isinstance(outcome, StaySilent):

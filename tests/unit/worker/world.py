@@ -36,7 +36,7 @@ def answer(confidence: float = 0.9) -> ModelDecision:
 def burst_lines(prompt: Prompt) -> list[str]:
     """The burst's messages as the model saw them."""
     combined = prompt.user.split("Combined message content:\n", 1)[1].split("\n\n", 1)[0]
-    return [line.removeprefix("- ") for line in combined.splitlines()]
+    return [line[2:] for line in combined.splitlines() if line.startswith("- ")]
 
 
 async def settle() -> None:
