@@ -20,6 +20,15 @@ ENV = [
     "WORKER_CONCURRENCY",
     "AI_MAX_CONCURRENCY",
     "AI_REQUESTS_PER_MINUTE",
+    "AI_TEMPERATURE",
+    "AI_MAX_TOKENS",
+    "AI_VISION_ENABLED",
+    "AI_IMAGE_MAX_BYTES",
+    "FILE_TEXT_MAX_CHARS",
+    "BOT_INSTRUCTIONS",
+    "BOT_INSTRUCTIONS_FILE",
+    "BOT_INSTRUCTIONS_DIR",
+    "PROMPT_TEMPLATE_FILE",
 ]
 
 
@@ -66,6 +75,13 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
         ("AI_MAX_CONCURRENCY", "5000", "AI_MAX_CONCURRENCY is invalid"),
         ("AI_REQUESTS_PER_MINUTE", "0", "AI_REQUESTS_PER_MINUTE is invalid"),
         ("WORKER_CONCURRENCY", "0", "WORKER_CONCURRENCY is invalid"),
+        ("AI_TEMPERATURE", "2.5", "AI_TEMPERATURE is invalid"),
+        ("AI_TEMPERATURE", "warm", "AI_TEMPERATURE is invalid"),
+        ("AI_MAX_TOKENS", "0", "AI_MAX_TOKENS is invalid"),
+        ("AI_VISION_ENABLED", "maybe", "AI_VISION_ENABLED is invalid"),
+        ("AI_IMAGE_MAX_BYTES", "100", "AI_IMAGE_MAX_BYTES is invalid"),
+        ("AI_IMAGE_MAX_BYTES", "50000000", "AI_IMAGE_MAX_BYTES is invalid"),
+        ("FILE_TEXT_MAX_CHARS", "10", "FILE_TEXT_MAX_CHARS is invalid"),
     ],
 )
 def test_bad_values_stop_with_one_line_naming_the_setting(
@@ -127,3 +143,23 @@ def test_personal_data_is_kept_until_a_retention_period_is_set(
     monkeypatch.setenv("DATA_RETENTION_DAYS", "-1")
     with pytest.raises(ConfigurationError, match="DATA_RETENTION_DAYS"):
         load_settings()
+
+
+def test_the_prompts_settings_default_to_the_seeds_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = load_settings()
+    assert (s.ai_temperature, s.ai_max_tokens, s.ai_vision_enabled) == (0.3, None, True)
+    assert (s.ai_image_max_bytes, s.file_text_max_chars) == (5 * 1024 * 1024, 20_000)
+    assert (s.bot_instructions, s.bot_instructions_file, s.prompt_template_file) == (None,) * 3
+    # VAR= in an env file means unset.
+    monkeypatch.setenv("AI_MAX_TOKENS", "")
+    monkeypatch.setenv("BOT_INSTRUCTIONS_FILE", " ")
+    s = load_settings()
+    assert (s.ai_max_tokens, s.bot_instructions_file) == (None, None)
+
+
+def test_instructions_come_from_text_or_a_file_not_both(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BOT_INSTRUCTIONS", "We sell bikes.")
+    monkeypatch.setenv("BOT_INSTRUCTIONS_FILE", "/etc/bot.md")
+    with pytest.raises(ConfigurationError, match="both set; set only one") as caught:
+        load_settings()
+    assert "\n" not in str(caught.value)

@@ -17,7 +17,7 @@ from chatbuffer.prompting.template import PromptTemplate, TemplateProblem
 #: Instructions and templates go into every model request; a larger file is a mistake.
 MAX_FILE_BYTES = 256 * 1024
 
-_INBOX_FILE = re.compile(r"([1-9][0-9]{0,17])\.md")
+_INBOX_FILE = re.compile(r"([1-9][0-9]{0,9})\.md")
 
 
 def load_template(path: Path | None, *, setting: str = "PROMPT_TEMPLATE_FILE") -> PromptTemplate:

@@ -80,7 +80,7 @@ class PromptTemplate:
         try:
             text = "".join(render(self._template.new_context(dict(variables)))).strip()
         except Exception as exc:  # a template is code from outside: any error is its own
-            line = _line_of(exc)
+            line = self._line_of(exc)
             where = f" line {line}" if line else ""
             raise TemplateProblem(
                 f"{self.name}{where}, block {name}: {type(exc).__name__}: {exc}"
@@ -89,23 +89,23 @@ class PromptTemplate:
             raise TemplateProblem(f"{self.name}: the {name} block renders nothing")
         return text
 
+    def _line_of(self, exc: Exception) -> int | None:
+        """The template line an error happened on: its own, or the innermost frame of the
+        compiled template mapped back to the source."""
+        line = getattr(exc, "lineno", None)
+        if isinstance(line, int):
+            return line
+        tb = exc.__traceback__
+        found: int | None = None
+        while tb is not None:
+            if tb.tb_frame.f_code.co_filename == "<template>":
+                found = self._template.get_corresponding_lineno(tb.tb_lineno)
+            tb = tb.tb_next
+        return found
+
 
 def shipped_source() -> str:
     return resources.files(__package__).joinpath(SHIPPED_NAME).read_text(encoding="utf-8")
-
-
-def _line_of(exc: Exception) -> int | None:
-    line = getattr(exc, "lineno", None)
-    if isinstance(line, int):
-        return line
-    # Runtime errors carry the template line in their traceback frames.
-    tb = exc.__traceback__
-    found: int | None = None
-    while tb is not None:
-        if tb.tb_frame.f_code.co_filename == "<template>":
-            found = tb.tb_lineno
-        tb = tb.tb_next
-    return found
 
 
 def _sample() -> PromptInputs:

@@ -78,8 +78,12 @@ class ChatwootAttachmentReader:
 
 
 def _reason(exc: AttachmentError) -> str:
-    # "the attachment is larger than N bytes" -> "it is larger than N bytes"
-    return str(exc).replace("the attachment ", "it ", 1)
+    """The fetcher's error as the prompt says it: "it is larger than N bytes", "it is not on the
+    Chatwoot host…", "it could not be downloaded (download answered 403)"."""
+    text = str(exc)
+    if text.startswith("the attachment is "):
+        return "it is " + text.removeprefix("the attachment is ")
+    return f"it could not be downloaded ({text.removeprefix('the attachment ')})"
 
 
 def plain_text(data: bytes, max_chars: int) -> AttachmentContent:

@@ -71,6 +71,46 @@ def test_voice_note_is_buffered_with_its_transcript() -> None:
     assert action.message.attachments[0].transcript == "my order is late"
 
 
+def test_locations_contact_cards_and_stickers_keep_what_the_prompt_needs() -> None:
+    where: dict[str, Any] = {"account_id": 1, "conversation_id": 7, "created_at": NOW}
+    place = act(
+        payloads.incoming_location(
+            message_id=6,
+            latitude=-23.5505,
+            longitude=-46.6333,
+            name="Acme",
+            address="1 Main St",
+            **where,
+        )
+    )
+    card = act(
+        payloads.incoming_contact(
+            message_id=7, phone="+5511988887777", first_name="Bia", last_name="Souza", **where
+        )
+    )
+    sticker = act(
+        payloads.incoming_attachment(
+            message_id=8,
+            file_type="image",
+            data_url="https://chatwoot.example/rails/active_storage/s.webp",
+            content_type="image/webp",
+            extension="webp",
+            **where,
+        )
+    )
+    assert isinstance(place, Buffer) and isinstance(card, Buffer) and isinstance(sticker, Buffer)
+    [location] = place.message.attachments
+    assert (location.file_type, location.fallback_title) == ("location", "Acme, 1 Main St")
+    assert (location.coordinates_lat, location.coordinates_long) == (-23.5505, -46.6333)
+    [contact] = card.message.attachments
+    assert (contact.fallback_title, contact.contact_name) == ("+5511988887777", "Bia Souza")
+    [webp] = sticker.message.attachments
+    assert (webp.content_type, webp.extension) == ("image/webp", "webp")
+    # Stored and read back, they are the same.
+    for attachment in (location, contact, webp):
+        assert type(attachment).from_json(attachment.as_json()) == attachment
+
+
 def test_transcript_arriving_later_updates_the_message() -> None:
     body = payloads.incoming_attachment(
         account_id=1,
