@@ -458,7 +458,7 @@ def test_help_lists_every_command(tmp_path: Path) -> None:
     result = chatbuffer("--help", env=clean_env(), cwd=tmp_path)
 
     assert result.returncode == 0
-    for command in ("serve", "api", "worker", "migrate", "purge", "demo"):
+    for command in ("serve", "api", "worker", "migrate", "purge", "demo", "prompt"):
         assert command in result.stdout
 
 
