@@ -530,13 +530,14 @@ async def test_the_model_timing_out_then_answering_gives_one_reply(
     assert "#7010" in reply["content"]
 
 
-async def test_invalid_json_from_the_model_is_retried_then_handed_off(
+async def test_invalid_json_from_the_model_is_repaired_once_then_retried_then_handed_off(
     scratch_db: str, tmp_path: Path
 ) -> None:
     seen: Counter[str] = Counter()
 
     def script(messages: list[dict[str, Any]]) -> dict[str, Any] | str:
-        prompt = str(messages[-1]["content"])
+        # The burst is the first user message; a repair request comes after it.
+        prompt = str(messages[1]["content"])
         for tag in ("always-garbage", "garbage-once"):
             if tag in prompt:
                 seen[tag] += 1
@@ -556,15 +557,17 @@ async def test_invalid_json_from_the_model_is_retried_then_handed_off(
             RETRIED_REPLY_BOUND_S,
         )
         verdict = await r.check()
-    assert seen == {"always-garbage": 2, "garbage-once": 2}
+    # 801: each of the two attempts asked once and once more to repair; 802: the repair answered.
+    assert seen == {"always-garbage": 4, "garbage-once": 2}
     # 801: both attempts failed, so a human got it; nothing was said to the contact.
     [failed] = [b for b in verdict.bursts if b.conversation_id == 801]
     assert failed.status == "failed" and failed.attempts == 2
     assert failed.buffer_id in verdict.handoffs
     assert r.replies(801) == []
     assert chatwoot.status(ACCOUNT, 801) == "open"
-    # 802: the second attempt answered.
+    # 802: the first attempt answered, after one repair.
     [answered] = [b for b in verdict.bursts if b.conversation_id == 802]
+    assert answered.attempts == 1
     assert "#8020" in verdict.replies[answered.buffer_id]["content"]
     assert chatwoot.private_notes(ACCOUNT, 802) == []
 
