@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -53,7 +54,13 @@ from chatbuffer.storage.listener import PgWakeListener
 from chatbuffer.storage.repository import SqlBufferStore
 from chatbuffer.storage.transcripts import SqlBurstArchive
 from chatbuffer.transcription.fetch import AttachmentFetcher
+from chatbuffer.transcription.local_transcriber import (
+    LocalTranscriber,
+    WhisperEngine,
+    check_available,
+)
 from chatbuffer.transcription.openai_transcriber import OpenAITranscriber
+from chatbuffer.transcription.packaged_model import default_cache_root
 from chatbuffer.transcription.reading import ChatwootAttachmentReader
 from chatbuffer.web.asgi import WebConfig, create_asgi_app
 from chatbuffer.worker.asking import Asker
@@ -88,6 +95,17 @@ def load_prompt_files(settings: Settings) -> PromptFiles:
             settings.bot_instructions_dir,
         ),
     )
+
+
+def check_transcription(settings: Settings) -> None:
+    """Stop start-up with one line when the chosen transcriber cannot run on this machine (the
+    ``local`` backend without the ``local-asr`` extra, an unusable model or cache directory)."""
+    if settings.transcription_enabled and settings.transcription_backend == "local":
+        check_available(model_dir=settings.local_model_dir, cache_root=_cache_root(settings))
+
+
+def _cache_root(settings: Settings) -> Path:
+    return settings.transcription_local_cache_dir or default_cache_root()
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +146,9 @@ class Runtime:
         self._engine: AsyncEngine | None = None
         self._heartbeat_engine: AsyncEngine | None = None
         self._store: SqlBufferStore | None = None
-        self._owned: list[ChatwootClient | OpenAIReplyModel | AttachmentFetcher] = []
+        self._owned: list[
+            ChatwootClient | OpenAIReplyModel | AttachmentFetcher | OpenAITranscriber
+        ] = []
         self.waker = Waker(self.clock)
         self._intake: WebhookIntake | None = None
 
@@ -311,13 +331,11 @@ class Runtime:
                 timeout_s=s.attachment_timeout_ms / 1000,
             )
             self._owned.append(fetcher)
-        transcriber: Transcriber | None = self._transcriber
-        if transcriber is None and s.transcription_enabled and fetcher is not None:
-            transcriber = OpenAITranscriber(
-                client=openai_client, model=s.openai_transcription_model, fetcher=fetcher
-            )
-        if transcriber is not None:
-            transcriber = GatedTranscriber(transcriber, gate)
+        transcriber: Transcriber | None = None
+        if self._transcriber is not None:
+            transcriber = GatedTranscriber(self._transcriber, gate)
+        elif s.transcription_enabled and fetcher is not None:
+            transcriber = self._build_transcriber(fetcher, openai_client, gate)
         reader = self._reader
         if reader is None and fetcher is not None:
             reader = ChatwootAttachmentReader(
@@ -333,6 +351,48 @@ class Runtime:
             vision=s.ai_vision_enabled,
         )
         return _Adapters(chatwoot, model, transcriber, asker, openai_model)
+
+    def _build_transcriber(
+        self, fetcher: AttachmentFetcher, chat_client: openai.AsyncOpenAI, chat_gate: ModelGate
+    ) -> Transcriber:
+        s = self.settings
+        if s.transcription_backend == "local":
+            # Not behind a model gate: it spends this machine's cores, not an endpoint's limits.
+            engine = WhisperEngine(
+                model_dir=s.local_model_dir,
+                cache_root=_cache_root(s),
+                threads=s.transcription_local_threads,
+            )
+            return LocalTranscriber(fetcher=fetcher, engine=engine.transcribe)
+        key = s.transcription_key
+        if s.transcription_url == s.openai_base_url and key == s.openai_api_key:
+            # The chat endpoint: the same connection pool, and the same gate, since both spend
+            # the same limits and a 429 on either pauses both.
+            return GatedTranscriber(
+                OpenAITranscriber(
+                    client=chat_client, model=s.transcription_model_name, fetcher=fetcher
+                ),
+                chat_gate,
+            )
+        # An endpoint of its own (or another account on the same one): its own client, and its
+        # own gate, so its rate limits never pause the replies. AI_REQUESTS_PER_MINUTE is the
+        # chat provider's limit and does not apply here.
+        own = OpenAITranscriber(
+            client=openai.AsyncOpenAI(
+                base_url=s.transcription_url,
+                api_key=key.get_secret_value() if key else "",
+                timeout=s.ai_processing_timeout_ms / 1000,
+                max_retries=0,
+            ),
+            model=s.transcription_model_name,
+            fetcher=fetcher,
+        )
+        self._owned.append(own)
+        return GatedTranscriber(own, ModelGate(self.clock, max_concurrency=s.ai_max_concurrency))
+
+    def transcriber(self) -> Transcriber | None:
+        """What the worker turns voice notes into text with (None when it does not)."""
+        return self._adapters().transcriber
 
     # -- the prompt, for operators (`chatbuffer prompt show` / `try`) ----------------------
 

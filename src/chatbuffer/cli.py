@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import re
 import signal
 import sys
@@ -211,17 +212,20 @@ def _run(args: argparse.Namespace) -> int:
     from chatbuffer.observability import logging as log_setup
 
     log_setup.configure(settings.log_level)
+    for warning in settings.deprecations:
+        logging.getLogger("chatbuffer.settings").warning("%s", warning)
     if role == "migrate":
         revision = _migrate(settings)
         print(f"chatbuffer: database schema is at revision {revision}")
         return 0
     prompt_files = None
     if role in {"serve", "worker"}:
-        from chatbuffer.app import load_prompt_files
+        from chatbuffer.app import check_transcription, load_prompt_files
 
-        # A template or instructions file that cannot be used stops start-up with one line,
-        # before the first customer's message would find out.
+        # A template or instructions file that cannot be used, or a transcriber that cannot run
+        # here, stops start-up with one line, before the first customer's message would find out.
         prompt_files = load_prompt_files(settings)
+        check_transcription(settings)
     if role == "serve" and settings.is_sqlite:
         _migrate(settings)
     asyncio.run(_preflight(settings))

@@ -47,7 +47,15 @@ class Settings(BaseSettings):
     ai_max_concurrency: int = Field(500, ge=1, le=1_000)
     ai_requests_per_minute: int | None = Field(None, ge=1, le=1_000_000)
     transcription_enabled: bool = True
-    openai_transcription_model: str = "whisper-1"
+    transcription_backend: Literal["openai", "local"] = "openai"
+    # Unset: the chat endpoint's (OPENAI_BASE_URL, OPENAI_API_KEY); see the properties below.
+    transcription_base_url: str | None = None
+    transcription_api_key: SecretStr | None = None
+    transcription_model: str | None = None
+    # The old name of TRANSCRIPTION_MODEL, still read (deprecated; see ``deprecations``).
+    openai_transcription_model: str | None = None
+    transcription_local_threads: int = Field(2, ge=1, le=64)
+    transcription_local_cache_dir: Path | None = None
     attachment_max_bytes: int = Field(25 * 1024 * 1024, ge=1_024)
     attachment_timeout_ms: int = Field(15_000, ge=100)
     response_quality_threshold: float = Field(0.7, ge=0.0, le=1.0)
@@ -94,6 +102,11 @@ class Settings(BaseSettings):
         "bot_instructions_file",
         "bot_instructions_dir",
         "prompt_template_file",
+        "transcription_base_url",
+        "transcription_api_key",
+        "transcription_model",
+        "openai_transcription_model",
+        "transcription_local_cache_dir",
         mode="before",
     )
     @classmethod
@@ -102,6 +115,11 @@ class Settings(BaseSettings):
         if isinstance(value, str) and not value.strip():
             return None
         return value
+
+    @field_validator("transcription_backend", mode="before")
+    @classmethod
+    def _lower_backend(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("database_url")
     @classmethod
@@ -131,7 +149,7 @@ class Settings(BaseSettings):
             )
         return ",".join(statuses)
 
-    @field_validator("openai_base_url", "chatwoot_base_url")
+    @field_validator("openai_base_url", "chatwoot_base_url", "transcription_base_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is None:
@@ -151,7 +169,44 @@ class Settings(BaseSettings):
             raise ValueError(
                 "BOT_INSTRUCTIONS and BOT_INSTRUCTIONS_FILE are both set; set only one"
             )
+        old, new = self.openai_transcription_model, self.transcription_model
+        if old is not None and new is not None and old != new:
+            raise ValueError(
+                "TRANSCRIPTION_MODEL and OPENAI_TRANSCRIPTION_MODEL (its deprecated old name) "
+                "differ; set only TRANSCRIPTION_MODEL"
+            )
         return self
+
+    @property
+    def transcription_url(self) -> str:
+        """The transcription endpoint: ``TRANSCRIPTION_BASE_URL``, else the chat endpoint."""
+        return self.transcription_base_url or self.openai_base_url
+
+    @property
+    def transcription_key(self) -> SecretStr | None:
+        """``TRANSCRIPTION_API_KEY``, else the chat endpoint's key."""
+        return self.transcription_api_key or self.openai_api_key
+
+    @property
+    def transcription_model_name(self) -> str:
+        """The model the transcription endpoint is asked for."""
+        return self.transcription_model or self.openai_transcription_model or "whisper-1"
+
+    @property
+    def local_model_dir(self) -> Path | None:
+        """``TRANSCRIPTION_BACKEND=local``: a model directory of the operator's, or None for the
+        one the extra installs. The deprecated name is not read here: it names hosted models."""
+        return Path(self.transcription_model) if self.transcription_model else None
+
+    @property
+    def deprecations(self) -> list[str]:
+        """Warnings to log at start-up about settings read under an old name."""
+        if self.openai_transcription_model is None:
+            return []
+        return [
+            "OPENAI_TRANSCRIPTION_MODEL is deprecated and will be removed: "
+            "set TRANSCRIPTION_MODEL instead (same meaning)"
+        ]
 
     @property
     def active_statuses(self) -> frozenset[str]:

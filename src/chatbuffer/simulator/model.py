@@ -79,6 +79,15 @@ def support_agent(messages: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True, slots=True)
+class TranscriptionCall:
+    """One ``audio/transcriptions`` request, as the endpoint saw it."""
+
+    filename: str
+    model: str
+    api_key: str
+
+
 @dataclass(slots=True)
 class _Failure:
     status: int
@@ -113,6 +122,7 @@ class ScriptedModelServer:
         self._delays: list[_Delay] = []
         self.requests: list[dict[str, Any]] = []
         self.transcriptions: list[str] = []
+        self.transcription_calls: list[TranscriptionCall] = []
         self.app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self._complete, methods=["POST"]),
@@ -130,6 +140,11 @@ class ScriptedModelServer:
 
     async def _transcribe(self, request: Request) -> Response:
         """A deterministic speech-to-text: audio made by :func:`voice_note` says its text."""
+        token = _bearer(request)
+        if token is None:
+            return _error(
+                401, "Missing or invalid API key.", "invalid_request_error", "invalid_api_key"
+            )
         # The context closes the spooled upload file; left open it warns when collected.
         async with request.form() as form:
             upload = form.get("file")
@@ -137,12 +152,14 @@ class ScriptedModelServer:
                 return _error(400, "'file' is required.", "invalid_request_error")
             audio = await upload.read()
             self.transcriptions.append(upload.filename or "")
+            self.transcription_calls.append(
+                TranscriptionCall(upload.filename or "", str(form.get("model", "")), token)
+            )
         text = audio.removeprefix(VOICE_MAGIC).decode() if audio.startswith(VOICE_MAGIC) else ""
         return PlainTextResponse(text)
 
     async def _complete(self, request: Request) -> Response:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        if _bearer(request) is None:
             return _error(
                 401, "Missing or invalid API key.", "invalid_request_error", "invalid_api_key"
             )
@@ -191,6 +208,13 @@ class ScriptedModelServer:
                 },
             }
         )
+
+
+def _bearer(request: Request) -> str | None:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
 
 
 _Hook = TypeVar("_Hook", _Failure, _Delay)

@@ -14,8 +14,9 @@ from urllib.parse import urlsplit
 
 import httpx2
 
+from chatbuffer.domain.model import Attachment
 from chatbuffer.domain.retry import parse_retry_after, retryable_status
-from chatbuffer.errors import AttachmentError
+from chatbuffer.errors import AttachmentError, TranscriptionError
 
 MAX_REDIRECTS = 3
 
@@ -106,3 +107,18 @@ class AttachmentFetcher:
     @staticmethod
     def _too_large(limit: int) -> AttachmentError:
         return AttachmentError(f"the attachment is larger than {limit} bytes", retryable=False)
+
+
+async def fetch_voice_note(fetcher: AttachmentFetcher, attachment: Attachment) -> Download:
+    """The voice note's bytes, or a ``TranscriptionError``: the pipeline tells a voice note it
+    could not transcribe from a passing failure by that type and its retryable flag."""
+    if not attachment.data_url:
+        raise TranscriptionError("the voice note has no download URL", retryable=False)
+    try:
+        return await fetcher.fetch(attachment.data_url)
+    except TranscriptionError:
+        raise
+    except AttachmentError as exc:
+        raise TranscriptionError(
+            str(exc), retryable=exc.retryable, retry_after=exc.retry_after
+        ) from exc

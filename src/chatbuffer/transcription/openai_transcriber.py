@@ -5,16 +5,16 @@ from __future__ import annotations
 import openai
 
 from chatbuffer.domain.model import Attachment
-from chatbuffer.errors import AttachmentError, TranscriptionError
+from chatbuffer.errors import TranscriptionError
 from chatbuffer.openai_errors import translated
-from chatbuffer.transcription.fetch import AttachmentFetcher
+from chatbuffer.transcription.fetch import AttachmentFetcher, fetch_voice_note
 
 
 class OpenAITranscriber:
     """Implements :class:`chatbuffer.domain.ports.Transcriber` with ``audio.transcriptions``.
 
     Works with any endpoint that speaks OpenAI's transcription API (OpenAI, Groq, a local
-    faster-whisper server).
+    faster-whisper server), the chat endpoint or one of its own (``TRANSCRIPTION_BASE_URL``).
     """
 
     def __init__(
@@ -24,19 +24,12 @@ class OpenAITranscriber:
         self._model = model
         self._fetcher = fetcher
 
+    async def aclose(self) -> None:
+        """Close the client; only for a client made for this transcriber alone."""
+        await self._client.close()
+
     async def transcribe(self, attachment: Attachment) -> str:
-        if not attachment.data_url:
-            raise TranscriptionError("the voice note has no download URL", retryable=False)
-        try:
-            download = await self._fetcher.fetch(attachment.data_url)
-        except TranscriptionError:
-            raise
-        except AttachmentError as exc:
-            # The pipeline tells a voice note it could not transcribe from a passing failure by
-            # this type and its retryable flag.
-            raise TranscriptionError(
-                str(exc), retryable=exc.retryable, retry_after=exc.retry_after
-            ) from exc
+        download = await fetch_voice_note(self._fetcher, attachment)
         with translated(TranscriptionError, "transcription endpoint"):
             result = await self._client.audio.transcriptions.create(
                 model=self._model,
