@@ -6,6 +6,7 @@ working directory, so nothing from the developer's shell or the repository leaks
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -202,6 +203,7 @@ def test_migrate_creates_a_fresh_sqlite_database_and_can_run_again(tmp_path: Pat
         ({"BOT_ACTIVE_STATUSES": "archived"}, "BOT_ACTIVE_STATUSES"),
         ({"CHATWOOT_BASE_URL": "chatwoot.example.com"}, "CHATWOOT_BASE_URL"),
         ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+        ({"TRANSCRIPTION_BACKEND": "whisper"}, "TRANSCRIPTION_BACKEND"),
     ],
     ids=[
         "duration-not-a-number",
@@ -212,6 +214,7 @@ def test_migrate_creates_a_fresh_sqlite_database_and_can_run_again(tmp_path: Pat
         "unknown-status",
         "base-url-without-scheme",
         "unknown-log-level",
+        "unknown-transcription-backend",
     ],
 )
 def test_serve_with_a_bad_setting_names_it_in_one_line(
@@ -225,6 +228,27 @@ def test_serve_with_a_bad_setting_names_it_in_one_line(
     result = chatbuffer("serve", "--port", str(free_port()), env=env, cwd=tmp_path)
 
     assert_refused(result, named)
+    assert not path.exists(), "a refused start must not create the database"
+
+
+@pytest.mark.parametrize("command", ["serve", "worker"])
+def test_local_transcription_that_cannot_run_here_is_refused_in_one_line(
+    tmp_path: Path, command: str
+) -> None:
+    path = tmp_path / "chatbuffer.db"
+    env = clean_env(
+        DATABASE_URL=f"sqlite:///{path}", TRANSCRIPTION_BACKEND="local", **WORKER_SETTINGS
+    )
+    if importlib.util.find_spec("faster_whisper") is None:
+        named = ["TRANSCRIPTION_BACKEND=local needs", "chatbuffer[local-asr]"]
+    else:  # with the extra installed, a model directory that holds no model stops it instead
+        env["TRANSCRIPTION_MODEL"] = str(tmp_path)
+        named = ["TRANSCRIPTION_MODEL is invalid", str(tmp_path)]
+    args = ["--port", str(free_port())] if command == "serve" else []
+
+    result = chatbuffer(command, *args, env=env, cwd=tmp_path)
+
+    assert_refused(result, *named)
     assert not path.exists(), "a refused start must not create the database"
 
 
