@@ -153,11 +153,11 @@ class LocalTranscriber:
         async with self._slots:
             try:
                 return await asyncio.to_thread(self._engine, download.content)
-            except TranscriptionError as exc:
-                logger.warning("a voice note was not transcribed: %s", exc)
+            except TranscriptionError:
                 raise
             except Exception as exc:  # the decoder or the model failing on a stranger's file
-                logger.warning("a voice note was not transcribed: %s", type(exc).__name__)
+                # Given up on, not retried: the same bytes would fail the same way, and the
+                # pipeline logs it and tells the model the note could not be transcribed.
                 raise TranscriptionError(
                     f"the voice note could not be transcribed ({type(exc).__name__})",
                     retryable=False,

@@ -144,9 +144,10 @@ class GatedReplyModel:
 class GatedTranscriber:
     """Implements :class:`chatbuffer.domain.ports.Transcriber` through the model's ``gate``.
 
-    Transcriptions go to the same endpoint with the same key, so they count against the same
-    limits and a 429 on either pauses both. The pipeline transcribes before it asks the model,
-    never during, so one buffer never holds two slots.
+    Transcriptions sent to the chat endpoint with its key count against the same limits, so they
+    share its gate and a 429 on either pauses both; an endpoint of their own gets a gate of its
+    own. The pipeline transcribes before it asks the model, never during, so one buffer never
+    holds two slots.
     """
 
     def __init__(self, transcriber: Transcriber, gate: ModelGate) -> None:
