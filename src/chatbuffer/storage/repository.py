@@ -314,21 +314,20 @@ class SqlBufferStore:
         async with self._heartbeat_engine.begin() as conn:
             return set((await conn.execute(sql.HEARTBEAT, params)).scalars())
 
-    async def load(self, job: ClaimedJob, history_limit: int) -> BufferContents:
-        key = _key(job.key)
+    async def load(self, job: ClaimedJob, owner: str, history_limit: int) -> BufferContents:
+        """The burst, its history, earlier intents and the send check, in one read
+        transaction."""
+        params = {**_held(job, owner), "p_buffer_id": job.buffer_id}
         async with self._reading() as conn:
-            rows = (
-                await conn.execute(sql.BUFFER_MESSAGES, {**key, "p_buffer_id": job.buffer_id})
-            ).all()
+            check = await self._send_check(conn, params)
+            rows = (await conn.execute(sql.BUFFER_MESSAGES, params)).all()
             burst = [_inbound(job.key, r) for r in rows]
             history = await self._history(conn, job, burst, history_limit)
             posted = [
                 PostedMessage(r.kind, r.content, r.chatwoot_message_id)
-                for r in await conn.execute(
-                    sql.BUFFER_POSTED, {**key, "p_buffer_id": job.buffer_id}
-                )
+                for r in await conn.execute(sql.BUFFER_POSTED, params)
             ]
-        return BufferContents(messages=burst, history=history, posted=posted)
+        return BufferContents(messages=burst, history=history, posted=posted, check=check)
 
     async def _history(
         self,

@@ -287,7 +287,7 @@ class MemoryStore:
 
     # -- conversation history ---------------------------------------------------------------
 
-    async def load(self, job: ClaimedJob, history_limit: int) -> BufferContents:
+    async def load(self, job: ClaimedJob, owner: str, history_limit: int) -> BufferContents:
         burst = sorted(
             (m.message for m in self.messages if m.buffer_id == job.buffer_id),
             key=lambda m: m.chatwoot_message_id,
@@ -327,7 +327,8 @@ class MemoryStore:
             PostedMessage(r.kind, r.content, r.chatwoot_message_id)
             for r in self._posted(job.buffer_id)
         ]
-        return BufferContents(messages=burst, history=history, posted=posted)
+        check = await self.before_send(job, owner)
+        return BufferContents(messages=burst, history=history, posted=posted, check=check)
 
     # -- send ledger ------------------------------------------------------------------------
 
