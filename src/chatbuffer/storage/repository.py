@@ -55,7 +55,7 @@ from chatbuffer.domain.ports import (
     ReplayResult,
     SendCheck,
 )
-from chatbuffer.storage import database, pg_intake, sqlite_intake
+from chatbuffer.storage import database, pg_intake, pg_worker, sqlite_intake
 from chatbuffer.storage import statements as sql
 
 WAKE_CHANNEL = sql.WAKE_CHANNEL
@@ -315,8 +315,11 @@ class SqlBufferStore:
             return set((await conn.execute(sql.HEARTBEAT, params)).scalars())
 
     async def load(self, job: ClaimedJob, owner: str, history_limit: int) -> BufferContents:
-        """The burst, its history, earlier intents and the send check, in one read
-        transaction."""
+        """The burst, its history, earlier intents and the send check, in one snapshot: one
+        function call on PostgreSQL, one read transaction on SQLite."""
+        if self._postgres:
+            loaded = await pg_worker.load(self._engine, job, owner, history_limit)
+            return _contents(job, loaded, history_limit)
         params = {**_held(job, owner), "p_buffer_id": job.buffer_id}
         async with self._reading() as conn:
             check = await self._send_check(conn, params)
@@ -346,17 +349,11 @@ class SqlBufferStore:
         }
         earlier = (await conn.execute(sql.EARLIER_MESSAGES, params)).all()
         replies = (await conn.execute(sql.EARLIER_REPLIES, params)).all()
-        entries = [
-            HistoryEntry(
-                role="contact",
-                content=r.content,
-                at=r.received_at,
-                attachments=tuple(Attachment.from_json(a) for a in r.attachments or []),
-            )
-            for r in earlier
-        ] + [HistoryEntry(role="assistant", content=r.content, at=r.sent_at) for r in replies]
-        entries.sort(key=lambda e: e.at)
-        return entries[-limit:]
+        return _turns(
+            [(r.content, r.attachments, r.received_at) for r in earlier],
+            [(r.content, r.sent_at) for r in replies],
+            limit,
+        )
 
     async def before_send(self, job: ClaimedJob, owner: str) -> SendCheck:
         """Whether the buffer may still be answered: ``send``, ``cancelled`` (lost, or a
@@ -385,9 +382,12 @@ class SqlBufferStore:
         Chatwoot timeout plus a margin) on the database's clock, all in one transaction: a
         ``send`` verdict means no other worker can take the buffer over before the POST has
         landed or timed out."""
+        if self._postgres:
+            clock = None if self._database_clock else now
+            return await pg_worker.reserve_send(self._engine, job, owner, intent, now, clock, hold)
         params = {**_held(job, owner), "p_buffer_id": job.buffer_id}
+        # SQLite: BEGIN IMMEDIATE serialises writers, so no conversation lock is needed.
         async with self._engine.begin() as conn:
-            await self._lock(conn, job.key)
             kept = await conn.execute(sql.HOLD_LEASE, {**params, **self._lease(now, hold)})
             if kept.first() is None:
                 return "cancelled"
@@ -430,11 +430,9 @@ class SqlBufferStore:
             )
             if confirmed.rowcount:
                 return
-        params = {**_key(job.key), "p_buffer_id": job.buffer_id}
-        if any(r.kind == posted.kind for r in await conn.execute(sql.BUFFER_POSTED, params)):
-            return
+        # A row of this kind already there is kept (the unique key of buffer and kind).
         await conn.execute(
-            sql.INSERT_REPLY,
+            sql.RECORD_REPLY,
             {
                 "id": uuid.uuid4(),
                 "buffer_id": job.buffer_id,
@@ -509,9 +507,10 @@ class SqlBufferStore:
         What Chatwoot accepted is recorded even when this worker has lost the lease meanwhile,
         so the conversation's history (and a later duplicate check) knows it was sent.
         """
+        if self._postgres:
+            return await pg_worker.complete(self._engine, job, owner, now, note, posted)
         params = {**_held(job, owner), "p_buffer_id": job.buffer_id, "p_now": now, "p_note": note}
         async with self._engine.begin() as conn:
-            await self._lock(conn, job.key)
             if posted is not None:
                 await self._record_posted(conn, job, posted, now)
             if (await conn.execute(sql.COMPLETE_JOB, params)).rowcount != 1:
@@ -519,7 +518,6 @@ class SqlBufferStore:
             await conn.execute(sql.COMPLETE_BUFFER, params)
             await conn.execute(sql.MARK_MESSAGES_PROCESSED, params)
             await conn.execute(sql.IDLE_IF_PROCESSING, params)
-            await self._wake_waiting(conn, params)
             return True
 
     async def _wake_waiting(self, conn: AsyncConnection, params: Mapping[str, Any]) -> None:
@@ -531,6 +529,8 @@ class SqlBufferStore:
     async def release_for_retry(
         self, job: ClaimedJob, owner: str, error: str, retry_at: datetime
     ) -> bool:
+        if self._postgres:
+            return await pg_worker.release(self._engine, job, owner, error, retry_at)
         params = {
             **_held(job, owner),
             "p_buffer_id": job.buffer_id,
@@ -539,15 +539,14 @@ class SqlBufferStore:
             "p_now": job.claimed_at,
         }
         async with self._engine.begin() as conn:
-            await self._lock(conn, job.key)
             if (await conn.execute(sql.RETRY_JOB, params)).rowcount != 1:
                 return False
             await conn.execute(sql.RETRY_BUFFER, params)
-            if self._postgres:
-                await conn.execute(sql.NOTIFY, {"p_payload": retry_at.isoformat()})
             return True
 
     async def fail(self, job: ClaimedJob, owner: str, error: str, now: datetime) -> bool:
+        if self._postgres:
+            return await pg_worker.fail(self._engine, job, owner, error, now)
         params = {
             **_held(job, owner),
             "p_buffer_id": job.buffer_id,
@@ -556,12 +555,10 @@ class SqlBufferStore:
             "p_now": now,
         }
         async with self._engine.begin() as conn:
-            await self._lock(conn, job.key)
             if (await conn.execute(sql.FAIL_JOB, params)).rowcount != 1:
                 return False
             await conn.execute(sql.FAIL_BUFFER, params)
             await conn.execute(sql.IDLE_IF_PROCESSING, params)
-            await self._wake_waiting(conn, params)
             return True
 
     # -- admin ----------------------------------------------------------------------------
@@ -620,6 +617,66 @@ class SqlBufferStore:
 
 #: Statuses of a newer buffer that make replaying an older one answer out of order.
 _ANSWERED = frozenset({"processing", "completed", "cancelled"})
+
+
+def _turns(
+    earlier: Sequence[tuple[str | None, Any, datetime]],
+    replies: Sequence[tuple[str, datetime]],
+    limit: int,
+) -> list[HistoryEntry]:
+    """The contact's earlier messages and the bot's confirmed replies, interleaved by time,
+    the last ``limit`` of them."""
+    entries = [
+        HistoryEntry(
+            role="contact",
+            content=content,
+            at=at,
+            attachments=tuple(Attachment.from_json(a) for a in attachments or []),
+        )
+        for content, attachments, at in earlier
+    ] + [HistoryEntry(role="assistant", content=content, at=at) for content, at in replies]
+    entries.sort(key=lambda e: e.at)
+    return entries[-limit:]
+
+
+def _contents(
+    job: ClaimedJob, rows: Sequence[pg_worker.LoadedRow], history_limit: int
+) -> BufferContents:
+    """``BufferContents`` from the rows of ``chatbuffer_load`` (PostgreSQL)."""
+    check: SendCheck = "cancelled"
+    burst: list[InboundMessage] = []
+    earlier: list[tuple[str | None, Any, datetime]] = []
+    replies: list[tuple[str, datetime]] = []
+    posted: list[PostedMessage] = []
+    for row in rows:
+        part = row.part
+        if part == "message":
+            assert row.happened_at is not None
+            burst.append(
+                InboundMessage(
+                    key=job.key,
+                    chatwoot_message_id=row.message_id,
+                    content=row.body,
+                    kind=row.message_type,
+                    content_type=row.content_type or "text",
+                    received_at=row.happened_at,
+                    attachments=tuple(Attachment.from_json(a) for a in row.attachments or []),
+                    sender=row.sender_info or {},
+                    conversation=row.conversation_info or {},
+                )
+            )
+        elif part == "earlier":
+            assert row.happened_at is not None
+            earlier.append((row.body, row.attachments, row.happened_at))
+        elif part == "reply":
+            assert row.happened_at is not None
+            replies.append((row.body, row.happened_at))
+        elif part == "posted":
+            posted.append(PostedMessage(row.kind, row.body, row.message_id))
+        elif part == "check":
+            check = row.kind
+    history = _turns(earlier, replies, history_limit) if history_limit > 0 else []
+    return BufferContents(messages=burst, history=history, posted=posted, check=check)
 
 
 def _window(row: Any) -> buffer.BufferWindow:
