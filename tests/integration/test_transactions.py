@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import Connection, Engine, event, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chatbuffer.domain.buffer import BufferPolicy
@@ -35,16 +35,22 @@ ANSWER = ModelDecision(should_respond=True, content="It ships today.", confidenc
 
 
 class Transactions:
-    """Counts the transactions run through ``engine`` (attach before its first connection)."""
+    """Counts the transactions run on ``url``'s database through any engine of this process (the
+    store's, and on SQLite its worker thread's); attach before the store's first connection."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.count = 0
-        event.listen(engine.sync_engine, "begin", self._begun)
+        self._database = engine.url.database
+        event.listen(Engine, "begin", self._begun)
         if engine.dialect.name == "postgresql":
             event.listen(engine.sync_engine.pool, "connect", self._watch_driver)
 
-    def _begun(self, _connection: Any) -> None:
-        self.count += 1
+    def close(self) -> None:
+        event.remove(Engine, "begin", self._begun)
+
+    def _begun(self, connection: Connection) -> None:
+        if connection.engine.url.database == self._database:
+            self.count += 1
 
     def _watch_driver(self, dbapi_connection: Any, _record: Any) -> None:
         driver = dbapi_connection.driver_connection
@@ -65,6 +71,7 @@ async def counted(db_url: str) -> AsyncIterator[tuple[SqlBufferStore, Transactio
     try:
         yield SqlBufferStore(engine, database_clock=False), transactions
     finally:
+        transactions.close()
         await engine.dispose()
 
 

@@ -13,7 +13,7 @@ the lease lost, which is what the first call left behind.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,12 +22,18 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import greenlet_spawn
 
-from chatbuffer.domain.ports import ClaimedJob, PostedMessage, SendCheck
+from chatbuffer.domain.model import InboundMessage
+from chatbuffer.domain.ports import BufferContents, ClaimedJob, PostedMessage, SendCheck
+from chatbuffer.storage import contents
 
 LOAD = (
     "SELECT part, message_id, body, message_type, content_type, attachments, sender_info,"
     " conversation_info, happened_at, kind FROM chatbuffer_load(%(p_account_id)s,"
     " %(p_conversation_id)s, %(p_job_id)s, %(p_buffer_id)s, %(p_owner)s, %(p_history_limit)s)"
+)
+SEND_CHECK = (
+    "SELECT chatbuffer_send_check(%(p_account_id)s, %(p_conversation_id)s, %(p_job_id)s,"
+    " %(p_buffer_id)s, %(p_owner)s)"
 )
 RESERVE_SEND = (
     "SELECT chatbuffer_reserve_send(%(p_account_id)s, %(p_conversation_id)s, %(p_job_id)s,"
@@ -69,46 +75,58 @@ def _posted(posted: PostedMessage | None) -> dict[str, Any]:
     }
 
 
-class LoadedRow:
-    """One row of ``chatbuffer_load``: ``part`` is ``check``, ``message``, ``earlier``,
-    ``reply`` or ``posted``; the other fields are those the part fills in."""
-
-    __slots__ = (
-        "attachments",
-        "body",
-        "content_type",
-        "conversation_info",
-        "happened_at",
-        "kind",
-        "message_id",
-        "message_type",
-        "part",
-        "sender_info",
-    )
-
-    def __init__(self, row: Sequence[Any]) -> None:
-        (
-            self.part,
-            self.message_id,
-            self.body,
-            self.message_type,
-            self.content_type,
-            self.attachments,
-            self.sender_info,
-            self.conversation_info,
-            happened_at,
-            self.kind,
-        ) = row
-        self.happened_at: datetime | None = (
-            None if happened_at is None else happened_at.astimezone(UTC)
-        )
-
-
 async def load(
     engine: AsyncEngine, job: ClaimedJob, owner: str, history_limit: int
-) -> list[LoadedRow]:
+) -> BufferContents:
+    """The rows of ``chatbuffer_load``, each of one ``part``: the ``check``, a ``message`` of the
+    burst (in order), an ``earlier`` message or a ``reply`` of the history, a ``posted``."""
     rows = await _call(engine, LOAD, {**_held(job, owner), "p_history_limit": history_limit})
-    return [LoadedRow(r) for r in rows]
+    check: SendCheck = "cancelled"
+    burst: list[InboundMessage] = []
+    earlier: list[tuple[str | None, Any, datetime]] = []
+    replies: list[tuple[str, datetime]] = []
+    posted: list[PostedMessage] = []
+    for (
+        part,
+        message_id,
+        body,
+        message_type,
+        content_type,
+        attachments,
+        sender,
+        about,
+        at,
+        kind,
+    ) in rows:
+        if part == "message":
+            burst.append(
+                contents.inbound(
+                    job.key,
+                    message_id,
+                    body,
+                    message_type,
+                    content_type,
+                    at.astimezone(UTC),
+                    attachments,
+                    sender,
+                    about,
+                )
+            )
+        elif part == "earlier":
+            earlier.append((body, attachments, at.astimezone(UTC)))
+        elif part == "reply":
+            replies.append((body, at.astimezone(UTC)))
+        elif part == "posted":
+            posted.append(PostedMessage(kind, body, message_id))
+        elif part == "check":
+            check = kind
+    history = contents.turns(earlier, replies, history_limit)
+    return BufferContents(messages=burst, history=history, posted=posted, check=check)
+
+
+async def send_check(engine: AsyncEngine, job: ClaimedJob, owner: str) -> SendCheck:
+    verdict: SendCheck = (await _call(engine, SEND_CHECK, _held(job, owner)))[0][0]
+    return verdict
 
 
 async def reserve_send(

@@ -43,7 +43,6 @@ from chatbuffer.domain.marker import Marker
 from chatbuffer.domain.model import (
     Attachment,
     ConversationKey,
-    HistoryEntry,
     InboundMessage,
 )
 from chatbuffer.domain.ports import (
@@ -55,7 +54,7 @@ from chatbuffer.domain.ports import (
     ReplayResult,
     SendCheck,
 )
-from chatbuffer.storage import database, pg_intake, pg_worker, sqlite_intake
+from chatbuffer.storage import database, pg_intake, pg_worker, sqlite_intake, sqlite_worker
 from chatbuffer.storage import statements as sql
 
 WAKE_CHANNEL = sql.WAKE_CHANNEL
@@ -106,9 +105,9 @@ class SqlBufferStore:
         ``intake_batch``: at most this many webhooks stored in one transaction (PostgreSQL)."""
         self._engine = engine
         self._postgres = engine.dialect.name == "postgresql"
-        self._sqlite_intake = (
-            None if self._postgres else sqlite_intake.SqliteIntake(engine.url.database or "")
-        )
+        path = engine.url.database or ""
+        self._sqlite_intake = None if self._postgres else sqlite_intake.SqliteIntake(path)
+        self._sqlite_worker = None if self._postgres else sqlite_worker.SqliteWorker(path)
         self._pg_intake = pg_intake.IntakeBatches(engine, max_batch=intake_batch)
         self._database_clock = self._postgres and database_clock is not False
         self._heartbeat_engine = heartbeat_engine or engine
@@ -316,58 +315,21 @@ class SqlBufferStore:
 
     async def load(self, job: ClaimedJob, owner: str, history_limit: int) -> BufferContents:
         """The burst, its history, earlier intents and the send check, in one snapshot: one
-        function call on PostgreSQL, one read transaction on SQLite."""
-        if self._postgres:
-            loaded = await pg_worker.load(self._engine, job, owner, history_limit)
-            return _contents(job, loaded, history_limit)
-        params = {**_held(job, owner), "p_buffer_id": job.buffer_id}
-        async with self._reading() as conn:
-            check = await self._send_check(conn, params)
-            rows = (await conn.execute(sql.BUFFER_MESSAGES, params)).all()
-            burst = [_inbound(job.key, r) for r in rows]
-            history = await self._history(conn, job, burst, history_limit)
-            posted = [
-                PostedMessage(r.kind, r.content, r.chatwoot_message_id)
-                for r in await conn.execute(sql.BUFFER_POSTED, params)
-            ]
-        return BufferContents(messages=burst, history=history, posted=posted, check=check)
-
-    async def _history(
-        self,
-        conn: AsyncConnection,
-        job: ClaimedJob,
-        burst: Sequence[InboundMessage],
-        limit: int,
-    ) -> list[HistoryEntry]:
-        if limit <= 0 or not burst:
-            return []
-        params = {
-            **_key(job.key),
-            "p_buffer_id": job.buffer_id,
-            "p_before": burst[0].received_at,
-            "p_limit": limit,
-        }
-        earlier = (await conn.execute(sql.EARLIER_MESSAGES, params)).all()
-        replies = (await conn.execute(sql.EARLIER_REPLIES, params)).all()
-        return _turns(
-            [(r.content, r.attachments, r.received_at) for r in earlier],
-            [(r.content, r.sent_at) for r in replies],
-            limit,
-        )
+        function call on PostgreSQL, one read transaction in one thread hop on SQLite."""
+        if self._sqlite_worker is not None:
+            return await self._sqlite_worker.read(
+                lambda conn: sqlite_worker.load(conn, job, owner, history_limit)
+            )
+        return await pg_worker.load(self._engine, job, owner, history_limit)
 
     async def before_send(self, job: ClaimedJob, owner: str) -> SendCheck:
         """Whether the buffer may still be answered: ``send``, ``cancelled`` (lost, or a
         human took over) or ``newer`` (the contact wrote again since it closed)."""
-        params = {**_held(job, owner), "p_buffer_id": job.buffer_id}
-        async with self._reading() as conn:
-            return await self._send_check(conn, params)
-
-    @staticmethod
-    async def _send_check(conn: AsyncConnection, params: dict[str, Any]) -> SendCheck:
-        row = (await conn.execute(sql.BEFORE_SEND, params)).first()
-        if row is None:
-            return "cancelled"
-        return "newer" if row.newer else "send"
+        if self._sqlite_worker is not None:
+            return await self._sqlite_worker.read(
+                lambda conn: sqlite_worker.send_check(conn, job, owner)
+            )
+        return await pg_worker.send_check(self._engine, job, owner)
 
     async def reserve_send(
         self,
@@ -382,21 +344,12 @@ class SqlBufferStore:
         Chatwoot timeout plus a margin) on the database's clock, all in one transaction: a
         ``send`` verdict means no other worker can take the buffer over before the POST has
         landed or timed out."""
-        if self._postgres:
-            clock = None if self._database_clock else now
-            return await pg_worker.reserve_send(self._engine, job, owner, intent, now, clock, hold)
-        params = {**_held(job, owner), "p_buffer_id": job.buffer_id}
-        # SQLite: BEGIN IMMEDIATE serialises writers, so no conversation lock is needed.
-        async with self._engine.begin() as conn:
-            kept = await conn.execute(sql.HOLD_LEASE, {**params, **self._lease(now, hold)})
-            if kept.first() is None:
-                return "cancelled"
-            verdict = await self._send_check(conn, params)
-            # Also on "newer": if the burst cannot be folded into the newer buffer, this reply
-            # is sent after all. An intent left on a superseded buffer was never posted.
-            if verdict != "cancelled":
-                await self._record_posted(conn, job, intent, now)
-            return verdict
+        if self._sqlite_worker is not None:
+            return await self._sqlite_worker.write(
+                lambda conn: sqlite_worker.reserve_send(conn, job, owner, intent, now, hold)
+            )
+        clock = None if self._database_clock else now
+        return await pg_worker.reserve_send(self._engine, job, owner, intent, now, clock, hold)
 
     async def confirm_sent(
         self, key: ConversationKey, marker: Marker, chatwoot_message_id: int
@@ -412,38 +365,6 @@ class SqlBufferStore:
                 },
             )
             return bool(result.rowcount)
-
-    @staticmethod
-    async def _record_posted(
-        conn: AsyncConnection, job: ClaimedJob, posted: PostedMessage, now: datetime
-    ) -> None:
-        """Record an intent, or fill in the id of one; a row that already has an id is kept."""
-        if posted.chatwoot_message_id is not None:
-            confirmed = await conn.execute(
-                sql.CONFIRM_SENT,
-                {
-                    **_key(job.key),
-                    "p_buffer_id": job.buffer_id,
-                    "p_kind": posted.kind,
-                    "p_message_id": posted.chatwoot_message_id,
-                },
-            )
-            if confirmed.rowcount:
-                return
-        # A row of this kind already there is kept (the unique key of buffer and kind).
-        await conn.execute(
-            sql.RECORD_REPLY,
-            {
-                "id": uuid.uuid4(),
-                "buffer_id": job.buffer_id,
-                "account_id": job.key.account_id,
-                "conversation_id": job.key.conversation_id,
-                "kind": posted.kind,
-                "content": posted.content,
-                "chatwoot_message_id": posted.chatwoot_message_id,
-                "sent_at": now,
-            },
-        )
 
     async def supersede(
         self, job: ClaimedJob, owner: str, now: datetime, policy: buffer.BufferPolicy
@@ -507,18 +428,11 @@ class SqlBufferStore:
         What Chatwoot accepted is recorded even when this worker has lost the lease meanwhile,
         so the conversation's history (and a later duplicate check) knows it was sent.
         """
-        if self._postgres:
-            return await pg_worker.complete(self._engine, job, owner, now, note, posted)
-        params = {**_held(job, owner), "p_buffer_id": job.buffer_id, "p_now": now, "p_note": note}
-        async with self._engine.begin() as conn:
-            if posted is not None:
-                await self._record_posted(conn, job, posted, now)
-            if (await conn.execute(sql.COMPLETE_JOB, params)).rowcount != 1:
-                return False
-            await conn.execute(sql.COMPLETE_BUFFER, params)
-            await conn.execute(sql.MARK_MESSAGES_PROCESSED, params)
-            await conn.execute(sql.IDLE_IF_PROCESSING, params)
-            return True
+        if self._sqlite_worker is not None:
+            return await self._sqlite_worker.write(
+                lambda conn: sqlite_worker.complete(conn, job, owner, now, note, posted)
+            )
+        return await pg_worker.complete(self._engine, job, owner, now, note, posted)
 
     async def _wake_waiting(self, conn: AsyncConnection, params: Mapping[str, Any]) -> None:
         """Tell other processes' workers about a buffer this one's end lets through (in this
@@ -529,37 +443,18 @@ class SqlBufferStore:
     async def release_for_retry(
         self, job: ClaimedJob, owner: str, error: str, retry_at: datetime
     ) -> bool:
-        if self._postgres:
-            return await pg_worker.release(self._engine, job, owner, error, retry_at)
-        params = {
-            **_held(job, owner),
-            "p_buffer_id": job.buffer_id,
-            "p_error": error,
-            "p_retry_at": retry_at,
-            "p_now": job.claimed_at,
-        }
-        async with self._engine.begin() as conn:
-            if (await conn.execute(sql.RETRY_JOB, params)).rowcount != 1:
-                return False
-            await conn.execute(sql.RETRY_BUFFER, params)
-            return True
+        if self._sqlite_worker is not None:
+            return await self._sqlite_worker.write(
+                lambda conn: sqlite_worker.release(conn, job, owner, error, retry_at)
+            )
+        return await pg_worker.release(self._engine, job, owner, error, retry_at)
 
     async def fail(self, job: ClaimedJob, owner: str, error: str, now: datetime) -> bool:
-        if self._postgres:
-            return await pg_worker.fail(self._engine, job, owner, error, now)
-        params = {
-            **_held(job, owner),
-            "p_buffer_id": job.buffer_id,
-            "p_error": error,
-            "p_note": error,
-            "p_now": now,
-        }
-        async with self._engine.begin() as conn:
-            if (await conn.execute(sql.FAIL_JOB, params)).rowcount != 1:
-                return False
-            await conn.execute(sql.FAIL_BUFFER, params)
-            await conn.execute(sql.IDLE_IF_PROCESSING, params)
-            return True
+        if self._sqlite_worker is not None:
+            return await self._sqlite_worker.write(
+                lambda conn: sqlite_worker.fail(conn, job, owner, error, now)
+            )
+        return await pg_worker.fail(self._engine, job, owner, error, now)
 
     # -- admin ----------------------------------------------------------------------------
 
@@ -619,85 +514,11 @@ class SqlBufferStore:
 _ANSWERED = frozenset({"processing", "completed", "cancelled"})
 
 
-def _turns(
-    earlier: Sequence[tuple[str | None, Any, datetime]],
-    replies: Sequence[tuple[str, datetime]],
-    limit: int,
-) -> list[HistoryEntry]:
-    """The contact's earlier messages and the bot's confirmed replies, interleaved by time,
-    the last ``limit`` of them."""
-    entries = [
-        HistoryEntry(
-            role="contact",
-            content=content,
-            at=at,
-            attachments=tuple(Attachment.from_json(a) for a in attachments or []),
-        )
-        for content, attachments, at in earlier
-    ] + [HistoryEntry(role="assistant", content=content, at=at) for content, at in replies]
-    entries.sort(key=lambda e: e.at)
-    return entries[-limit:]
-
-
-def _contents(
-    job: ClaimedJob, rows: Sequence[pg_worker.LoadedRow], history_limit: int
-) -> BufferContents:
-    """``BufferContents`` from the rows of ``chatbuffer_load`` (PostgreSQL)."""
-    check: SendCheck = "cancelled"
-    burst: list[InboundMessage] = []
-    earlier: list[tuple[str | None, Any, datetime]] = []
-    replies: list[tuple[str, datetime]] = []
-    posted: list[PostedMessage] = []
-    for row in rows:
-        part = row.part
-        if part == "message":
-            assert row.happened_at is not None
-            burst.append(
-                InboundMessage(
-                    key=job.key,
-                    chatwoot_message_id=row.message_id,
-                    content=row.body,
-                    kind=row.message_type,
-                    content_type=row.content_type or "text",
-                    received_at=row.happened_at,
-                    attachments=tuple(Attachment.from_json(a) for a in row.attachments or []),
-                    sender=row.sender_info or {},
-                    conversation=row.conversation_info or {},
-                )
-            )
-        elif part == "earlier":
-            assert row.happened_at is not None
-            earlier.append((row.body, row.attachments, row.happened_at))
-        elif part == "reply":
-            assert row.happened_at is not None
-            replies.append((row.body, row.happened_at))
-        elif part == "posted":
-            posted.append(PostedMessage(row.kind, row.body, row.message_id))
-        elif part == "check":
-            check = row.kind
-    history = _turns(earlier, replies, history_limit) if history_limit > 0 else []
-    return BufferContents(messages=burst, history=history, posted=posted, check=check)
-
-
 def _window(row: Any) -> buffer.BufferWindow:
     return buffer.BufferWindow(
         started_at=row.buffer_start_time,
         last_message_at=row.last_message_time,
         message_count=row.message_count,
-    )
-
-
-def _inbound(key: ConversationKey, row: Any) -> InboundMessage:
-    return InboundMessage(
-        key=key,
-        chatwoot_message_id=row.chatwoot_message_id,
-        content=row.content,
-        kind=row.message_type,
-        content_type=row.content_type or "text",
-        received_at=row.received_at,
-        attachments=tuple(Attachment.from_json(a) for a in row.attachments or []),
-        sender=row.sender_info or {},
-        conversation=row.conversation_info or {},
     )
 
 
