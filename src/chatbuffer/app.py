@@ -384,6 +384,8 @@ class Runtime:
                 lease=timedelta(milliseconds=s.worker_lease_ms),
                 sweep_interval=timedelta(milliseconds=s.buffer_processing_interval_ms),
                 shutdown_grace=timedelta(milliseconds=s.worker_shutdown_grace_ms),
+                # PostgreSQL's NOTIFY (worker_running's listener) tells of released buffers.
+                wake_on_finish=s.is_sqlite,
             ),
         )
 

@@ -407,6 +407,7 @@ class MemoryStore:
         grown = self.jobs[newer.id]
         if grown.status == "scheduled":
             grown.scheduled_for = newer.due
+        self._wake_waiting(job)
         return newer.id
 
     async def complete(
@@ -425,6 +426,7 @@ class MemoryStore:
             if message.buffer_id == job.buffer_id:
                 message.processed = True
         self._idle_if_processing(job.key)
+        self._wake_waiting(job)
         return True
 
     async def release_for_retry(
@@ -445,6 +447,7 @@ class MemoryStore:
         if not self._finish(job, owner, "failed", "failed", now, error, error=error):
             return False
         self._idle_if_processing(job.key)
+        self._wake_waiting(job)
         return True
 
     def _finish(
@@ -469,6 +472,19 @@ class MemoryStore:
         if finished.status == "processing":
             finished.status, finished.outcome, finished.updated_at = buffer_status, note, now
         return True
+
+    def _wake_waiting(self, finished: ClaimedJob) -> None:
+        """A buffer of the conversation held back behind the one that just ended may be
+        claimed now: tell the listeners its due time (as ``statements.WAKE_WAITING``)."""
+        waiting = [
+            j.scheduled_for
+            for j in self.jobs.values()
+            if j.key == finished.key
+            and j.status == "scheduled"
+            and j.buffer_id != finished.buffer_id
+        ]
+        if waiting:
+            self._notify(min(waiting))
 
     def _idle_if_processing(self, key: ConversationKey) -> None:
         conversation = self.conversations[key]
