@@ -22,9 +22,10 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import greenlet_spawn
 
-from chatbuffer.domain.model import InboundMessage
+from chatbuffer.domain.model import ConversationKey, InboundMessage
 from chatbuffer.domain.ports import BufferContents, ClaimedJob, PostedMessage, SendCheck
 from chatbuffer.storage import contents
+from chatbuffer.storage import statements as sql
 
 LOAD = (
     "SELECT part, message_id, body, message_type, content_type, attachments, sender_info,"
@@ -55,6 +56,27 @@ FAIL = (
 )
 
 
+class _Compiled:
+    """A statement of :mod:`chatbuffer.storage.statements`, compiled once for psycopg: the same
+    SQL SQLAlchemy would send, with the values it binds itself (the SQL literals)."""
+
+    def __init__(self, statement: Any) -> None:
+        self._statement = statement
+        self._sql: str | None = None
+        self._defaults: dict[str, Any] = {}
+
+    def prepare(self, engine: AsyncEngine, params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+        if self._sql is None:
+            compiled = self._statement.compile(dialect=engine.dialect)
+            self._defaults = {k: v for k, v in compiled.params.items() if v is not None}
+            self._sql = str(compiled)
+        return self._sql, {**self._defaults, **params}
+
+
+_CLAIM = _Compiled(sql.CLAIM)
+_NEXT_WAKE = _Compiled(sql.NEXT_WAKE)
+
+
 def _held(job: ClaimedJob, owner: str) -> dict[str, Any]:
     return {
         "p_account_id": job.key.account_id,
@@ -73,6 +95,47 @@ def _posted(posted: PostedMessage | None) -> dict[str, Any]:
         "p_content": posted.content,
         "p_message_id": posted.chatwoot_message_id,
     }
+
+
+async def claim(
+    engine: AsyncEngine,
+    now: datetime,
+    owner: str,
+    lease: timedelta,
+    limit: int,
+    clock: datetime | None,
+) -> list[ClaimedJob]:
+    """``statements.CLAIM``: one statement, so one transaction, in autocommit."""
+    query, params = _CLAIM.prepare(
+        engine,
+        {"p_now": now, "p_limit": limit, "p_owner": owner, "p_clock": clock, "p_lease": lease},
+    )
+    rows = await _call(engine, query, params)
+    jobs = [
+        ClaimedJob(
+            job_id=job_id,
+            buffer_id=buffer_id,
+            key=ConversationKey(account_id, conversation_id),
+            attempts=attempts,
+            scheduled_for=scheduled_for.astimezone(UTC),
+            claimed_at=claimed_at.astimezone(UTC),
+            last_error=error,
+        )
+        for job_id, buffer_id, account_id, conversation_id, attempts, scheduled_for, error, (
+            claimed_at
+        ) in rows
+    ]
+    jobs.sort(key=lambda j: j.scheduled_for)
+    return jobs
+
+
+async def next_wake(
+    engine: AsyncEngine, clock: datetime | None
+) -> tuple[datetime | None, datetime | None, datetime]:
+    """``statements.NEXT_WAKE``: the next due time, the next lease expiry, and the clock's now."""
+    query, params = _NEXT_WAKE.prepare(engine, {"p_clock": clock})
+    [(due, expiry, now)] = await _call(engine, query, params)
+    return due, expiry, now
 
 
 async def load(

@@ -223,21 +223,11 @@ class SqlBufferStore:
     ) -> list[ClaimedJob]:
         if limit <= 0:
             return []
+        if self._postgres:
+            clock = None if self._database_clock else now
+            return await pg_worker.claim(self._engine, now, owner, lease, limit, clock)
         async with self._engine.begin() as conn:
-            if self._postgres:
-                rows = (
-                    await conn.execute(
-                        sql.CLAIM,
-                        {
-                            "p_now": now,
-                            "p_limit": limit,
-                            "p_owner": owner,
-                            **self._lease(now, lease),
-                        },
-                    )
-                ).all()
-            else:
-                rows = await self._claim_step_by_step(conn, now, owner, lease, limit)
+            rows = await self._claim_step_by_step(conn, now, owner, lease, limit)
         return [
             ClaimedJob(
                 job_id=r.id,
@@ -289,13 +279,18 @@ class SqlBufferStore:
     async def next_wake_at(self, now: datetime) -> datetime | None:
         """The earliest instant a job becomes due or a lease runs out, on the caller's clock
         (``now`` is the caller's present)."""
-        async with self._reading() as conn:
-            row = (await conn.execute(sql.NEXT_WAKE, self._clock(now))).one()
-        instants = [v for v in (row.next_due, row.next_expiry) if v is not None]
+        if self._postgres:
+            clock = None if self._database_clock else now
+            due, expiry, then = await pg_worker.next_wake(self._engine, clock)
+        else:
+            async with self._reading() as conn:
+                row = (await conn.execute(sql.NEXT_WAKE, self._clock(now))).one()
+            due, expiry, then = row.next_due, row.next_expiry, row.now
+        instants = [v for v in (due, expiry) if v is not None]
         if not instants:
             return None
         # Measured on the database's clock: the distance from its now is what the caller waits.
-        wake: datetime = now + (min(instants) - row.now)
+        wake: datetime = now + (min(instants) - then)
         return wake
 
     async def heartbeat(
