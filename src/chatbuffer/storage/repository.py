@@ -4,10 +4,11 @@ Concurrency, in short:
 
 * One lock order everywhere: every write that touches a conversation's buffers or jobs (intake,
   cancel, supersede, reserving a send, complete, retry, fail, replay) locks the conversation row
-  first, so they queue up per conversation and never deadlock with each other, while different
-  conversations proceed in parallel. The rest never wait while holding a lock they need: the
-  claim skips locked rows, a heartbeat touches only its own jobs. Every statement is keyed by
-  (account_id, conversation_id).
+  first (on SQLite, where ``BEGIN IMMEDIATE`` serialises every writer, the worker's own
+  transactions need no row lock), so they queue up per conversation and never deadlock with
+  each other, while different conversations proceed in parallel. The rest never wait while
+  holding a lock they need: the claim skips locked rows, a heartbeat touches only its own jobs.
+  Every statement is keyed by (account_id, conversation_id).
 * The claim is the one cross-conversation write. On PostgreSQL it locks job and buffer rows with
   ``FOR UPDATE ... SKIP LOCKED`` and never waits, so it cannot deadlock with intake; a buffer that
   intake is extending right now is simply skipped and picked up on the next wake-up. On SQLite
@@ -23,7 +24,11 @@ Concurrency, in short:
   take the buffer over while the POST may still land. Heartbeats run on their own connection
   (``heartbeat_engine``), never queued behind the pool.
 
-The statements themselves are prebuilt in :mod:`chatbuffer.storage.statements`.
+The statements themselves are prebuilt in :mod:`chatbuffer.storage.statements`. A held buffer's
+transactions (load, send check, reservation, completion, retry, failure) and on PostgreSQL the
+claim and the next-wake query are the hot path: one round trip each on PostgreSQL
+(:mod:`chatbuffer.storage.pg_worker`, migration 0007's functions), one thread hop each on SQLite
+(:mod:`chatbuffer.storage.sqlite_worker`).
 """
 
 from __future__ import annotations

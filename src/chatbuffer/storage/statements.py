@@ -11,6 +11,10 @@ Every statement but the claim and the next-wake queries is keyed by the conversa
 the id, so each statement stays inside one shard when the tables are distributed by conversation
 (``docs/scaling.md``; ``tests/integration/test_distribution.py`` checks it).
 
+On PostgreSQL a held buffer's transactions (load, send check, reservation, completion, retry,
+failure) are server-side functions (migration 0007) that take the steps of the statements here,
+which SQLite runs as they are.
+
 Statuses are SQL literals, not parameters: the planner can then match the partial indexes
 (``WHERE status = 'scheduled'`` and the like) in a prepared statement's generic plan too.
 
