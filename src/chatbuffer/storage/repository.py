@@ -228,69 +228,23 @@ class SqlBufferStore:
     ) -> list[ClaimedJob]:
         if limit <= 0:
             return []
-        if self._postgres:
-            clock = None if self._database_clock else now
-            return await pg_worker.claim(self._engine, now, owner, lease, limit, clock)
-        async with self._engine.begin() as conn:
-            rows = await self._claim_step_by_step(conn, now, owner, lease, limit)
-        return [
-            ClaimedJob(
-                job_id=r.id,
-                buffer_id=r.buffer_id,
-                key=ConversationKey(r.account_id, r.conversation_id),
-                attempts=r.attempts,
-                scheduled_for=r.scheduled_for,
-                claimed_at=r.claimed_at,
-                last_error=r.error_message,
+        if self._sqlite_worker is not None:
+            return await self._sqlite_worker.write(
+                lambda conn: sqlite_worker.claim(conn, now, owner, lease, limit)
             )
-            for r in sorted(rows, key=lambda r: r.scheduled_for)
-        ]
-
-    async def _claim_step_by_step(
-        self, conn: AsyncConnection, now: datetime, owner: str, lease: timedelta, limit: int
-    ) -> Sequence[Any]:
-        """SQLite: the claim's statements one by one (SQLite has no UPDATE in WITH)."""
-        picked = (
-            await conn.execute(
-                sql.CLAIM_CANDIDATES, {"p_now": now, "p_limit": limit, **self._clock(now)}
-            )
-        ).all()
-        if not picked:
-            return []
-        rows = (
-            await conn.execute(
-                sql.CLAIM_JOBS,
-                {
-                    "p_jobs": [(p.account_id, p.conversation_id, p.id) for p in picked],
-                    "p_owner": owner,
-                    "p_now": now,
-                    **self._lease(now, lease),
-                },
-            )
-        ).all()
-        await conn.execute(
-            sql.CLAIM_BUFFERS,
-            {
-                "p_buffers": [(p.account_id, p.conversation_id, p.buffer_id) for p in picked],
-                "p_now": now,
-            },
-        )
-        await conn.execute(
-            sql.MARK_PROCESSING,
-            {"p_keys": [(r.account_id, r.conversation_id) for r in rows], "p_now": now},
-        )
-        return rows
+        clock = None if self._database_clock else now
+        return await pg_worker.claim(self._engine, now, owner, lease, limit, clock)
 
     async def next_wake_at(self, now: datetime) -> datetime | None:
         """The earliest instant a job becomes due or a lease runs out, on the caller's clock
         (``now`` is the caller's present)."""
-        if self._postgres:
+        if self._sqlite_worker is not None:
+            due, expiry, then = await self._sqlite_worker.read(
+                lambda conn: sqlite_worker.next_wake(conn, now)
+            )
+        else:
             clock = None if self._database_clock else now
             due, expiry, then = await pg_worker.next_wake(self._engine, clock)
-        else:
-            async with self._reading() as conn:
-                row = (await conn.execute(sql.NEXT_WAKE, self._clock(now))).one()
-            due, expiry, then = row.next_due, row.next_expiry, row.now
         instants = [v for v in (due, expiry) if v is not None]
         if not instants:
             return None

@@ -1,12 +1,15 @@
-"""SQLite: a held buffer's transactions, each in one thread hop.
+"""SQLite: the worker's transactions (the claim, the next wake-up, a held buffer's load, send
+check, reservation and outcome), each in one thread hop.
 
 Through the asyncio driver every statement is several hops to aiosqlite's thread and back
 (execute, fetch, close; BEGIN and COMMIT too), and a hop is what a buffer's time went to: about
 11 ms of CPU and 60 buffers/s for one worker process. Here the same SQLAlchemy statements
 (``chatbuffer.storage.statements``) run on SQLAlchemy's blocking driver, on one thread that
 holds its own connection: a load, a send reservation or a completion is one hop there and one
-answer back. The thread serves one transaction at a time (SQLite serialises writers anyway),
-starts on demand and ends after ``IDLE_S`` without work, closing its connection.
+answer back. The thread serves one transaction at a time (SQLite serialises writers anyway, and
+the worker's own writes then never wait on each other's locks, which SQLite's busy handler
+would sleep through), starts on demand and ends after ``IDLE_S`` without work, closing its
+connection. Heartbeats stay on their own connection, never queued behind this thread.
 
 Writes begin with ``BEGIN IMMEDIATE``, reads with a deferred ``BEGIN`` (one snapshot), as on
 the store's own engine (``database.configure_sqlite``). Leases are compared on the caller's
@@ -27,6 +30,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, NullPool, create_engine
 
+from chatbuffer.domain.model import ConversationKey
 from chatbuffer.domain.ports import BufferContents, ClaimedJob, PostedMessage, SendCheck
 from chatbuffer.storage import contents, database
 from chatbuffer.storage import statements as sql
@@ -149,6 +153,57 @@ def _held(job: ClaimedJob, owner: str) -> dict[str, Any]:
         "p_buffer_id": job.buffer_id,
         "p_owner": owner,
     }
+
+
+def claim(
+    conn: Connection, now: datetime, owner: str, lease: timedelta, limit: int
+) -> list[ClaimedJob]:
+    """The claim's statements one by one (SQLite has no UPDATE in WITH)."""
+    picked = conn.execute(
+        sql.CLAIM_CANDIDATES, {"p_now": now, "p_limit": limit, "p_clock": now}
+    ).all()
+    if not picked:
+        return []
+    rows = conn.execute(
+        sql.CLAIM_JOBS,
+        {
+            "p_jobs": [(p.account_id, p.conversation_id, p.id) for p in picked],
+            "p_owner": owner,
+            "p_now": now,
+            "p_clock": now,
+            "p_lease": lease,
+            "p_lease_end": now + lease,
+        },
+    ).all()
+    conn.execute(
+        sql.CLAIM_BUFFERS,
+        {
+            "p_buffers": [(p.account_id, p.conversation_id, p.buffer_id) for p in picked],
+            "p_now": now,
+        },
+    )
+    conn.execute(
+        sql.MARK_PROCESSING,
+        {"p_keys": [(r.account_id, r.conversation_id) for r in rows], "p_now": now},
+    )
+    return [
+        ClaimedJob(
+            job_id=r.id,
+            buffer_id=r.buffer_id,
+            key=ConversationKey(r.account_id, r.conversation_id),
+            attempts=r.attempts,
+            scheduled_for=r.scheduled_for,
+            claimed_at=r.claimed_at,
+            last_error=r.error_message,
+        )
+        for r in sorted(rows, key=lambda r: r.scheduled_for)
+    ]
+
+
+def next_wake(conn: Connection, now: datetime) -> tuple[datetime | None, datetime | None, datetime]:
+    """The next due time, the next lease expiry, and the clock's now (the caller's here)."""
+    row = conn.execute(sql.NEXT_WAKE, {"p_clock": now}).one()
+    return row.next_due, row.next_expiry, row.now
 
 
 def send_check(conn: Connection, job: ClaimedJob, owner: str) -> SendCheck:
