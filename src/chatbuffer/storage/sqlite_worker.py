@@ -8,7 +8,9 @@ Through the asyncio driver every statement is several hops to aiosqlite's thread
 holds its own connection: a load, a send reservation or a completion is one hop there and one
 answer back. The thread serves one transaction at a time (SQLite serialises writers anyway, and
 the worker's own writes then never wait on each other's locks, which SQLite's busy handler
-would sleep through), starts on demand and ends after ``IDLE_S`` without work, closing its
+would sleep through); the writes waiting at the same moment share one transaction and its
+commit, each under its own savepoint, as the intake's do (``sqlite_intake``): each commit waits
+for an fsync. The thread starts on demand and ends after ``IDLE_S`` without work, closing its
 connection. Heartbeats stay on their own connection, never queued behind this thread.
 
 Writes begin with ``BEGIN IMMEDIATE``, reads with a deferred ``BEGIN`` (one snapshot), as on
@@ -37,6 +39,8 @@ from chatbuffer.storage import statements as sql
 
 #: How long the thread waits for work before it closes its connection and ends.
 IDLE_S = 2.0
+#: At most this many writes share one commit.
+MAX_GROUP = 128
 
 T = TypeVar("T")
 
@@ -87,22 +91,39 @@ class SqliteWorker:
             self._fail_waiting(exc)
             return
         try:
-            while (request := self._next()) is not None:
-                _answer(request, _run(conn, request))
-        finally:
-            conn.close()
+            while (group := self._next_group()) is not None:
+                # Reads first: a load is what a just-claimed buffer waits for.
+                for request in group:
+                    if not request.writes:
+                        _answer(request, _read(conn, request))
+                writes = [r for r in group if r.writes]
+                for request, outcome in zip(writes, _write(conn, writes), strict=True):
+                    _answer(request, outcome)
+        except BaseException:
             with self._lock:
                 self._running = False
+            raise
+        finally:
+            conn.close()
 
-    def _next(self) -> _Request | None:
+    def _next_group(self) -> list[_Request] | None:
+        """Every request waiting now (at least one), or None once idle for ``IDLE_S``."""
         while True:
             try:
-                return self._queue.get(timeout=IDLE_S)
+                first = self._queue.get(timeout=IDLE_S)
+                break
             except queue.Empty:
                 with self._lock:
                     if self._queue.empty():
                         self._running = False
                         return None
+        group = [first]
+        while len(group) < MAX_GROUP:
+            try:
+                group.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return group
 
     def _fail_waiting(self, exc: BaseException) -> None:
         with self._lock:
@@ -111,13 +132,36 @@ class SqliteWorker:
                 _answer(self._queue.get_nowait(), exc)
 
 
-def _run(conn: Connection, request: _Request) -> Any:
-    conn.execution_options(**{database.READ_ONLY: not request.writes})
+def _read(conn: Connection, request: _Request) -> Any:
+    conn.execution_options(**{database.READ_ONLY: True})
     try:
         with conn.begin():
             return request.work(conn)
     except Exception as exc:
         return _Failed(exc)
+
+
+def _write(conn: Connection, writes: list[_Request]) -> list[Any]:
+    """The writes waiting together in one transaction, one commit (one fsync) for all, each
+    under its own savepoint so that one failing is rolled back alone. None is answered before
+    the commit that made it durable."""
+    if not writes:
+        return []
+    conn.execution_options(**{database.READ_ONLY: False})
+    outcomes: list[Any] = []
+    try:
+        with conn.begin():
+            if len(writes) == 1:
+                return [writes[0].work(conn)]
+            for request in writes:
+                try:
+                    with conn.begin_nested():
+                        outcomes.append(request.work(conn))
+                except Exception as exc:
+                    outcomes.append(_Failed(exc))
+    except Exception as exc:
+        return [_Failed(exc)] * len(writes)
+    return outcomes
 
 
 @dataclass(frozen=True, slots=True)
