@@ -3,12 +3,20 @@
 Stores N buffers (one message each, N conversations) whose due times fall within a few seconds,
 then runs the real worker (scheduler, claim, model gate, pipeline, PostgreSQL LISTEN) against
 in-memory Chatwoot and model doubles (answering instantly, or after ``--model-latency-ms``), and
-reports the lateness between each buffer's due time and the instant a worker claimed it, and
-between its due time and its reply. Settings are the defaults unless an option overrides one.
+reports the lateness between each buffer's due time and the instant a worker claimed it, made its
+first Chatwoot call, and replied. Settings are the defaults unless an option overrides one.
 Run by hand:
 
     uv run python bench/lateness.py --database-url postgresql://postgres@127.0.0.1:5432/postgres
     uv run python bench/lateness.py --database-url sqlite:// --model-latency-ms 2000
+    uv run python bench/lateness.py --spread-s 0                  # drain rate, all due at once
+    uv run python bench/lateness.py --spread-s 10 --open-buffers 10000
+
+``--spread-s 0`` makes every buffer due at the same instant, so "buffers/s" (answered buffers
+over the time from that instant to the last reply) is the worker's drain rate. ``--open-buffers``
+first opens that many other buffers (one message each, in other conversations, due in an hour),
+so the claim runs with them present. "worker CPU" is the benchmark process's CPU time from the
+first due time to the last reply, per answered buffer.
 
 On PostgreSQL the database named in the URL is only used to create (and drop) a scratch
 database; ``sqlite://`` runs on a scratch file.
@@ -25,7 +33,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -40,6 +48,9 @@ from chatbuffer.domain.model import ConversationKey, InboundMessage, ModelDecisi
 from chatbuffer.settings import load_settings
 from chatbuffer.storage import database
 from chatbuffer.testing import RecordingChatwoot, ScriptedReplyModel
+
+#: The account of the ``--open-buffers`` conversations, apart from the measured ones.
+OPEN_ACCOUNT = 2
 
 
 class LatenessProbe:
@@ -67,6 +78,34 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[index]
 
 
+class TimedChatwoot(RecordingChatwoot):
+    """Notes when each conversation saw its first Chatwoot call (typing on, or the reply)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first_call: dict[ConversationKey, datetime] = {}
+
+    def _called(self, key: ConversationKey) -> None:
+        self.first_call.setdefault(key, datetime.now(UTC))
+
+    async def set_typing(self, key: ConversationKey, *, on: bool) -> None:
+        self._called(key)
+        await super().set_typing(key, on=on)
+
+    async def send_message(
+        self,
+        key: ConversationKey,
+        content: str,
+        *,
+        private: bool = False,
+        content_attributes: Mapping[str, Any] | None = None,
+    ) -> int:
+        self._called(key)
+        return await super().send_message(
+            key, content, private=private, content_attributes=content_attributes
+        )
+
+
 class SlowModel:
     """An instant scripted answer after a fixed delay, standing in for a real LLM's latency."""
 
@@ -86,6 +125,7 @@ async def run(
     overrides: dict[str, Any],
     model_latency_s: float,
     profile: str | None = None,
+    open_buffers: int = 0,
 ) -> dict[str, float]:
     settings = load_settings(
         database_url=url,
@@ -100,10 +140,11 @@ async def run(
     answer = ModelDecision(
         should_respond=True, content="ok", confidence=0.9, intent="bench", actions=()
     )
+    chatwoot = TimedChatwoot()
     runtime = Runtime(
         settings,
         observers=[probe],
-        chatwoot=RecordingChatwoot(),
+        chatwoot=chatwoot,
         model=SlowModel(answer, model_latency_s)
         if model_latency_s > 0
         else ScriptedReplyModel(lambda _prompt: answer),
@@ -119,41 +160,68 @@ async def run(
             f"{settings.ai_requests_per_minute or 'no'} requests/minute limit, "
             f"pool {settings.database_pool_size}"
         )
-        t0 = datetime.now(UTC)
-        step = timedelta(seconds=spread_s / buffers)
-        started = time.perf_counter()
         sem = asyncio.Semaphore(16)
 
-        async def put(i: int) -> None:
+        async def put(key: ConversationKey, mid: int, rules: BufferPolicy, at: datetime) -> None:
             async with sem:
                 await store.record_incoming(
                     InboundMessage(
-                        key=ConversationKey(1, i + 1),
-                        chatwoot_message_id=i + 1,
-                        content=f"message {i}",
+                        key=key,
+                        chatwoot_message_id=mid,
+                        content=f"message {mid}",
                         kind="text",
                         content_type="text",
-                        received_at=t0,
+                        received_at=at,
                     ),
-                    policy,
-                    t0 + step * i,
+                    rules,
+                    at,
                 )
 
-        await asyncio.gather(*(put(i) for i in range(buffers)))
+        if open_buffers:
+            # Not due during the run: they are only there for the claim to pass by.
+            idle = BufferPolicy(
+                quiet_period=timedelta(hours=1), max_age=timedelta(hours=2), max_size=50
+            )
+            opened_at = datetime.now(UTC)
+            await asyncio.gather(
+                *(
+                    put(ConversationKey(OPEN_ACCOUNT, i + 1), buffers + i + 1, idle, opened_at)
+                    for i in range(open_buffers)
+                )
+            )
+            print(f"  opened {open_buffers} other buffers, due in an hour")
+        t0 = datetime.now(UTC)
+        step = timedelta(seconds=spread_s / buffers)
+        started = time.perf_counter()
+        await asyncio.gather(
+            *(put(ConversationKey(1, i + 1), i + 1, policy, t0 + step * i) for i in range(buffers))
+        )
         stored_s = time.perf_counter() - started
         first_due = t0 + lead
         if datetime.now(UTC) >= first_due:
             raise SystemExit("storing took longer than the lead time; use fewer buffers")
         with profiled(profile):
             async with runtime.worker_running():
+                # The worker's CPU from the first due time to the last reply: no start-up, no
+                # idle wait, no shutdown.
+                await asyncio.sleep((first_due - datetime.now(UTC)).total_seconds())
+                cpu_before = _cpu_s()
                 await asyncio.wait_for(probe.done.wait(), timeout=120)
+                cpu_s = _cpu_s() - cpu_before
         total_s = (max(probe.replied_at.values()) - first_due).total_seconds()
+    for error, count in probe.errors.most_common(3):
+        print(f"  {count} attempts failed: {error}")
     values = probe.lateness_ms
-    # Buffer i got its one message at t0 + i * step, so it was due a quiet period later.
-    replies_ms = [
-        (at - (t0 + step * (key.conversation_id - 1) + lead)) / timedelta(milliseconds=1)
-        for key, at in probe.replied_at.items()
-    ]
+
+    def since_due(seen: dict[ConversationKey, datetime]) -> list[float]:
+        # Buffer i got its one message at t0 + i * step, so it was due a quiet period later.
+        return [
+            (at - (t0 + step * (key.conversation_id - 1) + lead)) / timedelta(milliseconds=1)
+            for key, at in seen.items()
+        ]
+
+    replies_ms = since_due(probe.replied_at)
+    first_call_ms = since_due(chatwoot.first_call)
     return {
         "buffers": float(len(values)),
         "stored_per_s": buffers / stored_s,
@@ -161,13 +229,28 @@ async def run(
         "p90_ms": percentile(values, 90),
         "p99_ms": percentile(values, 99),
         "max_ms": max(values),
+        "call_p50_ms": statistics.median(first_call_ms),
+        "call_p99_ms": percentile(first_call_ms, 99),
         "reply_p50_ms": statistics.median(replies_ms),
         "reply_p99_ms": percentile(replies_ms, 99),
         "drain_s": total_s,
+        "buffers_per_s": len(probe.replied_at) / total_s,
+        "cpu_ms_per_buffer": cpu_s * 1000 / len(probe.replied_at),
         "failed_attempts": float(probe.errors.total()),
     }
-    for error, count in probe.errors.most_common(3):
-        print(f"  {count} attempts failed: {error}")
+
+
+def run_loop(name: str) -> Callable[[Coroutine[Any, Any, dict[str, float]]], dict[str, float]]:
+    if name == "uvloop":
+        import uvloop
+
+        return uvloop.run
+    return asyncio.run
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 @contextmanager
@@ -217,6 +300,18 @@ def main() -> int:
     parser.add_argument("--pool-size", type=int, help="DATABASE_POOL_SIZE")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument(
+        "--loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="event loop: asyncio's own, as `chatbuffer worker` runs, or uvloop, as `serve` does",
+    )
+    parser.add_argument(
+        "--open-buffers",
+        type=int,
+        default=0,
+        help="first open this many other buffers (one message each, due in an hour)",
+    )
+    parser.add_argument(
         "--model-latency-ms", type=float, default=0, help="simulated LLM latency per buffer"
     )
     parser.add_argument(
@@ -235,14 +330,15 @@ def main() -> int:
     }
     print(
         f"lateness bench: {args.buffers} buffers due within {args.spread_s:.1f} s, "
-        f"model latency {args.model_latency_ms:.0f} ms, {args.runs} runs, "
+        f"model latency {args.model_latency_ms:.0f} ms, {args.open_buffers} other buffers "
+        f"open, {args.runs} runs, {args.loop} loop, "
         f"settings: {overrides or 'defaults'}"
     )
     for run_no in range(1, args.runs + 1):
         url, drop = scratch_database(args.database_url)
         try:
             database.migrate(url)
-            result = asyncio.run(
+            result = run_loop(args.loop)(
                 run(
                     url,
                     args.buffers,
@@ -250,6 +346,7 @@ def main() -> int:
                     overrides,
                     args.model_latency_ms / 1000,
                     args.profile,
+                    args.open_buffers,
                 )
             )
         finally:
@@ -257,9 +354,13 @@ def main() -> int:
         print(
             f"run {run_no}: claim lateness p50 {result['p50_ms']:.1f} ms, "
             f"p90 {result['p90_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
-            f"max {result['max_ms']:.1f} ms; due -> reply p50 {result['reply_p50_ms']:.0f} ms, "
+            f"max {result['max_ms']:.1f} ms; due -> first Chatwoot call "
+            f"p50 {result['call_p50_ms']:.1f} ms, p99 {result['call_p99_ms']:.1f} ms; "
+            f"due -> reply p50 {result['reply_p50_ms']:.0f} ms, "
             f"p99 {result['reply_p99_ms']:.0f} ms; {result['buffers']:.0f} buffers answered, "
-            f"the last {result['drain_s']:.2f} s after the first was due; "
+            f"the last {result['drain_s']:.2f} s after the first was due "
+            f"({result['buffers_per_s']:.0f} buffers/s); "
+            f"worker CPU {result['cpu_ms_per_buffer']:.1f} ms/buffer; "
             f"{result['failed_attempts']:.0f} failed attempts; "
             f"intake {result['stored_per_s']:.0f} messages/s; "
             f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -444,6 +445,8 @@ class Runtime:
                 lease=timedelta(milliseconds=s.worker_lease_ms),
                 sweep_interval=timedelta(milliseconds=s.buffer_processing_interval_ms),
                 shutdown_grace=timedelta(milliseconds=s.worker_shutdown_grace_ms),
+                # PostgreSQL's NOTIFY (worker_running's listener) tells of released buffers.
+                wake_on_finish=s.is_sqlite,
             ),
         )
 
@@ -451,6 +454,12 @@ class Runtime:
     async def worker_running(self) -> AsyncIterator[Scheduler]:
         """Run the scheduler (and the PostgreSQL listener) until the block exits, then drain."""
         scheduler = self.scheduler()
+        # What the process allocated until now (modules, settings, clients: 170,000 objects in
+        # the benchmark) lives as long as it does, and a full collection that walks it all
+        # pauses every buffer in flight (measured: 100-150 ms, the p99 at 100 bursts/s).
+        # Frozen, the collector walks only what the worker allocates from here on.
+        gc.collect()
+        gc.freeze()
         stop = asyncio.Event()
         tasks = [asyncio.create_task(scheduler.run(stop), name="scheduler")]
         if not self.settings.is_sqlite:
@@ -478,3 +487,4 @@ class Runtime:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            gc.unfreeze()

@@ -195,4 +195,4 @@ async def test_a_replay_drops_a_hand_over_note_that_never_reached_chatwoot(admin
         assert (await conn.execute(select(bot_replies))).all() == []
     # So the replayed buffer is answered, not handed over again.
     [again] = await store.claim_due(admin.clock.now(), "w2", LEASE, 10)
-    assert (await store.load(again, 10)).posted == []
+    assert (await store.load(again, "w2", 10)).posted == []

@@ -10,6 +10,8 @@ across conversations, but still join on the key, so each shard can answer them a
 
 from __future__ import annotations
 
+import importlib.util
+import re
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
@@ -334,3 +336,93 @@ def test_the_statement_check_finds_joins_and_filters_without_the_key() -> None:
     # The real claims, were they not allowed to read across conversations, are reported too.
     assert statement_problems("CLAIM_CANDIDATES", hot_path.CLAIM_CANDIDATES)
     assert statement_problems("CLAIM", hot_path.CLAIM)
+
+
+# -- the worker's server-side functions (migration 0007) --------------------------------------
+
+#: ``FROM``, ``JOIN`` or ``UPDATE`` of a table under an alias, as the functions are written.
+_TABLE_REF = re.compile(r"\b(?:FROM|JOIN|UPDATE)\s+(\w+)\s+AS\s+(\w+)", re.IGNORECASE)
+
+
+def _filtered(alias: str, table: str, statement: str) -> bool:
+    account, conversation = _key_of(table)
+    return bool(
+        re.search(rf"\b{alias}\.{account}\s*=\s*p_account_id\b", statement)
+        and re.search(rf"\b{alias}\.{conversation}\s*=\s*p_conversation_id\b", statement)
+    )
+
+
+def _joined(a: tuple[str, str], b: tuple[str, str], statement: str) -> bool:
+    """Whether two aliased tables are joined on both columns of the conversation key."""
+    (alias_a, table_a), (alias_b, table_b) = a, b
+    return all(
+        re.search(rf"\b{alias_a}\.{ca}\s*=\s*{alias_b}\.{cb}\b", statement)
+        or re.search(rf"\b{alias_b}\.{cb}\s*=\s*{alias_a}\.{ca}\b", statement)
+        for ca, cb in zip(_key_of(table_a), _key_of(table_b), strict=True)
+    )
+
+
+def function_problems(name: str, body: str) -> list[str]:
+    """Where a statement of a plpgsql function reads or writes a conversation table that is
+    neither filtered by the function's conversation key (``p_account_id``,
+    ``p_conversation_id``) nor joined on the key to one that is. Inserts carry the key in their
+    values, as ``statement_problems`` assumes too."""
+    code = re.sub(r"--[^\n]*", "", body.split("$fn$")[1])
+    problems = []
+    for statement in code.split(";"):
+        refs = [
+            (alias, table)
+            for table, alias in _TABLE_REF.findall(statement)
+            if table in CONVERSATION_TABLES
+        ]
+        keyed = {ref for ref in refs if _filtered(*ref, statement)}
+        grew = True
+        while grew:
+            grew = False
+            for ref in set(refs) - keyed:
+                if any(_joined(ref, other, statement) for other in keyed):
+                    keyed.add(ref)
+                    grew = True
+        problems += [
+            f"{name}: {table} ({alias}) not filtered by the conversation key"
+            for alias, table in refs
+            if (alias, table) not in keyed
+        ]
+    return problems
+
+
+CONVERSATION_TABLES = {t.name for t in metadata.sorted_tables} - REFERENCE_TABLES
+
+
+def test_every_statement_of_the_worker_functions_stays_in_one_conversation() -> None:
+    functions = _migration("0007_worker_functions").FUNCTIONS
+    assert len(functions) >= 5
+    problems = [
+        problem
+        for signature, body in functions.items()
+        for problem in function_problems(signature.split("(")[0], body)
+    ]
+    assert problems == []
+
+
+def test_the_function_check_finds_a_statement_without_the_key() -> None:
+    body = """$fn$
+    UPDATE buffer_processing_jobs AS j SET status = 'failed'
+     WHERE j.account_id = p_account_id AND j.id = p_job_id;
+    SELECT b.id FROM message_buffer AS b
+      JOIN buffer_processing_jobs AS j ON j.id = b.id
+     WHERE b.account_id = p_account_id AND b.conversation_id = p_conversation_id;
+    $fn$"""
+    assert function_problems("f", body) == [
+        "f: buffer_processing_jobs (j) not filtered by the conversation key",
+        "f: buffer_processing_jobs (j) not filtered by the conversation key",
+    ]
+
+
+def _migration(name: str) -> ModuleType:
+    path = database.MIGRATIONS / "versions" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

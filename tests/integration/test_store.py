@@ -144,8 +144,11 @@ async def test_claim_takes_only_due_buffers_and_holds_them_under_a_lease(store) 
     [conv] = seen.conversations
     assert conv.state == "processing"
     assert await store.next_wake_at(clock.now()) == clock.now() + LEASE
-    contents = await store.load(job, history_limit=10)
+    contents = await store.load(job, "w1", history_limit=10)
     assert [m.chatwoot_message_id for m in contents.messages] == [1]
+    assert contents.check == "send"
+    # The check comes with the contents: someone else's load learns it may not answer.
+    assert (await store.load(job, "w2", history_limit=10)).check == "cancelled"
 
 
 async def test_a_message_during_processing_opens_a_new_buffer(store) -> None:
@@ -155,8 +158,9 @@ async def test_a_message_during_processing_opens_a_new_buffer(store) -> None:
     [job] = await store.claim_due(clock.now(), "w1", LEASE, 10)
     late = await store.record_incoming(message(2), POLICY, clock.now())
     assert late.opened_buffer and late.buffer_id != first.buffer_id
-    contents = await store.load(job, history_limit=10)
+    contents = await store.load(job, "w1", history_limit=10)
     assert [m.chatwoot_message_id for m in contents.messages] == [1]
+    assert contents.check == "newer"
 
 
 async def test_an_expired_lease_is_taken_over_by_another_worker(store) -> None:
@@ -268,7 +272,7 @@ async def test_history_holds_earlier_bursts_and_replies_in_order(store) -> None:
     await store.record_incoming(message(2, text="still nothing"), POLICY, clock.now())
     clock.advance(30)
     [nxt] = await store.claim_due(clock.now(), "w1", LEASE, 10)
-    contents = await store.load(nxt, history_limit=10)
+    contents = await store.load(nxt, "w1", history_limit=10)
     assert [(h.role, h.content) for h in contents.history] == [
         ("contact", "where is my order?"),
         ("assistant", "It ships tomorrow."),
@@ -285,7 +289,7 @@ async def test_transcript_update_reaches_the_buffered_message(store) -> None:
     assert not await store.update_attachments(KEY, 999, (done,))
     clock.advance(30)
     [job] = await store.claim_due(clock.now(), "w1", LEASE, 10)
-    [loaded] = (await store.load(job, 0)).messages
+    [loaded] = (await store.load(job, "w1", 0)).messages
     assert loaded.attachments[0].transcript == "hello there"
 
 
@@ -345,8 +349,9 @@ async def test_a_newer_buffer_waits_while_an_older_one_is_unanswered(store) -> N
     assert into is not None
     [merged] = await store.claim_due(clock.now(), "w2", LEASE, 10)
     assert merged.buffer_id == into
-    contents = await store.load(merged, history_limit=10)
+    contents = await store.load(merged, "w2", history_limit=10)
     assert [m.chatwoot_message_id for m in contents.messages] == [1, 2]
+    assert contents.check == "send"
     assert await store.before_send(merged, "w2") == "send"
 
 
@@ -391,7 +396,7 @@ async def test_history_keeps_who_said_it_and_the_attachments_not_prompt_text(sto
     await store.record_incoming(message(2, text="hello?"), POLICY, clock.now())
     clock.advance(30)
     [nxt] = await store.claim_due(clock.now(), "w1", LEASE, 10)
-    [entry] = (await store.load(nxt, history_limit=10)).history
+    [entry] = (await store.load(nxt, "w1", history_limit=10)).history
     assert (entry.role, entry.content, entry.attachments) == ("contact", "", (voice,))
 
 
@@ -400,12 +405,12 @@ async def test_the_send_intent_is_recorded_unless_the_job_is_lost(store) -> None
     job = await _claimed(store, clock, "hi")
     intent = PostedMessage("reply", "Hello!")
     assert await store.reserve_send(job, "someone else", intent, clock.now()) == "cancelled"
-    assert (await store.load(job, 0)).posted == []
+    assert (await store.load(job, "w1", 0)).posted == []
     assert await store.reserve_send(job, "w1", intent, clock.now()) == "send"
     # A second reservation of the same kind keeps the first intent.
     again = PostedMessage("reply", "Hello again!")
     assert await store.reserve_send(job, "w1", again, clock.now()) == "send"
-    assert (await store.load(job, 0)).posted == [intent]
+    assert (await store.load(job, "w1", 0)).posted == [intent]
 
 
 async def test_the_first_confirmation_of_a_send_wins(store) -> None:
@@ -418,7 +423,9 @@ async def test_the_first_confirmation_of_a_send_wins(store) -> None:
     assert await store.confirm_sent(KEY, marker, 7)
     assert not await store.confirm_sent(KEY, marker, 8)
     assert await store.complete(job, "w1", clock.now(), "replied", PostedMessage("reply", "x", 9))
-    assert (await store.load(job, 0)).posted == [PostedMessage("reply", "Hello!", 7)]
+    contents = await store.load(job, "w1", 0)
+    assert contents.posted == [PostedMessage("reply", "Hello!", 7)]
+    assert contents.check == "cancelled"  # answered: nothing more to send
 
 
 async def test_only_the_lease_holder_finishes_a_job(store) -> None:
@@ -492,7 +499,7 @@ async def test_a_replay_is_due_now_with_fresh_attempts_and_no_unsent_hand_over(s
     assert await store.next_wake_at(clock.now()) == clock.now()
     [again] = await store.claim_due(clock.now(), "w2", LEASE, 10)
     assert (again.buffer_id, again.attempts) == (job.buffer_id, 1)
-    assert (await store.load(again, 10)).posted == []
+    assert (await store.load(again, "w2", 10)).posted == []
     # Only a failed buffer can be replayed.
     result, summary = await store.replay(job.buffer_id, clock.now())
     assert result == "not_failed" and summary is not None and summary.status == "processing"

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Mapping
 from datetime import timedelta
+
+import pytest
 
 from chatbuffer.domain.flags import Flag
 from chatbuffer.domain.model import ConversationKey
+from chatbuffer.errors import StorageUnavailable
 from chatbuffer.flags import CachedFlags
 from chatbuffer.testing import FakeClock, MemoryStore
 
@@ -29,3 +34,37 @@ async def test_a_missing_row_is_the_seeded_value_and_unknown_rows_are_ignored() 
     flags = CachedFlags(store, FakeClock())
     assert await flags.is_enabled(Flag.MESSAGE_BUFFERING, KEY)
     assert not await flags.is_enabled(Flag.RESPONSE_QUALITY_ENHANCEMENT, KEY)
+
+
+async def test_callers_that_find_the_copy_stale_together_share_one_read() -> None:
+    class CountingSource(MemoryStore):
+        reads = 0
+
+        async def flags(self) -> dict[str, bool]:
+            CountingSource.reads += 1
+            await asyncio.sleep(0)
+            return dict(await super().flags())
+
+    flags = CachedFlags(CountingSource(), FakeClock())
+    answers = await asyncio.gather(
+        *(flags.is_enabled(Flag.TYPING_INDICATORS, KEY) for _ in range(50))
+    )
+    assert answers == [True] * 50
+    assert CountingSource.reads == 1
+
+
+async def test_a_failed_read_fails_its_callers_and_the_next_call_reads_again() -> None:
+    store = MemoryStore()
+    failing = True
+
+    async def flaky() -> Mapping[str, bool]:
+        if failing:
+            raise StorageUnavailable("database down")
+        return {"typing_indicators": False}
+
+    store.flags = flaky  # type: ignore[method-assign]
+    flags = CachedFlags(store, FakeClock())
+    with pytest.raises(StorageUnavailable):
+        await flags.is_enabled(Flag.TYPING_INDICATORS, KEY)
+    failing = False
+    assert not await flags.is_enabled(Flag.TYPING_INDICATORS, KEY)

@@ -139,6 +139,9 @@ class ClaimedJob:
     last_error: str | None = None
 
 
+SendCheck = Literal["send", "cancelled", "newer"]
+
+
 @dataclass(frozen=True, slots=True)
 class BufferContents:
     """Everything needed to answer one buffer."""
@@ -147,9 +150,8 @@ class BufferContents:
     history: Sequence[HistoryEntry]
     #: What an earlier attempt meant to post or posted for this buffer (empty on a first try).
     posted: Sequence[PostedMessage] = ()
-
-
-SendCheck = Literal["send", "cancelled", "newer"]
+    #: Whether the buffer may still be answered, read with the rest (``SendLedger.before_send``).
+    check: SendCheck = "send"
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,7 +242,8 @@ class SendLedger(SendConfirmations, Protocol):
 
     async def before_send(self, job: ClaimedJob, owner: str) -> SendCheck:
         """Whether the buffer may still be answered: ``send``, ``cancelled`` (lost, or a
-        human took over) or ``newer`` (the contact wrote again since it closed)."""
+        human took over) or ``newer`` (the contact wrote again since it closed). The same check
+        comes with ``ConversationHistory.load``; this one is for later, when nothing is sent."""
         ...
 
     async def reserve_send(
@@ -282,9 +285,11 @@ class SendLedger(SendConfirmations, Protocol):
 class ConversationHistory(AttachmentUpdates, Protocol):
     """A held buffer's messages, the conversation before them, and what was posted for it."""
 
-    async def load(self, job: ClaimedJob, history_limit: int) -> BufferContents:
+    async def load(self, job: ClaimedJob, owner: str, history_limit: int) -> BufferContents:
         """One consistent read: the burst in Chatwoot message-id order, at most
-        ``history_limit`` earlier turns (oldest first), and earlier attempts' send intents."""
+        ``history_limit`` earlier turns (oldest first), earlier attempts' send intents, and
+        whether ``owner`` may still answer it (``SendLedger.before_send``): right after the
+        claim that check costs no transaction of its own."""
         ...
 
 

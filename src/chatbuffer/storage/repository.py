@@ -4,10 +4,11 @@ Concurrency, in short:
 
 * One lock order everywhere: every write that touches a conversation's buffers or jobs (intake,
   cancel, supersede, reserving a send, complete, retry, fail, replay) locks the conversation row
-  first, so they queue up per conversation and never deadlock with each other, while different
-  conversations proceed in parallel. The rest never wait while holding a lock they need: the
-  claim skips locked rows, a heartbeat touches only its own jobs. Every statement is keyed by
-  (account_id, conversation_id).
+  first (on SQLite, where ``BEGIN IMMEDIATE`` serialises every writer, the worker's own
+  transactions need no row lock), so they queue up per conversation and never deadlock with
+  each other, while different conversations proceed in parallel. The rest never wait while
+  holding a lock they need: the claim skips locked rows, a heartbeat touches only its own jobs.
+  Every statement is keyed by (account_id, conversation_id).
 * The claim is the one cross-conversation write. On PostgreSQL it locks job and buffer rows with
   ``FOR UPDATE ... SKIP LOCKED`` and never waits, so it cannot deadlock with intake; a buffer that
   intake is extending right now is simply skipped and picked up on the next wake-up. On SQLite
@@ -23,7 +24,11 @@ Concurrency, in short:
   take the buffer over while the POST may still land. Heartbeats run on their own connection
   (``heartbeat_engine``), never queued behind the pool.
 
-The statements themselves are prebuilt in :mod:`chatbuffer.storage.statements`.
+The statements themselves are prebuilt in :mod:`chatbuffer.storage.statements`. A held buffer's
+transactions (load, send check, reservation, completion, retry, failure) and on PostgreSQL the
+claim and the next-wake query are the hot path: one round trip each on PostgreSQL
+(:mod:`chatbuffer.storage.pg_worker`, migration 0007's functions), one thread hop each on SQLite
+(:mod:`chatbuffer.storage.sqlite_worker`).
 """
 
 from __future__ import annotations
@@ -43,7 +48,6 @@ from chatbuffer.domain.marker import Marker
 from chatbuffer.domain.model import (
     Attachment,
     ConversationKey,
-    HistoryEntry,
     InboundMessage,
 )
 from chatbuffer.domain.ports import (
@@ -55,7 +59,7 @@ from chatbuffer.domain.ports import (
     ReplayResult,
     SendCheck,
 )
-from chatbuffer.storage import database, pg_intake, sqlite_intake
+from chatbuffer.storage import database, pg_intake, pg_worker, sqlite_intake, sqlite_worker
 from chatbuffer.storage import statements as sql
 
 WAKE_CHANNEL = sql.WAKE_CHANNEL
@@ -106,9 +110,9 @@ class SqlBufferStore:
         ``intake_batch``: at most this many webhooks stored in one transaction (PostgreSQL)."""
         self._engine = engine
         self._postgres = engine.dialect.name == "postgresql"
-        self._sqlite_intake = (
-            None if self._postgres else sqlite_intake.SqliteIntake(engine.url.database or "")
-        )
+        path = engine.url.database or ""
+        self._sqlite_intake = None if self._postgres else sqlite_intake.SqliteIntake(path)
+        self._sqlite_worker = None if self._postgres else sqlite_worker.SqliteWorker(path)
         self._pg_intake = pg_intake.IntakeBatches(engine, max_batch=intake_batch)
         self._database_clock = self._postgres and database_clock is not False
         self._heartbeat_engine = heartbeat_engine or engine
@@ -224,79 +228,28 @@ class SqlBufferStore:
     ) -> list[ClaimedJob]:
         if limit <= 0:
             return []
-        async with self._engine.begin() as conn:
-            if self._postgres:
-                rows = (
-                    await conn.execute(
-                        sql.CLAIM,
-                        {
-                            "p_now": now,
-                            "p_limit": limit,
-                            "p_owner": owner,
-                            **self._lease(now, lease),
-                        },
-                    )
-                ).all()
-            else:
-                rows = await self._claim_step_by_step(conn, now, owner, lease, limit)
-        return [
-            ClaimedJob(
-                job_id=r.id,
-                buffer_id=r.buffer_id,
-                key=ConversationKey(r.account_id, r.conversation_id),
-                attempts=r.attempts,
-                scheduled_for=r.scheduled_for,
-                claimed_at=r.claimed_at,
-                last_error=r.error_message,
+        if self._sqlite_worker is not None:
+            return await self._sqlite_worker.write(
+                lambda conn: sqlite_worker.claim(conn, now, owner, lease, limit)
             )
-            for r in sorted(rows, key=lambda r: r.scheduled_for)
-        ]
-
-    async def _claim_step_by_step(
-        self, conn: AsyncConnection, now: datetime, owner: str, lease: timedelta, limit: int
-    ) -> Sequence[Any]:
-        """SQLite: the claim's statements one by one (SQLite has no UPDATE in WITH)."""
-        picked = (
-            await conn.execute(
-                sql.CLAIM_CANDIDATES, {"p_now": now, "p_limit": limit, **self._clock(now)}
-            )
-        ).all()
-        if not picked:
-            return []
-        rows = (
-            await conn.execute(
-                sql.CLAIM_JOBS,
-                {
-                    "p_jobs": [(p.account_id, p.conversation_id, p.id) for p in picked],
-                    "p_owner": owner,
-                    "p_now": now,
-                    **self._lease(now, lease),
-                },
-            )
-        ).all()
-        await conn.execute(
-            sql.CLAIM_BUFFERS,
-            {
-                "p_buffers": [(p.account_id, p.conversation_id, p.buffer_id) for p in picked],
-                "p_now": now,
-            },
-        )
-        await conn.execute(
-            sql.MARK_PROCESSING,
-            {"p_keys": [(r.account_id, r.conversation_id) for r in rows], "p_now": now},
-        )
-        return rows
+        clock = None if self._database_clock else now
+        return await pg_worker.claim(self._engine, now, owner, lease, limit, clock)
 
     async def next_wake_at(self, now: datetime) -> datetime | None:
         """The earliest instant a job becomes due or a lease runs out, on the caller's clock
         (``now`` is the caller's present)."""
-        async with self._reading() as conn:
-            row = (await conn.execute(sql.NEXT_WAKE, self._clock(now))).one()
-        instants = [v for v in (row.next_due, row.next_expiry) if v is not None]
+        if self._sqlite_worker is not None:
+            due, expiry, then = await self._sqlite_worker.read(
+                lambda conn: sqlite_worker.next_wake(conn, now)
+            )
+        else:
+            clock = None if self._database_clock else now
+            due, expiry, then = await pg_worker.next_wake(self._engine, clock)
+        instants = [v for v in (due, expiry) if v is not None]
         if not instants:
             return None
         # Measured on the database's clock: the distance from its now is what the caller waits.
-        wake: datetime = now + (min(instants) - row.now)
+        wake: datetime = now + (min(instants) - then)
         return wake
 
     async def heartbeat(
@@ -314,64 +267,23 @@ class SqlBufferStore:
         async with self._heartbeat_engine.begin() as conn:
             return set((await conn.execute(sql.HEARTBEAT, params)).scalars())
 
-    async def load(self, job: ClaimedJob, history_limit: int) -> BufferContents:
-        key = _key(job.key)
-        async with self._reading() as conn:
-            rows = (
-                await conn.execute(sql.BUFFER_MESSAGES, {**key, "p_buffer_id": job.buffer_id})
-            ).all()
-            burst = [_inbound(job.key, r) for r in rows]
-            history = await self._history(conn, job, burst, history_limit)
-            posted = [
-                PostedMessage(r.kind, r.content, r.chatwoot_message_id)
-                for r in await conn.execute(
-                    sql.BUFFER_POSTED, {**key, "p_buffer_id": job.buffer_id}
-                )
-            ]
-        return BufferContents(messages=burst, history=history, posted=posted)
-
-    async def _history(
-        self,
-        conn: AsyncConnection,
-        job: ClaimedJob,
-        burst: Sequence[InboundMessage],
-        limit: int,
-    ) -> list[HistoryEntry]:
-        if limit <= 0 or not burst:
-            return []
-        params = {
-            **_key(job.key),
-            "p_buffer_id": job.buffer_id,
-            "p_before": burst[0].received_at,
-            "p_limit": limit,
-        }
-        earlier = (await conn.execute(sql.EARLIER_MESSAGES, params)).all()
-        replies = (await conn.execute(sql.EARLIER_REPLIES, params)).all()
-        entries = [
-            HistoryEntry(
-                role="contact",
-                content=r.content,
-                at=r.received_at,
-                attachments=tuple(Attachment.from_json(a) for a in r.attachments or []),
+    async def load(self, job: ClaimedJob, owner: str, history_limit: int) -> BufferContents:
+        """The burst, its history, earlier intents and the send check, in one snapshot: one
+        function call on PostgreSQL, one read transaction in one thread hop on SQLite."""
+        if self._sqlite_worker is not None:
+            return await self._sqlite_worker.read(
+                lambda conn: sqlite_worker.load(conn, job, owner, history_limit)
             )
-            for r in earlier
-        ] + [HistoryEntry(role="assistant", content=r.content, at=r.sent_at) for r in replies]
-        entries.sort(key=lambda e: e.at)
-        return entries[-limit:]
+        return await pg_worker.load(self._engine, job, owner, history_limit)
 
     async def before_send(self, job: ClaimedJob, owner: str) -> SendCheck:
         """Whether the buffer may still be answered: ``send``, ``cancelled`` (lost, or a
         human took over) or ``newer`` (the contact wrote again since it closed)."""
-        params = {**_held(job, owner), "p_buffer_id": job.buffer_id}
-        async with self._reading() as conn:
-            return await self._send_check(conn, params)
-
-    @staticmethod
-    async def _send_check(conn: AsyncConnection, params: dict[str, Any]) -> SendCheck:
-        row = (await conn.execute(sql.BEFORE_SEND, params)).first()
-        if row is None:
-            return "cancelled"
-        return "newer" if row.newer else "send"
+        if self._sqlite_worker is not None:
+            return await self._sqlite_worker.read(
+                lambda conn: sqlite_worker.send_check(conn, job, owner)
+            )
+        return await pg_worker.send_check(self._engine, job, owner)
 
     async def reserve_send(
         self,
@@ -386,18 +298,12 @@ class SqlBufferStore:
         Chatwoot timeout plus a margin) on the database's clock, all in one transaction: a
         ``send`` verdict means no other worker can take the buffer over before the POST has
         landed or timed out."""
-        params = {**_held(job, owner), "p_buffer_id": job.buffer_id}
-        async with self._engine.begin() as conn:
-            await self._lock(conn, job.key)
-            kept = await conn.execute(sql.HOLD_LEASE, {**params, **self._lease(now, hold)})
-            if kept.first() is None:
-                return "cancelled"
-            verdict = await self._send_check(conn, params)
-            # Also on "newer": if the burst cannot be folded into the newer buffer, this reply
-            # is sent after all. An intent left on a superseded buffer was never posted.
-            if verdict != "cancelled":
-                await self._record_posted(conn, job, intent, now)
-            return verdict
+        if self._sqlite_worker is not None:
+            return await self._sqlite_worker.write(
+                lambda conn: sqlite_worker.reserve_send(conn, job, owner, intent, now, hold)
+            )
+        clock = None if self._database_clock else now
+        return await pg_worker.reserve_send(self._engine, job, owner, intent, now, clock, hold)
 
     async def confirm_sent(
         self, key: ConversationKey, marker: Marker, chatwoot_message_id: int
@@ -413,40 +319,6 @@ class SqlBufferStore:
                 },
             )
             return bool(result.rowcount)
-
-    @staticmethod
-    async def _record_posted(
-        conn: AsyncConnection, job: ClaimedJob, posted: PostedMessage, now: datetime
-    ) -> None:
-        """Record an intent, or fill in the id of one; a row that already has an id is kept."""
-        if posted.chatwoot_message_id is not None:
-            confirmed = await conn.execute(
-                sql.CONFIRM_SENT,
-                {
-                    **_key(job.key),
-                    "p_buffer_id": job.buffer_id,
-                    "p_kind": posted.kind,
-                    "p_message_id": posted.chatwoot_message_id,
-                },
-            )
-            if confirmed.rowcount:
-                return
-        params = {**_key(job.key), "p_buffer_id": job.buffer_id}
-        if any(r.kind == posted.kind for r in await conn.execute(sql.BUFFER_POSTED, params)):
-            return
-        await conn.execute(
-            sql.INSERT_REPLY,
-            {
-                "id": uuid.uuid4(),
-                "buffer_id": job.buffer_id,
-                "account_id": job.key.account_id,
-                "conversation_id": job.key.conversation_id,
-                "kind": posted.kind,
-                "content": posted.content,
-                "chatwoot_message_id": posted.chatwoot_message_id,
-                "sent_at": now,
-            },
-        )
 
     async def supersede(
         self, job: ClaimedJob, owner: str, now: datetime, policy: buffer.BufferPolicy
@@ -510,18 +382,11 @@ class SqlBufferStore:
         What Chatwoot accepted is recorded even when this worker has lost the lease meanwhile,
         so the conversation's history (and a later duplicate check) knows it was sent.
         """
-        params = {**_held(job, owner), "p_buffer_id": job.buffer_id, "p_now": now, "p_note": note}
-        async with self._engine.begin() as conn:
-            await self._lock(conn, job.key)
-            if posted is not None:
-                await self._record_posted(conn, job, posted, now)
-            if (await conn.execute(sql.COMPLETE_JOB, params)).rowcount != 1:
-                return False
-            await conn.execute(sql.COMPLETE_BUFFER, params)
-            await conn.execute(sql.MARK_MESSAGES_PROCESSED, params)
-            await conn.execute(sql.IDLE_IF_PROCESSING, params)
-            await self._wake_waiting(conn, params)
-            return True
+        if self._sqlite_worker is not None:
+            return await self._sqlite_worker.write(
+                lambda conn: sqlite_worker.complete(conn, job, owner, now, note, posted)
+            )
+        return await pg_worker.complete(self._engine, job, owner, now, note, posted)
 
     async def _wake_waiting(self, conn: AsyncConnection, params: Mapping[str, Any]) -> None:
         """Tell other processes' workers about a buffer this one's end lets through (in this
@@ -532,38 +397,18 @@ class SqlBufferStore:
     async def release_for_retry(
         self, job: ClaimedJob, owner: str, error: str, retry_at: datetime
     ) -> bool:
-        params = {
-            **_held(job, owner),
-            "p_buffer_id": job.buffer_id,
-            "p_error": error,
-            "p_retry_at": retry_at,
-            "p_now": job.claimed_at,
-        }
-        async with self._engine.begin() as conn:
-            await self._lock(conn, job.key)
-            if (await conn.execute(sql.RETRY_JOB, params)).rowcount != 1:
-                return False
-            await conn.execute(sql.RETRY_BUFFER, params)
-            if self._postgres:
-                await conn.execute(sql.NOTIFY, {"p_payload": retry_at.isoformat()})
-            return True
+        if self._sqlite_worker is not None:
+            return await self._sqlite_worker.write(
+                lambda conn: sqlite_worker.release(conn, job, owner, error, retry_at)
+            )
+        return await pg_worker.release(self._engine, job, owner, error, retry_at)
 
     async def fail(self, job: ClaimedJob, owner: str, error: str, now: datetime) -> bool:
-        params = {
-            **_held(job, owner),
-            "p_buffer_id": job.buffer_id,
-            "p_error": error,
-            "p_note": error,
-            "p_now": now,
-        }
-        async with self._engine.begin() as conn:
-            await self._lock(conn, job.key)
-            if (await conn.execute(sql.FAIL_JOB, params)).rowcount != 1:
-                return False
-            await conn.execute(sql.FAIL_BUFFER, params)
-            await conn.execute(sql.IDLE_IF_PROCESSING, params)
-            await self._wake_waiting(conn, params)
-            return True
+        if self._sqlite_worker is not None:
+            return await self._sqlite_worker.write(
+                lambda conn: sqlite_worker.fail(conn, job, owner, error, now)
+            )
+        return await pg_worker.fail(self._engine, job, owner, error, now)
 
     # -- admin ----------------------------------------------------------------------------
 
@@ -628,20 +473,6 @@ def _window(row: Any) -> buffer.BufferWindow:
         started_at=row.buffer_start_time,
         last_message_at=row.last_message_time,
         message_count=row.message_count,
-    )
-
-
-def _inbound(key: ConversationKey, row: Any) -> InboundMessage:
-    return InboundMessage(
-        key=key,
-        chatwoot_message_id=row.chatwoot_message_id,
-        content=row.content,
-        kind=row.message_type,
-        content_type=row.content_type or "text",
-        received_at=row.received_at,
-        attachments=tuple(Attachment.from_json(a) for a in row.attachments or []),
-        sender=row.sender_info or {},
-        conversation=row.conversation_info or {},
     )
 
 

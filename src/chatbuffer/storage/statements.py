@@ -11,6 +11,10 @@ Every statement but the claim and the next-wake queries is keyed by the conversa
 the id, so each statement stays inside one shard when the tables are distributed by conversation
 (``docs/scaling.md``; ``tests/integration/test_distribution.py`` checks it).
 
+On PostgreSQL a held buffer's transactions (load, send check, reservation, completion, retry,
+failure) are server-side functions (migration 0007) that take the steps of the statements here,
+which SQLite runs as they are.
+
 Statuses are SQL literals, not parameters: the planner can then match the partial indexes
 (``WHERE status = 'scheduled'`` and the like) in a prepared statement's generic plan too.
 
@@ -45,6 +49,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
@@ -562,7 +567,11 @@ BUFFER_POSTED = (
     .order_by(bot_replies.c.sent_at)
 )
 
-INSERT_REPLY = insert(bot_replies)
+#: SQLite (PostgreSQL records replies in migration 0007's functions): a reply of a kind the
+#: buffer already has is not recorded again (the first intent is kept).
+RECORD_REPLY = sqlite_insert(bot_replies).on_conflict_do_nothing(
+    index_elements=["account_id", "conversation_id", "buffer_id", "kind"]
+)
 
 #: Only fills a missing id: the first confirmation wins, a late echo changes nothing.
 CONFIRM_SENT = (

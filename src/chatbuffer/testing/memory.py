@@ -287,7 +287,7 @@ class MemoryStore:
 
     # -- conversation history ---------------------------------------------------------------
 
-    async def load(self, job: ClaimedJob, history_limit: int) -> BufferContents:
+    async def load(self, job: ClaimedJob, owner: str, history_limit: int) -> BufferContents:
         burst = sorted(
             (m.message for m in self.messages if m.buffer_id == job.buffer_id),
             key=lambda m: m.chatwoot_message_id,
@@ -327,7 +327,8 @@ class MemoryStore:
             PostedMessage(r.kind, r.content, r.chatwoot_message_id)
             for r in self._posted(job.buffer_id)
         ]
-        return BufferContents(messages=burst, history=history, posted=posted)
+        check = await self.before_send(job, owner)
+        return BufferContents(messages=burst, history=history, posted=posted, check=check)
 
     # -- send ledger ------------------------------------------------------------------------
 
@@ -406,6 +407,7 @@ class MemoryStore:
         grown = self.jobs[newer.id]
         if grown.status == "scheduled":
             grown.scheduled_for = newer.due
+        self._wake_waiting(job)
         return newer.id
 
     async def complete(
@@ -424,6 +426,7 @@ class MemoryStore:
             if message.buffer_id == job.buffer_id:
                 message.processed = True
         self._idle_if_processing(job.key)
+        self._wake_waiting(job)
         return True
 
     async def release_for_retry(
@@ -444,6 +447,7 @@ class MemoryStore:
         if not self._finish(job, owner, "failed", "failed", now, error, error=error):
             return False
         self._idle_if_processing(job.key)
+        self._wake_waiting(job)
         return True
 
     def _finish(
@@ -468,6 +472,19 @@ class MemoryStore:
         if finished.status == "processing":
             finished.status, finished.outcome, finished.updated_at = buffer_status, note, now
         return True
+
+    def _wake_waiting(self, finished: ClaimedJob) -> None:
+        """A buffer of the conversation held back behind the one that just ended may be
+        claimed now: tell the listeners its due time (as ``statements.WAKE_WAITING``)."""
+        waiting = [
+            j.scheduled_for
+            for j in self.jobs.values()
+            if j.key == finished.key
+            and j.status == "scheduled"
+            and j.buffer_id != finished.buffer_id
+        ]
+        if waiting:
+            self._notify(min(waiting))
 
     def _idle_if_processing(self, key: ConversationKey) -> None:
         conversation = self.conversations[key]

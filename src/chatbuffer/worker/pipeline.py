@@ -85,7 +85,7 @@ class Pipeline:
     async def process(self, job: ClaimedJob, owner: str) -> None:
         key = job.key
         lateness_ms = (job.claimed_at - job.scheduled_for) / timedelta(milliseconds=1)
-        contents = await self._history.load(job, self._config.history_limit)
+        contents = await self._history.load(job, owner, self._config.history_limit)
         self._observer.event(
             "buffer_closed",
             key,
@@ -143,9 +143,10 @@ class Pipeline:
             # instead of asking the model again.
             await self._resume(job, owner, contents, earlier)
             return
-        # The contact may have written again between the due time and now: fold this burst into
-        # the newer one before paying for a model call.
-        if await self._check(job, owner) != "send":
+        # The contact may have written again between the due time and the load (which read
+        # this check with the burst): fold this burst into the newer one before paying for a
+        # model call.
+        if await self._settle(job, owner, contents.check) != "send":
             return
         burst = await self._transcribe(contents.messages)
         inputs = await self._asker.inputs(

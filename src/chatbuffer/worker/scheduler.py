@@ -34,6 +34,12 @@ class SchedulerConfig:
     lease: timedelta
     sweep_interval: timedelta
     shutdown_grace: timedelta = timedelta(seconds=20)
+    #: Look for due work again as each buffer ends: its end may have released a newer buffer
+    #: of its conversation, or scheduled a retry. Off where the store's wake-ups already say so
+    #: (PostgreSQL: a completion, retry or failure NOTIFYs the due time it releases), which
+    #: saves a claim and a next-wake query per buffer; a full worker looks again as a slot frees
+    #: up either way.
+    wake_on_finish: bool = True
 
     @property
     def heartbeat_every(self) -> timedelta:
@@ -103,9 +109,10 @@ class Scheduler:
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
-        # A free slot may let a due buffer in, and a finished buffer may release a newer one of
-        # its conversation that was waiting for it.
-        self._waker.poke()
+        if self._config.wake_on_finish:
+            # A finished buffer may release a newer one of its conversation that was waiting
+            # for it, or have scheduled its retry.
+            self._waker.poke()
 
     async def _run_job(self, job: ClaimedJob) -> None:
         try:

@@ -14,9 +14,14 @@ from tests.unit.worker.world import LEASE, QUIET, REPLY, World, answer, burst_li
 
 MS = timedelta(milliseconds=1)
 
+#: Whether the worker looks again as each buffer ends (SQLite) or relies on the store's wake-ups
+#: for what an end releases (PostgreSQL's NOTIFY; MemoryStore's listeners hear the same).
+ON_FINISH = pytest.mark.parametrize("wake_on_finish", [True, False], ids=["poke", "notify"])
 
-async def test_a_burst_is_answered_once_exactly_when_it_falls_due() -> None:
-    w = World()
+
+@ON_FINISH
+async def test_a_burst_is_answered_once_exactly_when_it_falls_due(wake_on_finish: bool) -> None:
+    w = World(wake_on_finish=wake_on_finish)
     async with w.running():
         await w.say("hi", "I ordered last week", "order 4411")
         await settle()
@@ -35,8 +40,9 @@ async def test_a_burst_is_answered_once_exactly_when_it_falls_due() -> None:
     assert w.statuses() == ["completed"]
 
 
-async def test_a_failed_attempt_is_retried_when_its_back_off_ends() -> None:
-    w = World()
+@ON_FINISH
+async def test_a_failed_attempt_is_retried_when_its_back_off_ends(wake_on_finish: bool) -> None:
+    w = World(wake_on_finish=wake_on_finish)
     w.model.answers = [ModelError("the model did not answer in time"), answer()]
     async with w.running():
         await w.say("hello?")
@@ -53,8 +59,11 @@ async def test_a_failed_attempt_is_retried_when_its_back_off_ends() -> None:
     assert (job.status, job.attempts) == ("completed", 2)
 
 
-async def test_a_newer_burst_waits_for_the_older_and_both_are_answered_once() -> None:
-    w = World()
+@ON_FINISH
+async def test_a_newer_burst_waits_for_the_older_and_both_are_answered_once(
+    wake_on_finish: bool,
+) -> None:
+    w = World(wake_on_finish=wake_on_finish)
     w.model.hold()
     async with w.running():
         await w.say("hi")
@@ -139,8 +148,9 @@ async def test_shutdown_waits_out_the_grace_period_then_hands_the_buffer_back() 
     assert w.statuses() == ["completed"]
 
 
-async def test_a_full_worker_takes_the_next_buffer_when_a_slot_frees() -> None:
-    w = World(concurrency=1)
+@ON_FINISH
+async def test_a_full_worker_takes_the_next_buffer_when_a_slot_frees(wake_on_finish: bool) -> None:
+    w = World(wake_on_finish=wake_on_finish, concurrency=1)
     w.model.hold()
     async with w.running():
         for conversation in (1, 2):

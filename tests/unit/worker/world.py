@@ -73,7 +73,7 @@ class Model:
 
 
 class World:
-    def __init__(self, *, concurrency: int = 4) -> None:
+    def __init__(self, *, concurrency: int = 4, wake_on_finish: bool = True) -> None:
         self.clock = FakeClock()
         self.store = MemoryStore()
         self.chatwoot = RecordingChatwoot()
@@ -81,6 +81,7 @@ class World:
         self.model = Model()
         self.waker = Waker(self.clock)
         self.concurrency = concurrency
+        self.wake_on_finish = wake_on_finish
         self.pipeline = Pipeline(
             history=self.store,
             ledger=self.store,
@@ -142,6 +143,7 @@ class World:
                 # Longer than any wait in these tests: every wake-up must come from a due time.
                 sweep_interval=timedelta(minutes=10),
                 shutdown_grace=timedelta(seconds=20),
+                wake_on_finish=self.wake_on_finish,
             ),
             owner=owner,
         )

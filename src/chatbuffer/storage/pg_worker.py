@@ -1,0 +1,281 @@
+"""PostgreSQL: a held buffer's transactions as one call each of migration 0007's functions.
+
+Like the intake (``pg_intake``), each call is one statement in autocommit, so one transaction
+and one round trip, with no BEGIN, COMMIT or ping, made on the psycopg connection SQLAlchemy's
+pool lends: SQLAlchemy's execution layer costs about as much CPU per statement as the database
+round trip (see ``statements``). When the driver call fails, the same call is made once more
+through SQLAlchemy, whose error handling recognises a connection a database restart broke,
+drops the pool's stale connections and reconnects; only then does the error reach the caller.
+Making a call twice is safe: a load only reads; a reservation finds its intent recorded and the
+lease already kept; a completion, retry or failure finds the job no longer running and reports
+the lease lost, which is what the first call left behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.util import greenlet_spawn
+
+from chatbuffer.domain.model import ConversationKey, InboundMessage
+from chatbuffer.domain.ports import BufferContents, ClaimedJob, PostedMessage, SendCheck
+from chatbuffer.storage import contents
+from chatbuffer.storage import statements as sql
+
+LOAD = (
+    "SELECT part, message_id, body, message_type, content_type, attachments, sender_info,"
+    " conversation_info, happened_at, kind FROM chatbuffer_load(%(p_account_id)s,"
+    " %(p_conversation_id)s, %(p_job_id)s, %(p_buffer_id)s, %(p_owner)s, %(p_history_limit)s)"
+)
+SEND_CHECK = (
+    "SELECT chatbuffer_send_check(%(p_account_id)s, %(p_conversation_id)s, %(p_job_id)s,"
+    " %(p_buffer_id)s, %(p_owner)s)"
+)
+RESERVE_SEND = (
+    "SELECT chatbuffer_reserve_send(%(p_account_id)s, %(p_conversation_id)s, %(p_job_id)s,"
+    " %(p_buffer_id)s, %(p_owner)s, %(p_clock)s, %(p_hold)s, %(p_kind)s, %(p_content)s,"
+    " %(p_message_id)s, %(p_now)s)"
+)
+COMPLETE = (
+    "SELECT chatbuffer_complete(%(p_account_id)s, %(p_conversation_id)s, %(p_job_id)s,"
+    " %(p_buffer_id)s, %(p_owner)s, %(p_now)s, %(p_note)s, %(p_kind)s, %(p_content)s,"
+    " %(p_message_id)s)"
+)
+RELEASE = (
+    "SELECT chatbuffer_release(%(p_account_id)s, %(p_conversation_id)s, %(p_job_id)s,"
+    " %(p_buffer_id)s, %(p_owner)s, %(p_now)s, %(p_error)s, %(p_retry_at)s)"
+)
+FAIL = (
+    "SELECT chatbuffer_fail(%(p_account_id)s, %(p_conversation_id)s, %(p_job_id)s,"
+    " %(p_buffer_id)s, %(p_owner)s, %(p_now)s, %(p_error)s)"
+)
+
+
+class _Compiled:
+    """A statement of :mod:`chatbuffer.storage.statements`, compiled once for psycopg: the same
+    SQL SQLAlchemy would send, with the values it binds itself (the SQL literals)."""
+
+    def __init__(self, statement: Any) -> None:
+        self._statement = statement
+        self._sql: str | None = None
+        self._defaults: dict[str, Any] = {}
+
+    def prepare(self, engine: AsyncEngine, params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+        if self._sql is None:
+            compiled = self._statement.compile(dialect=engine.dialect)
+            self._defaults = {k: v for k, v in compiled.params.items() if v is not None}
+            self._sql = str(compiled)
+        return self._sql, {**self._defaults, **params}
+
+
+_CLAIM = _Compiled(sql.CLAIM)
+_NEXT_WAKE = _Compiled(sql.NEXT_WAKE)
+
+
+def _held(job: ClaimedJob, owner: str) -> dict[str, Any]:
+    return {
+        "p_account_id": job.key.account_id,
+        "p_conversation_id": job.key.conversation_id,
+        "p_job_id": job.job_id,
+        "p_buffer_id": job.buffer_id,
+        "p_owner": owner,
+    }
+
+
+def _posted(posted: PostedMessage | None) -> dict[str, Any]:
+    if posted is None:
+        return {"p_kind": None, "p_content": None, "p_message_id": None}
+    return {
+        "p_kind": posted.kind,
+        "p_content": posted.content,
+        "p_message_id": posted.chatwoot_message_id,
+    }
+
+
+async def claim(
+    engine: AsyncEngine,
+    now: datetime,
+    owner: str,
+    lease: timedelta,
+    limit: int,
+    clock: datetime | None,
+) -> list[ClaimedJob]:
+    """``statements.CLAIM``: one statement, so one transaction, in autocommit."""
+    query, params = _CLAIM.prepare(
+        engine,
+        {"p_now": now, "p_limit": limit, "p_owner": owner, "p_clock": clock, "p_lease": lease},
+    )
+    rows = await _call(engine, query, params)
+    jobs = [
+        ClaimedJob(
+            job_id=job_id,
+            buffer_id=buffer_id,
+            key=ConversationKey(account_id, conversation_id),
+            attempts=attempts,
+            scheduled_for=scheduled_for.astimezone(UTC),
+            claimed_at=claimed_at.astimezone(UTC),
+            last_error=error,
+        )
+        for job_id, buffer_id, account_id, conversation_id, attempts, scheduled_for, error, (
+            claimed_at
+        ) in rows
+    ]
+    jobs.sort(key=lambda j: j.scheduled_for)
+    return jobs
+
+
+async def next_wake(
+    engine: AsyncEngine, clock: datetime | None
+) -> tuple[datetime | None, datetime | None, datetime]:
+    """``statements.NEXT_WAKE``: the next due time, the next lease expiry, and the clock's now."""
+    query, params = _NEXT_WAKE.prepare(engine, {"p_clock": clock})
+    [(due, expiry, now)] = await _call(engine, query, params)
+    return due, expiry, now
+
+
+async def load(
+    engine: AsyncEngine, job: ClaimedJob, owner: str, history_limit: int
+) -> BufferContents:
+    """The rows of ``chatbuffer_load``, each of one ``part``: the ``check``, a ``message`` of the
+    burst (in order), an ``earlier`` message or a ``reply`` of the history, a ``posted``."""
+    rows = await _call(engine, LOAD, {**_held(job, owner), "p_history_limit": history_limit})
+    check: SendCheck = "cancelled"
+    burst: list[InboundMessage] = []
+    earlier: list[tuple[str | None, Any, datetime]] = []
+    replies: list[tuple[str, datetime]] = []
+    posted: list[PostedMessage] = []
+    for (
+        part,
+        message_id,
+        body,
+        message_type,
+        content_type,
+        attachments,
+        sender,
+        about,
+        at,
+        kind,
+    ) in rows:
+        if part == "message":
+            burst.append(
+                contents.inbound(
+                    job.key,
+                    message_id,
+                    body,
+                    message_type,
+                    content_type,
+                    at.astimezone(UTC),
+                    attachments,
+                    sender,
+                    about,
+                )
+            )
+        elif part == "earlier":
+            earlier.append((body, attachments, at.astimezone(UTC)))
+        elif part == "reply":
+            replies.append((body, at.astimezone(UTC)))
+        elif part == "posted":
+            posted.append(PostedMessage(kind, body, message_id))
+        elif part == "check":
+            check = kind
+    history = contents.turns(earlier, replies, history_limit)
+    return BufferContents(messages=burst, history=history, posted=posted, check=check)
+
+
+async def send_check(engine: AsyncEngine, job: ClaimedJob, owner: str) -> SendCheck:
+    verdict: SendCheck = (await _call(engine, SEND_CHECK, _held(job, owner)))[0][0]
+    return verdict
+
+
+async def reserve_send(
+    engine: AsyncEngine,
+    job: ClaimedJob,
+    owner: str,
+    intent: PostedMessage,
+    now: datetime,
+    clock: datetime | None,
+    hold: timedelta,
+) -> SendCheck:
+    params = {
+        **_held(job, owner),
+        **_posted(intent),
+        "p_clock": clock,
+        "p_hold": hold,
+        "p_now": now,
+    }
+    verdict: SendCheck = (await _call(engine, RESERVE_SEND, params))[0][0]
+    return verdict
+
+
+async def complete(
+    engine: AsyncEngine,
+    job: ClaimedJob,
+    owner: str,
+    now: datetime,
+    note: str,
+    posted: PostedMessage | None,
+) -> bool:
+    params = {**_held(job, owner), **_posted(posted), "p_now": now, "p_note": note}
+    return bool((await _call(engine, COMPLETE, params))[0][0])
+
+
+async def release(
+    engine: AsyncEngine, job: ClaimedJob, owner: str, error: str, retry_at: datetime
+) -> bool:
+    params = {
+        **_held(job, owner),
+        "p_now": job.claimed_at,
+        "p_error": error,
+        "p_retry_at": retry_at,
+    }
+    return bool((await _call(engine, RELEASE, params))[0][0])
+
+
+async def fail(engine: AsyncEngine, job: ClaimedJob, owner: str, error: str, now: datetime) -> bool:
+    params = {**_held(job, owner), "p_now": now, "p_error": error}
+    return bool((await _call(engine, FAIL, params))[0][0])
+
+
+async def _call(engine: AsyncEngine, query: str, params: Mapping[str, Any]) -> list[Any]:
+    try:
+        return await _on_driver(engine, query, params)
+    except psycopg.Error:
+        return await _through_sqlalchemy(engine, query, params)
+
+
+async def _on_driver(engine: AsyncEngine, query: str, params: Mapping[str, Any]) -> list[Any]:
+    # The pool's own connection, without SQLAlchemy's Connection around it (half the cost of a
+    # checkout); giving it back may roll back, which SQLAlchemy runs in its greenlet.
+    pooled = await engine.raw_connection()
+    try:
+        driver: psycopg.AsyncConnection[Any] = pooled.driver_connection  # type: ignore[assignment]
+        await driver.set_autocommit(True)
+        cursor = await driver.execute(query, params)
+        rows = await cursor.fetchall()
+        await driver.set_autocommit(False)
+    except BaseException:
+        # Never hand the pool a connection in an unknown state.
+        await greenlet_spawn(pooled.invalidate)
+        raise
+    await greenlet_spawn(pooled.close)
+    return rows
+
+
+async def _through_sqlalchemy(
+    engine: AsyncEngine, query: str, params: Mapping[str, Any]
+) -> list[Any]:
+    for attempt in (1, 2):
+        try:
+            async with engine.connect() as conn:
+                autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                result = await autocommit.exec_driver_sql(query, dict(params))
+                return [tuple(r) for r in result.all()]
+        except DBAPIError as exc:
+            if attempt == 2 or not exc.connection_invalidated:
+                raise
+    raise AssertionError("unreachable")
