@@ -77,16 +77,6 @@ _CLAIM = _Compiled(sql.CLAIM)
 _NEXT_WAKE = _Compiled(sql.NEXT_WAKE)
 
 
-def _held(job: ClaimedJob, owner: str) -> dict[str, Any]:
-    return {
-        "p_account_id": job.key.account_id,
-        "p_conversation_id": job.key.conversation_id,
-        "p_job_id": job.job_id,
-        "p_buffer_id": job.buffer_id,
-        "p_owner": owner,
-    }
-
-
 def _posted(posted: PostedMessage | None) -> dict[str, Any]:
     if posted is None:
         return {"p_kind": None, "p_content": None, "p_message_id": None}
@@ -143,7 +133,7 @@ async def load(
 ) -> BufferContents:
     """The rows of ``chatbuffer_load``, each of one ``part``: the ``check``, a ``message`` of the
     burst (in order), an ``earlier`` message or a ``reply`` of the history, a ``posted``."""
-    rows = await _call(engine, LOAD, {**_held(job, owner), "p_history_limit": history_limit})
+    rows = await _call(engine, LOAD, {**sql.held_job(job, owner), "p_history_limit": history_limit})
     check: SendCheck = "cancelled"
     burst: list[InboundMessage] = []
     earlier: list[tuple[str | None, Any, datetime]] = []
@@ -188,7 +178,7 @@ async def load(
 
 
 async def send_check(engine: AsyncEngine, job: ClaimedJob, owner: str) -> SendCheck:
-    verdict: SendCheck = (await _call(engine, SEND_CHECK, _held(job, owner)))[0][0]
+    verdict: SendCheck = (await _call(engine, SEND_CHECK, sql.held_job(job, owner)))[0][0]
     return verdict
 
 
@@ -202,7 +192,7 @@ async def reserve_send(
     hold: timedelta,
 ) -> SendCheck:
     params = {
-        **_held(job, owner),
+        **sql.held_job(job, owner),
         **_posted(intent),
         "p_clock": clock,
         "p_hold": hold,
@@ -220,7 +210,7 @@ async def complete(
     note: str,
     posted: PostedMessage | None,
 ) -> bool:
-    params = {**_held(job, owner), **_posted(posted), "p_now": now, "p_note": note}
+    params = {**sql.held_job(job, owner), **_posted(posted), "p_now": now, "p_note": note}
     return bool((await _call(engine, COMPLETE, params))[0][0])
 
 
@@ -228,7 +218,7 @@ async def release(
     engine: AsyncEngine, job: ClaimedJob, owner: str, error: str, retry_at: datetime
 ) -> bool:
     params = {
-        **_held(job, owner),
+        **sql.held_job(job, owner),
         "p_now": job.claimed_at,
         "p_error": error,
         "p_retry_at": retry_at,
@@ -237,7 +227,7 @@ async def release(
 
 
 async def fail(engine: AsyncEngine, job: ClaimedJob, owner: str, error: str, now: datetime) -> bool:
-    params = {**_held(job, owner), "p_now": now, "p_error": error}
+    params = {**sql.held_job(job, owner), "p_now": now, "p_error": error}
     return bool((await _call(engine, FAIL, params))[0][0])
 
 

@@ -29,6 +29,7 @@ from chatbuffer.domain import buffer
 from chatbuffer.domain.model import InboundMessage
 from chatbuffer.domain.ports import IntakeResult
 from chatbuffer.errors import StorageUnavailable
+from chatbuffer.storage import writer_queue
 from chatbuffer.storage.intake_result import DUPLICATE, human_holds
 
 #: How long the writer thread waits for work before it closes its connection and ends.
@@ -215,23 +216,12 @@ class SqliteIntake:
                 self._running = False
 
     def _next_group(self) -> list[_Request] | None:
-        """Every request waiting now (at least one), or None once idle for ``IDLE_S``."""
-        while True:
-            try:
-                first = self._queue.get(timeout=IDLE_S)
-                break
-            except queue.Empty:
-                with self._lock:
-                    if self._queue.empty():
-                        self._running = False
-                        return None
-        group = [first]
-        while len(group) < MAX_GROUP:
-            try:
-                group.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
-        return group
+        return writer_queue.next_group(
+            self._queue, self._lock, idle_s=IDLE_S, max_group=MAX_GROUP, stop=self._stopped
+        )
+
+    def _stopped(self) -> None:
+        self._running = False
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self._path, timeout=30, isolation_level=None)

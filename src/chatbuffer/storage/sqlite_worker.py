@@ -34,7 +34,7 @@ from sqlalchemy import Connection, NullPool, create_engine
 
 from chatbuffer.domain.model import ConversationKey
 from chatbuffer.domain.ports import BufferContents, ClaimedJob, PostedMessage, SendCheck
-from chatbuffer.storage import contents, database
+from chatbuffer.storage import contents, database, writer_queue
 from chatbuffer.storage import statements as sql
 
 #: How long the thread waits for work before it closes its connection and ends.
@@ -107,23 +107,12 @@ class SqliteWorker:
             conn.close()
 
     def _next_group(self) -> list[_Request] | None:
-        """Every request waiting now (at least one), or None once idle for ``IDLE_S``."""
-        while True:
-            try:
-                first = self._queue.get(timeout=IDLE_S)
-                break
-            except queue.Empty:
-                with self._lock:
-                    if self._queue.empty():
-                        self._running = False
-                        return None
-        group = [first]
-        while len(group) < MAX_GROUP:
-            try:
-                group.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
-        return group
+        return writer_queue.next_group(
+            self._queue, self._lock, idle_s=IDLE_S, max_group=MAX_GROUP, stop=self._stopped
+        )
+
+    def _stopped(self) -> None:
+        self._running = False
 
     def _fail_waiting(self, exc: BaseException) -> None:
         with self._lock:
@@ -189,16 +178,6 @@ def _settle(future: asyncio.Future[Any], outcome: Any) -> None:
 # -- the transactions ---------------------------------------------------------------------------
 
 
-def _held(job: ClaimedJob, owner: str) -> dict[str, Any]:
-    return {
-        "p_account_id": job.key.account_id,
-        "p_conversation_id": job.key.conversation_id,
-        "p_job_id": job.job_id,
-        "p_buffer_id": job.buffer_id,
-        "p_owner": owner,
-    }
-
-
 def claim(
     conn: Connection, now: datetime, owner: str, lease: timedelta, limit: int
 ) -> list[ClaimedJob]:
@@ -252,14 +231,14 @@ def next_wake(conn: Connection, now: datetime) -> tuple[datetime | None, datetim
 
 def send_check(conn: Connection, job: ClaimedJob, owner: str) -> SendCheck:
     """``send``, or why not: ``cancelled`` (lost, or a human took over) or ``newer``."""
-    row = conn.execute(sql.BEFORE_SEND, _held(job, owner)).first()
+    row = conn.execute(sql.BEFORE_SEND, sql.held_job(job, owner)).first()
     if row is None:
         return "cancelled"
     return "newer" if row.newer else "send"
 
 
 def load(conn: Connection, job: ClaimedJob, owner: str, history_limit: int) -> BufferContents:
-    params = _held(job, owner)
+    params = sql.held_job(job, owner)
     check = send_check(conn, job, owner)
     burst = [
         contents.inbound(
@@ -335,7 +314,7 @@ def reserve_send(
     """Keep the lease for ``hold``, check, record the intent (BEGIN IMMEDIATE serialises
     writers, so no conversation lock is needed)."""
     lease = {"p_clock": now, "p_lease": hold, "p_lease_end": now + hold}
-    if conn.execute(sql.HOLD_LEASE, {**_held(job, owner), **lease}).first() is None:
+    if conn.execute(sql.HOLD_LEASE, {**sql.held_job(job, owner), **lease}).first() is None:
         return "cancelled"
     verdict = send_check(conn, job, owner)
     # Also on "newer": if the burst cannot be folded into the newer buffer, this reply is sent
@@ -354,7 +333,7 @@ def complete(
     posted: PostedMessage | None,
 ) -> bool:
     """What Chatwoot accepted is recorded even when the lease is lost meanwhile."""
-    params = {**_held(job, owner), "p_now": now, "p_note": note}
+    params = {**sql.held_job(job, owner), "p_now": now, "p_note": note}
     if posted is not None:
         record_posted(conn, job, posted, now)
     if conn.execute(sql.COMPLETE_JOB, params).rowcount != 1:
@@ -367,7 +346,7 @@ def complete(
 
 def release(conn: Connection, job: ClaimedJob, owner: str, error: str, retry_at: datetime) -> bool:
     params = {
-        **_held(job, owner),
+        **sql.held_job(job, owner),
         "p_error": error,
         "p_retry_at": retry_at,
         "p_now": job.claimed_at,
@@ -379,7 +358,7 @@ def release(conn: Connection, job: ClaimedJob, owner: str, error: str, retry_at:
 
 
 def fail(conn: Connection, job: ClaimedJob, owner: str, error: str, now: datetime) -> bool:
-    params = {**_held(job, owner), "p_error": error, "p_note": error, "p_now": now}
+    params = {**sql.held_job(job, owner), "p_error": error, "p_note": error, "p_now": now}
     if conn.execute(sql.FAIL_JOB, params).rowcount != 1:
         return False
     conn.execute(sql.FAIL_BUFFER, params)

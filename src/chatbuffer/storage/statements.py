@@ -25,7 +25,10 @@ Leases and due times are compared on one clock, :data:`CLOCK`: on PostgreSQL the
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from chatbuffer.domain.ports import ClaimedJob
 
 from sqlalchemy import (
     Boolean,
@@ -705,3 +708,14 @@ DROP_UNSENT_FAILURE_NOTES = delete(bot_replies).where(
     status_is(bot_replies.c.kind, "failure_note"),
     bot_replies.c.chatwoot_message_id.is_(None),
 )
+
+
+def held_job(job: ClaimedJob, owner: str) -> dict[str, Any]:
+    """The parameters naming a job ``owner`` holds, by its full conversation key."""
+    return {
+        "p_account_id": job.key.account_id,
+        "p_conversation_id": job.key.conversation_id,
+        "p_job_id": job.job_id,
+        "p_buffer_id": job.buffer_id,
+        "p_owner": owner,
+    }
