@@ -387,6 +387,7 @@ async def test_an_api_killed_mid_request_loses_nothing_and_doubles_nothing(
     assert all(len(b.message_ids) == 5 for b in verdict.bursts)
 
 
+@pytest.mark.serial
 async def test_postgres_restarted_under_load_recovers_and_answers_every_burst_once(
     tmp_path: Path,
 ) -> None:

@@ -39,7 +39,8 @@ from tests.e2e.conftest import (
     simulators,
 )
 
-pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
+# Four service processes under load each: alone on the machine, after the parallel pass.
+pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.serial]
 
 
 @dataclass
