@@ -23,8 +23,9 @@ from fastapi import FastAPI
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from chatbuffer.ai.openai_model import OpenAIReplyModel
+from chatbuffer.ai.openai_model import OpenAIReplyModel, OpenAISummarizer
 from chatbuffer.chatwoot.client import ChatwootClient
+from chatbuffer.chatwoot.history import ChatwootHistory
 from chatbuffer.clock import SystemClock
 from chatbuffer.domain.aggregation import Prompt
 from chatbuffer.domain.buffer import BufferPolicy
@@ -37,9 +38,11 @@ from chatbuffer.domain.ports import (
     BurstArchive,
     ChatwootAPI,
     Clock,
+    HistorySource,
     Observer,
     ReplayResult,
     ReplyModel,
+    Summarizer,
     Transcriber,
 )
 from chatbuffer.domain.retry import RetryPolicy
@@ -65,7 +68,12 @@ from chatbuffer.transcription.packaged_model import default_cache_root
 from chatbuffer.transcription.reading import ChatwootAttachmentReader
 from chatbuffer.web.asgi import WebConfig, create_asgi_app
 from chatbuffer.worker.asking import Asker
-from chatbuffer.worker.model_gate import GatedReplyModel, GatedTranscriber, ModelGate
+from chatbuffer.worker.model_gate import (
+    GatedReplyModel,
+    GatedSummarizer,
+    GatedTranscriber,
+    ModelGate,
+)
 from chatbuffer.worker.pipeline import Pipeline, PipelineConfig
 from chatbuffer.worker.scheduler import Scheduler, SchedulerConfig
 from chatbuffer.worker.waker import Waker
@@ -117,6 +125,9 @@ class _Adapters:
     asker: Asker
     #: Builds the exact request body (``chatbuffer prompt show``).
     openai_model: OpenAIReplyModel
+    summarizer: Summarizer
+    #: The history Chatwoot had before chatbuffer (``CHATWOOT_USER_TOKEN``), or None.
+    earlier: HistorySource | None
 
 
 class Runtime:
@@ -133,6 +144,7 @@ class Runtime:
         transcriber: Transcriber | None = None,
         reader: AttachmentReader | None = None,
         prompt_files: PromptFiles | None = None,
+        summarizer: Summarizer | None = None,
     ) -> None:
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
@@ -143,12 +155,17 @@ class Runtime:
         self._transcriber = transcriber
         self._reader = reader
         self._prompt_files = prompt_files
+        self._summarizer = summarizer
         self._built: _Adapters | None = None
         self._engine: AsyncEngine | None = None
         self._heartbeat_engine: AsyncEngine | None = None
         self._store: SqlBufferStore | None = None
         self._owned: list[
-            ChatwootClient | OpenAIReplyModel | AttachmentFetcher | OpenAITranscriber
+            ChatwootClient
+            | ChatwootHistory
+            | OpenAIReplyModel
+            | AttachmentFetcher
+            | OpenAITranscriber
         ] = []
         self.waker = Waker(self.clock)
         self._intake: WebhookIntake | None = None
@@ -238,6 +255,7 @@ class Runtime:
             rules=IntakeRules(
                 active_statuses=self.settings.active_statuses,
                 account_id=self.settings.chatwoot_account_id,
+                attributes=self.settings.attribute_selection,
             ),
             policy=self.buffer_policy,
             on_scheduled=self.waker.poke,
@@ -350,8 +368,21 @@ class Runtime:
             reader=reader,
             instructions=files.instructions,
             vision=s.ai_vision_enabled,
+            attributes=s.attribute_selection,
         )
-        return _Adapters(chatwoot, model, transcriber, asker, openai_model)
+        summarizer = GatedSummarizer(
+            self._summarizer or OpenAISummarizer(model=s.openai_model, client=openai_client), gate
+        )
+        earlier: HistorySource | None = None
+        if s.chatwoot_user_token is not None and s.chatwoot_base_url is not None:
+            history = ChatwootHistory(
+                base_url=s.chatwoot_base_url,
+                user_token=s.chatwoot_user_token.get_secret_value(),
+                timeout_s=s.chatwoot_timeout_ms / 1000,
+            )
+            self._owned.append(history)
+            earlier = history
+        return _Adapters(chatwoot, model, transcriber, asker, openai_model, summarizer, earlier)
 
     def _build_transcriber(
         self, fetcher: AttachmentFetcher, chat_client: openai.AsyncOpenAI, chat_gate: ModelGate
@@ -426,10 +457,15 @@ class Runtime:
             observer=self.observer,
             transcriber=adapters.transcriber,
             asker=adapters.asker,
+            memory=self.store,
+            earlier=adapters.earlier,
+            summarizer=adapters.summarizer,
             config=PipelineConfig(
                 quality_threshold=s.response_quality_threshold,
                 typing_enabled=s.chatwoot_typing_indicator_enabled,
                 history_limit=s.history_limit,
+                history_max_tokens=s.history_max_tokens,
+                summary_every=s.history_summary_every,
                 retry=RetryPolicy(max_attempts=s.max_processing_attempts),
                 policy=s.buffer_policy,
                 send_hold=timedelta(milliseconds=s.chatwoot_timeout_ms) + SEND_MARGIN,

@@ -21,13 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from chatbuffer.app import Runtime
-from chatbuffer.domain import aggregation, decision
+from chatbuffer.domain import aggregation, decision, history
+from chatbuffer.domain.aggregation import PromptInputs
 from chatbuffer.domain.instructions import BotInstructions
 from chatbuffer.domain.model import HandOff, SendReply
 from chatbuffer.domain.ports import StoredBurst
 from chatbuffer.errors import ChatbufferError, DependencyError
 from chatbuffer.prompting.loading import read_text
 from chatbuffer.settings import Settings
+from chatbuffer.worker.asking import Asker
 
 _DATA_URL = re.compile(r"^data:([^;,]+);base64,(.*)$", re.DOTALL)
 
@@ -39,17 +41,31 @@ class NotFound(ChatbufferError):
 async def show(settings: Settings, buffer_id: uuid.UUID, *, short_images: bool = False) -> str:
     """The exact chat-completions request body the service sends for a stored buffer, as JSON."""
     async with Runtime(settings).opened() as runtime:
-        burst = await runtime.archive().burst(buffer_id, settings.history_limit)
+        policy = settings.history_policy
+        burst = await runtime.archive().burst(buffer_id, policy.fetch_limit)
         if burst is None:
             raise NotFound(f"no stored buffer {buffer_id} with messages")
         asker = runtime.asker()
-        inputs = await asker.inputs(
-            burst.messages, burst.history, include_history=await runtime.include_history(burst.key)
-        )
+        inputs = await _inputs(runtime, burst, settings)
         request = runtime.model_request(asker.prompt(inputs))
     if short_images:
         request = _shorten_images(request)
     return json.dumps(request, indent=2, ensure_ascii=False)
+
+
+async def _inputs(
+    runtime: Runtime, burst: StoredBurst, settings: Settings, asker: Asker | None = None
+) -> PromptInputs:
+    """What the worker would make of a stored burst now: the same history window and summary
+    (``domain.history``), the flags as they are, the attachments downloaded again."""
+    include_history = await runtime.include_history(burst.key)
+    shown = history.window(burst.history, burst.summary, settings.history_policy)
+    return await (asker or runtime.asker()).inputs(
+        burst.messages,
+        shown.shown if include_history else (),
+        summary=shown.summary,
+        include_history=include_history,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,14 +88,10 @@ async def try_instructions(
             asker = asker.with_instructions(
                 BotInstructions(default=read_text(instructions, "--instructions"))
             )
-        bursts = await runtime.archive().recent(last, settings.history_limit)
+        bursts = await runtime.archive().recent(last, settings.history_policy.fetch_limit)
         trials: list[Trial] = []
         for burst in reversed(bursts):
-            inputs = await asker.inputs(
-                burst.messages,
-                burst.history,
-                include_history=await runtime.include_history(burst.key),
-            )
+            inputs = await _inputs(runtime, burst, settings, asker)
             lines = [m["line"] for m in aggregation.variables(inputs)["messages"]]
             try:
                 asked = await asker.ask(inputs)

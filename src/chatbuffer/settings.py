@@ -14,6 +14,8 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from chatbuffer.domain.buffer import BufferPolicy
+from chatbuffer.domain.contact import AttributeSelection
+from chatbuffer.domain.history import HistoryPolicy
 from chatbuffer.errors import ConfigurationError
 
 CHATWOOT_STATUSES = frozenset({"open", "resolved", "pending", "snoozed"})
@@ -75,6 +77,9 @@ class Settings(BaseSettings):
 
     chatwoot_base_url: str | None = None
     chatwoot_api_token: SecretStr | None = None
+    # A user's token (an agent bot's may not list messages): fetches the history a conversation
+    # had before chatbuffer. Unset: only what chatbuffer stored is history.
+    chatwoot_user_token: SecretStr | None = None
     chatwoot_account_id: int | None = None
     chatwoot_webhook_secret: SecretStr | None = None
     chatwoot_typing_indicator_enabled: bool = True
@@ -91,6 +96,10 @@ class Settings(BaseSettings):
     webhook_max_body_bytes: int = Field(1_048_576, ge=1_024)
     webhook_signature_max_age_s: int = Field(300, ge=1)
     history_limit: int = Field(20, ge=0, le=200)
+    history_max_tokens: int = Field(2_000, ge=0, le=1_000_000)
+    history_summary_every: int = Field(10, ge=0, le=200)
+    # Comma list of custom attribute names, "*" for all; phone_number and email only by name.
+    contact_attributes_to_model: str = ""
     # Message text, sender data and replies are personal data: 0 keeps them forever.
     data_retention_days: int = Field(0, ge=0, le=36_500)
     admin_token: SecretStr | None = None
@@ -98,6 +107,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "ai_max_tokens",
+        "chatwoot_user_token",
         "bot_instructions",
         "bot_instructions_file",
         "bot_instructions_dir",
@@ -207,6 +217,18 @@ class Settings(BaseSettings):
             "OPENAI_TRANSCRIPTION_MODEL is deprecated and will be removed: "
             "set TRANSCRIPTION_MODEL instead (same meaning)"
         ]
+
+    @property
+    def history_policy(self) -> HistoryPolicy:
+        return HistoryPolicy(
+            max_turns=self.history_limit,
+            max_tokens=self.history_max_tokens,
+            summary_every=self.history_summary_every,
+        )
+
+    @property
+    def attribute_selection(self) -> AttributeSelection:
+        return AttributeSelection.parse(self.contact_attributes_to_model)
 
     @property
     def active_statuses(self) -> frozenset[str]:

@@ -318,11 +318,12 @@ class Simulators:
 
 @asynccontextmanager
 async def simulators(
-    webhook_port: int, *, model_script: Script | None = None
+    webhook_port: int, *, model_script: Script | None = None, user_token: bool = False
 ) -> AsyncIterator[Simulators]:
     """Both simulators; the Chatwoot one validates every request against Chatwoot's spec.
 
-    ``model_script`` replaces the model's default answers (e.g. with invalid JSON).
+    ``model_script`` replaces the model's default answers (e.g. with invalid JSON);
+    ``user_token``: ``TOKEN`` is a user's, which may also list a conversation's messages.
     """
     model = ScriptedModelServer(script=model_script)
     chatwoot = ChatwootSimulator(
@@ -330,6 +331,7 @@ async def simulators(
         validator=load_validator(),
         webhook_url=f"http://127.0.0.1:{webhook_port}/webhooks/chatwoot",
         webhook_secret=SECRET,
+        user_token=user_token,
     )
     model_url, stop_model = await serve_in_background(model.app)
     chatwoot_url, stop_chatwoot = await serve_in_background(chatwoot.app)

@@ -338,7 +338,7 @@ def test_the_statement_check_finds_joins_and_filters_without_the_key() -> None:
     assert statement_problems("CLAIM", hot_path.CLAIM)
 
 
-# -- the worker's server-side functions (migration 0007) --------------------------------------
+# -- the worker's server-side functions (migrations 0007 and 0008) ----------------------------
 
 #: ``FROM``, ``JOIN`` or ``UPDATE`` of a table under an alias, as the functions are written.
 _TABLE_REF = re.compile(r"\b(?:FROM|JOIN|UPDATE)\s+(\w+)\s+AS\s+(\w+)", re.IGNORECASE)
@@ -394,9 +394,14 @@ def function_problems(name: str, body: str) -> list[str]:
 CONVERSATION_TABLES = {t.name for t in metadata.sorted_tables} - REFERENCE_TABLES
 
 
-def test_every_statement_of_the_worker_functions_stays_in_one_conversation() -> None:
-    functions = _migration("0007_worker_functions").FUNCTIONS
-    assert len(functions) >= 5
+@pytest.mark.parametrize(
+    ("migration", "at_least"), [("0007_worker_functions", 5), ("0008_conversation_history", 1)]
+)
+def test_every_statement_of_the_worker_functions_stays_in_one_conversation(
+    migration: str, at_least: int
+) -> None:
+    functions = _migration(migration).FUNCTIONS
+    assert len(functions) >= at_least
     problems = [
         problem
         for signature, body in functions.items()

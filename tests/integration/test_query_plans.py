@@ -24,6 +24,7 @@ ARGUMENTS = {
     "p_now": "now()",
     "p_clock": "NULL",
     "p_before": "now()",
+    "p_after": "now() - interval '1 day'",
     "p_cutoff": "now()",
     "p_limit": "64",
     "p_account_id": "1",
@@ -62,9 +63,10 @@ def generic_plan(conn: Connection, statement: Any) -> str:
         (sql.NEXT_LEASE_EXPIRY, ["ix_buffer_jobs_lease"]),
         (sql.EARLIER_MESSAGES, ["ix_buffered_messages_history"]),
         (sql.EARLIER_REPLIES, ["ix_bot_replies_history"]),
+        (sql.EARLIER_HISTORY, ["ix_history_messages_history"]),
         (retention.FINISHED_BEFORE, ["ix_message_buffer_finished"]),
     ],
-    ids=["claim", "next-due", "next-lease-expiry", "history", "replies", "purge"],
+    ids=["claim", "next-due", "next-lease-expiry", "history", "replies", "agents", "purge"],
 )
 def test_the_hot_reads_use_their_indexes_in_a_generic_plan(
     conn: Connection, statement: Any, indexes: list[str]

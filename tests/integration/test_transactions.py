@@ -18,13 +18,20 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chatbuffer.domain.buffer import BufferPolicy
 from chatbuffer.domain.flags import Flag
-from chatbuffer.domain.model import ConversationKey, InboundMessage, ModelDecision
+from chatbuffer.domain.model import ConversationKey, HistoryEntry, InboundMessage, ModelDecision
 from chatbuffer.domain.retry import RetryPolicy
 from chatbuffer.flags import CachedFlags
 from chatbuffer.storage import database
 from chatbuffer.storage.repository import SqlBufferStore
 from chatbuffer.storage.tables import message_buffer
-from chatbuffer.testing import FakeClock, RecordingChatwoot, RecordingObserver, ScriptedReplyModel
+from chatbuffer.testing import (
+    FakeClock,
+    RecordingChatwoot,
+    RecordingObserver,
+    ScriptedReplyModel,
+    ScriptedSummarizer,
+    StaticHistorySource,
+)
 from chatbuffer.worker.pipeline import Pipeline, PipelineConfig
 
 POLICY = BufferPolicy(
@@ -140,3 +147,69 @@ async def test_an_answered_buffer_costs_at_most_four_transactions(
     assert set(statuses) == {"completed"}
     # One claim for the batch, then load, reserve and complete for each buffer.
     assert spent <= 1 + 3 * conversations
+
+
+async def test_the_first_fetch_from_chatwoot_and_a_summary_each_cost_one_more(
+    counted: tuple[SqlBufferStore, Transactions],
+) -> None:
+    store, transactions = counted
+    clock = FakeClock()
+    key = ConversationKey(1, 1)
+    start = clock.now() - timedelta(days=1)
+    earlier = StaticHistorySource(
+        messages={
+            key: [
+                HistoryEntry("contact", "do you ship?", start, chatwoot_message_id=1),
+                HistoryEntry("agent", "Yes.", start, author="Carla", chatwoot_message_id=2),
+            ]
+        }
+    )
+    summarizer = ScriptedSummarizer()
+    flags = CachedFlags(store, clock)
+    pipeline = Pipeline(
+        history=store,
+        ledger=store,
+        flags=flags,
+        chatwoot=RecordingChatwoot(),
+        model=ScriptedReplyModel(lambda _prompt: ANSWER),
+        clock=clock,
+        observer=RecordingObserver(),
+        memory=store,
+        earlier=earlier,
+        summarizer=summarizer,
+        config=PipelineConfig(
+            quality_threshold=0.7,
+            typing_enabled=True,
+            history_limit=1,
+            summary_every=3,
+            retry=RetryPolicy(max_attempts=3, base_delay=timedelta(seconds=2)),
+            policy=POLICY,
+        ),
+    )
+    spent = []
+    for burst in range(1, 4):
+        await store.record_incoming(
+            InboundMessage(
+                key=key,
+                chatwoot_message_id=10 * burst,
+                content=f"message {burst}",
+                kind="text",
+                content_type="text",
+                received_at=clock.now(),
+            ),
+            POLICY,
+            clock.now(),
+        )
+        clock.advance(30)
+        # The flags are read every few seconds per process, not per buffer: not counted here.
+        await flags.is_enabled(Flag.TYPING_INDICATORS, key)
+        transactions.count = 0
+        [job] = await store.claim_due(clock.now(), "w1", LEASE, 10)
+        await pipeline.process(job, "w1")
+        spent.append(transactions.count)
+        clock.advance(60)
+    # 1: fetched from Chatwoot (and kept). 2: five turns, one shown: the summary is made.
+    # 3: two turns fell out since, fewer than three: nothing more.
+    assert len(earlier.fetches) == 1
+    assert len(summarizer.prompts) == 1
+    assert spent == [4 + 1, 4 + 1, 4]

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
+from chatbuffer.domain.contact import AttributeSelection
+from chatbuffer.domain.history import HistoryPolicy
 from chatbuffer.errors import ConfigurationError
-from chatbuffer.settings import load_settings
+from chatbuffer.settings import Settings, load_settings
 
 ENV = [
     "DATABASE_URL",
@@ -163,3 +166,24 @@ def test_instructions_come_from_text_or_a_file_not_both(monkeypatch: pytest.Monk
     with pytest.raises(ConfigurationError, match="both set; set only one") as caught:
         load_settings()
     assert "\n" not in str(caught.value)
+
+
+def test_every_setting_is_documented_in_configuration_md() -> None:
+    documented = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    missing = [n.upper() for n in Settings.model_fields if f"`{n.upper()}`" not in documented]
+    assert missing == []
+
+
+def test_the_history_and_contact_settings() -> None:
+    s = load_settings(
+        HISTORY_LIMIT="8",
+        HISTORY_MAX_TOKENS="500",
+        HISTORY_SUMMARY_EVERY="0",
+        CONTACT_ATTRIBUTES_TO_MODEL="plan, email,*",
+        CHATWOOT_USER_TOKEN="",
+    )
+    assert s.history_policy == HistoryPolicy(max_turns=8, max_tokens=500, summary_every=0)
+    assert s.attribute_selection == AttributeSelection(frozenset({"plan", "email"}), every=True)
+    assert s.chatwoot_user_token is None
+    with pytest.raises(ConfigurationError, match="HISTORY_SUMMARY_EVERY is invalid"):
+        load_settings(HISTORY_SUMMARY_EVERY="-1")

@@ -1,4 +1,5 @@
-"""``OpenAIReplyModel``: one chat completion per burst through the official ``openai`` SDK."""
+"""``OpenAIReplyModel``: one chat completion per burst through the official ``openai`` SDK;
+``OpenAISummarizer``: the conversation's rolling summary on the same endpoint."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from chatbuffer.errors import ImagesRefused, InvalidModelAnswer, ModelError
 from chatbuffer.openai_errors import translated
 
 DEFAULT_TEMPERATURE = 0.3
+#: A summary is asked for in at most about 200 words (``domain.history``); room for that.
+SUMMARY_MAX_TOKENS = 600
 
 #: The statuses and words with which OpenAI-compatible endpoints refuse image parts: OpenAI
 #: ("Invalid content type. image_url is only supported by certain models."), vLLM and llama.cpp
@@ -149,3 +152,41 @@ def _invalid(answer: str, problem: str) -> InvalidModelAnswer:
         answer=answer,
         problem=problem,
     )
+
+
+class OpenAISummarizer:
+    """Implements :class:`chatbuffer.domain.ports.Summarizer`: one plain-text chat completion
+    (``domain.history.summary_prompt``) on the reply model's endpoint and client."""
+
+    def __init__(
+        self, *, model: str, client: openai.AsyncOpenAI, max_tokens: int = SUMMARY_MAX_TOKENS
+    ) -> None:
+        self._model = model
+        self._client = client
+        self._max_tokens = max_tokens
+
+    def request(self, prompt: Prompt) -> dict[str, Any]:
+        """The body of the chat-completions request, exactly as it is sent."""
+        return {
+            "model": self._model,
+            "messages": [
+                {"role": "system", "content": prompt.system},
+                {"role": "user", "content": prompt.user},
+            ],
+            # A summary retells: no invention wanted.
+            "temperature": 0.0,
+            "max_tokens": self._max_tokens,
+        }
+
+    async def summarize(self, prompt: Prompt) -> str:
+        body = self.request(prompt)
+        with translated(ModelError, "model endpoint"):
+            completion = await self._client.chat.completions.create(
+                model=body["model"],
+                messages=cast(Any, body["messages"]),
+                temperature=body["temperature"],
+                max_tokens=body["max_tokens"],
+            )
+        if not completion.choices:
+            raise ModelError("the model returned no choices")
+        return (completion.choices[0].message.content or "").strip()

@@ -13,6 +13,11 @@ from chatbuffer.domain.retry import parse_retry_after, retryable_status
 from chatbuffer.errors import ChatwootError
 
 
+def conversation_path(key: ConversationKey, suffix: str = "") -> str:
+    """A conversation's API path (its display id, as every API path takes it)."""
+    return f"/api/v1/accounts/{key.account_id}/conversations/{key.conversation_id}{suffix}"
+
+
 class ChatwootClient:
     """Implements :class:`chatbuffer.domain.ports.ChatwootAPI`.
 
@@ -27,19 +32,14 @@ class ChatwootClient:
         timeout_s: float = 10.0,
         transport: httpx2.AsyncBaseTransport | None = None,
     ) -> None:
-        self._client = httpx2.AsyncClient(
-            base_url=base_url.rstrip("/"),
-            headers={"api_access_token": api_token, "Accept": "application/json"},
-            timeout=httpx2.Timeout(timeout_s),
-            transport=transport,
-        )
+        self._client = http_client(base_url, api_token, timeout_s, transport)
 
     async def aclose(self) -> None:
         await self._client.aclose()
 
     @staticmethod
     def _path(key: ConversationKey, suffix: str = "") -> str:
-        return f"/api/v1/accounts/{key.account_id}/conversations/{key.conversation_id}{suffix}"
+        return conversation_path(key, suffix)
 
     async def set_typing(self, key: ConversationKey, *, on: bool) -> None:
         await self._post(
@@ -110,25 +110,53 @@ class ChatwootClient:
         json: Mapping[str, Any] | None = None,
         params: Mapping[str, Any] | None = None,
     ) -> Any:
-        try:
-            response = await self._client.request(method, path, json=json, params=params)
-        except httpx2.TimeoutException as exc:
-            raise ChatwootError(f"Chatwoot did not answer {method} {path} in time") from exc
-        except httpx2.HTTPError as exc:
-            raise ChatwootError(
-                f"could not reach Chatwoot for {method} {path}: {type(exc).__name__}"
-            ) from exc
-        if response.is_success:
-            if not response.content:
-                return None
-            try:
-                return response.json()
-            except ValueError:
-                return None
-        status = response.status_code
+        return await call(self._client, method, path, json=json, params=params)
+
+
+def http_client(
+    base_url: str,
+    api_token: str,
+    timeout_s: float,
+    transport: httpx2.AsyncBaseTransport | None = None,
+) -> httpx2.AsyncClient:
+    """An HTTP client for Chatwoot's API with ``api_token`` (only ever in the header)."""
+    return httpx2.AsyncClient(
+        base_url=base_url.rstrip("/"),
+        headers={"api_access_token": api_token, "Accept": "application/json"},
+        timeout=httpx2.Timeout(timeout_s),
+        transport=transport,
+    )
+
+
+async def call(
+    client: httpx2.AsyncClient,
+    method: str,
+    path: str,
+    *,
+    json: Mapping[str, Any] | None = None,
+    params: Mapping[str, Any] | None = None,
+) -> Any:
+    """One API call: the JSON answer (None for an empty one), or a ``ChatwootError`` that says
+    which call failed and whether it is worth retrying, never the token."""
+    try:
+        response = await client.request(method, path, json=json, params=params)
+    except httpx2.TimeoutException as exc:
+        raise ChatwootError(f"Chatwoot did not answer {method} {path} in time") from exc
+    except httpx2.HTTPError as exc:
         raise ChatwootError(
-            f"Chatwoot answered {status} to {method} {path}",
-            retryable=retryable_status(status),
-            retry_after=parse_retry_after(response.headers.get("retry-after")),
-            status=status,
-        )
+            f"could not reach Chatwoot for {method} {path}: {type(exc).__name__}"
+        ) from exc
+    if response.is_success:
+        if not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            return None
+    status = response.status_code
+    raise ChatwootError(
+        f"Chatwoot answered {status} to {method} {path}",
+        retryable=retryable_status(status),
+        retry_after=parse_retry_after(response.headers.get("retry-after")),
+        status=status,
+    )

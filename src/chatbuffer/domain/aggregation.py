@@ -21,9 +21,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
+from chatbuffer.domain import contact as contacts
+from chatbuffer.domain.contact import AttributeSelection
 from chatbuffer.domain.model import (
     Attachment,
     AttachmentContent,
+    ConversationSummary,
     HistoryEntry,
     InboundMessage,
 )
@@ -87,7 +90,12 @@ class PromptInputs:
     """Everything the prompt is made from."""
 
     messages: Sequence[InboundMessage]
+    #: The earlier turns shown word for word, oldest first (``domain.history.window``).
     history: Sequence[HistoryEntry] = ()
+    #: The rolling summary of the turns before those, if the conversation has one.
+    summary: ConversationSummary | None = None
+    #: Which of the contact's and the conversation's attributes the model may see.
+    attributes: AttributeSelection = field(default_factory=AttributeSelection)
     #: What could be read from the burst's images and files (see ``wanted``).
     contents: Mapping[AttachmentRef, AttachmentContent] = field(default_factory=dict)
     #: The business's instructions for this inbox, verbatim ("" when there are none).
@@ -196,14 +204,16 @@ def prepare(inputs: PromptInputs) -> tuple[dict[str, Any], tuple[PromptImage, ..
     shown_history = inputs.history if inputs.include_history else ()
     history = [
         {
-            "role": "customer" if h.role == "contact" else "assistant",
-            "text": _history_line(h.content, h.attachments),
+            "role": _ROLES[h.role],
+            "author": fence(h.author) if h.author else None,
+            "text": history_line(h.content, h.attachments),
             "at": h.at.isoformat(),
         }
         for h in shown_history
     ]
+    summary = inputs.summary if inputs.include_history else None
     last = messages[-1]
-    contact = {"name": last.sender.get("name"), "channel": last.conversation.get("channel")}
+    contact = contacts.facts(messages, inputs.attributes)
     inbox_id = last.conversation.get("inbox_id")
     return {
         "instructions": inputs.instructions.strip(),
@@ -220,6 +230,8 @@ def prepare(inputs: PromptInputs) -> tuple[dict[str, Any], tuple[PromptImage, ..
         "files": burst.files,
         "history": history,
         "history_included": inputs.include_history,
+        "summary": fence(summary.text) if summary is not None else "",
+        "summary_turns": summary.turns if summary is not None else 0,
         "contact": contact,
         "user_context_json": neutralize(json.dumps(contact, indent=2, ensure_ascii=False)),
         "inbox_id": inbox_id if isinstance(inbox_id, int) else None,
@@ -336,7 +348,11 @@ class _Burst:
         return f"[{label}: {name}, not read: {problem}]"
 
 
-def _history_line(content: str | None, attachments: Sequence[Attachment]) -> str:
+_ROLES = {"contact": "customer", "assistant": "assistant", "agent": "agent"}
+
+
+def history_line(content: str | None, attachments: Sequence[Attachment]) -> str:
+    """An earlier turn as one line (made safe, attachments first)."""
     parts: list[str] = []
     for attachment in attachments:
         kind = attachment.file_type

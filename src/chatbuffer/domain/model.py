@@ -132,7 +132,8 @@ class InboundMessage:
     conversation: dict[str, Any] = field(default_factory=dict)
 
 
-Speaker = Literal["contact", "assistant"]
+#: Who said a turn: the contact, the bot (``assistant``) or a human agent of the business.
+Speaker = Literal["contact", "assistant", "agent"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +147,25 @@ class HistoryEntry:
     content: str | None
     at: datetime
     attachments: tuple[Attachment, ...] = ()
+    #: A human agent's name as Chatwoot shows it (None for the contact, the bot, or a reply
+    #: typed in the business's WhatsApp phone app, which Chatwoot knows no author of).
+    author: str | None = None
+    #: Chatwoot's id of the message, where chatbuffer stored it by id (agents' messages and
+    #: history fetched from Chatwoot).
+    chatwoot_message_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationSummary:
+    """The model's rolling summary of a conversation's turns older than the history shown.
+
+    It covers every stored turn up to ``through`` (the time of the newest turn folded in);
+    ``turns`` counts the turns folded in over all its refreshes.
+    """
+
+    text: str
+    through: datetime
+    turns: int
 
 
 @dataclass(frozen=True, slots=True)

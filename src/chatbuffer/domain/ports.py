@@ -1,10 +1,11 @@
 """The roles the core needs from the outside world, as Protocols, one role each.
 
 The store's roles: ``IntakeStore`` (webhooks), ``JobQueue`` and ``WakeSignals`` (the scheduler),
-``ConversationHistory`` and ``SendLedger`` (the pipeline), ``FlagSource`` / ``FeatureFlags`` and
-``BufferAdmin`` (operators). ``storage`` implements them over SQL, ``chatbuffer.testing`` in memory
-with the same semantics; ``chatwoot.client.ChatwootClient`` and ``ai.openai_model.OpenAIReplyModel``
-implement the rest. ``app.py`` wires them; the worker and intake see only these.
+``ConversationHistory``, ``ConversationMemory`` and ``SendLedger`` (the pipeline), ``FlagSource`` /
+``FeatureFlags`` and ``BufferAdmin`` (operators). ``storage`` implements them over SQL,
+``chatbuffer.testing`` in memory with the same semantics; ``chatwoot.client.ChatwootClient``,
+``chatwoot.history.ChatwootHistory`` (``HistorySource``) and ``ai.openai_model`` (``ReplyModel``,
+``Summarizer``) implement the rest. ``app.py`` wires them; the worker and intake see only these.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from chatbuffer.domain.model import (
     Attachment,
     AttachmentContent,
     ConversationKey,
+    ConversationSummary,
     HistoryEntry,
     InboundMessage,
     ModelDecision,
@@ -69,6 +71,23 @@ class Transcriber(Protocol):
     async def transcribe(self, attachment: Attachment) -> str: ...
 
 
+class HistorySource(Protocol):
+    """A conversation's messages from before chatbuffer stored any (``CHATWOOT_USER_TOKEN``)."""
+
+    async def earlier(
+        self, key: ConversationKey, before_message_id: int, limit: int
+    ) -> Sequence[HistoryEntry]:
+        """At most ``limit`` public messages posted before ``before_message_id``, oldest first,
+        each with its Chatwoot id (private notes and activity messages are left out)."""
+        ...
+
+
+class Summarizer(Protocol):
+    """Writes the rolling summary of a conversation (``domain.history.summary_prompt``)."""
+
+    async def summarize(self, prompt: Prompt) -> str: ...
+
+
 class ReplyModel(Protocol):
     """Writes the decision for one burst."""
 
@@ -102,6 +121,8 @@ EventName = Literal[
     "attempt_failed",
     "buffer_failed",
     "send_reconciled",
+    "history_fetched",
+    "summary_refreshed",
 ]
 
 
@@ -152,6 +173,11 @@ class BufferContents:
     posted: Sequence[PostedMessage] = ()
     #: Whether the buffer may still be answered, read with the rest (``SendLedger.before_send``).
     check: SendCheck = "send"
+    #: The conversation's rolling summary; ``history`` holds only the turns after it.
+    summary: ConversationSummary | None = None
+    #: Asked for with ``backfill=True`` and the conversation's earlier history was never fetched
+    #: from Chatwoot: the oldest Chatwoot message id chatbuffer stored of it (fetch before it).
+    backfill_before: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +221,18 @@ class IntakeStore(AttachmentUpdates, Protocol):
         ...
 
     async def resume_bot(self, key: ConversationKey, now: datetime) -> bool: ...
+
+    async def record_agent_message(
+        self,
+        key: ConversationKey,
+        message: HistoryEntry,
+        now: datetime,
+        reason: str,
+        pause_until: datetime | None = None,
+    ) -> int:
+        """A human agent's public message: keep it for the conversation's history (once per
+        Chatwoot message id) and, in the same transaction, ``cancel_open``."""
+        ...
 
 
 class JobQueue(Protocol):
@@ -285,11 +323,36 @@ class SendLedger(SendConfirmations, Protocol):
 class ConversationHistory(AttachmentUpdates, Protocol):
     """A held buffer's messages, the conversation before them, and what was posted for it."""
 
-    async def load(self, job: ClaimedJob, owner: str, history_limit: int) -> BufferContents:
-        """One consistent read: the burst in Chatwoot message-id order, at most
-        ``history_limit`` earlier turns (oldest first), earlier attempts' send intents, and
-        whether ``owner`` may still answer it (``SendLedger.before_send``): right after the
-        claim that check costs no transaction of its own."""
+    async def load(
+        self, job: ClaimedJob, owner: str, history_limit: int, *, backfill: bool = False
+    ) -> BufferContents:
+        """One consistent read: the burst in Chatwoot message-id order, the conversation's
+        rolling summary and at most ``history_limit`` earlier turns after it (oldest first: the
+        contact's messages, the bot's confirmed replies, human agents' messages and history
+        fetched from Chatwoot), earlier attempts' send intents, and whether ``owner`` may still
+        answer it (``SendLedger.before_send``): right after the claim that check costs no
+        transaction of its own. With ``backfill``, also where to fetch the history Chatwoot had
+        before chatbuffer (``BufferContents.backfill_before``)."""
+        ...
+
+
+class ConversationMemory(Protocol):
+    """What the pipeline keeps about a conversation beyond its buffers: the history fetched from
+    Chatwoot and the rolling summary. Neither is ever needed for a reply to be correct, so
+    neither write is part of a buffer's transactions."""
+
+    async def record_backfill(
+        self, key: ConversationKey, entries: Sequence[HistoryEntry], now: datetime
+    ) -> None:
+        """Keep ``entries`` (each with its Chatwoot id; one already kept is skipped) and note that
+        the conversation's earlier history was fetched, so it is never fetched again."""
+        ...
+
+    async def save_summary(
+        self, key: ConversationKey, summary: ConversationSummary, now: datetime
+    ) -> bool:
+        """Store the summary unless the stored one already reaches as far (two workers that
+        refreshed it at once: the one that covers more wins)."""
         ...
 
 
@@ -350,6 +413,8 @@ class StoredBurst:
     #: The reply (or hand-off note) the bot posted or meant to post for it, if any.
     answer: PostedMessage | None
     last_message_at: datetime
+    #: The conversation's rolling summary as stored now; ``history`` is what came after it.
+    summary: ConversationSummary | None = None
 
 
 class BurstArchive(Protocol):

@@ -23,26 +23,86 @@ class _Wire(BaseModel):
     def _no_nul(cls, value: Any) -> Any:
         # PostgreSQL's text and jsonb cannot hold NUL, and it means nothing in a chat message:
         # mark where it was instead of refusing (and losing) the whole message.
-        if isinstance(value, str) and "\x00" in value:
-            return value.replace("\x00", "\ufffd")
-        return value
+        return _without_nul(value)
+
+
+def _without_nul(value: Any) -> Any:
+    """``value`` with every NUL in its texts (and in free-form objects' keys and values)
+    replaced, so it can be stored as PostgreSQL text or jsonb."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    return value
 
 
 class Account(_Wire):
     id: int = ChatwootSmallId
 
 
-class Sender(_Wire):
+class _Facts(_Wire):
+    """Facts about the contact that only the prompt reads: a value of an unexpected shape is
+    dropped rather than refusing (and losing) the message."""
+
+    @field_validator(
+        "custom_attributes", "additional_attributes", mode="before", check_fields=False
+    )
+    @classmethod
+    def _object(cls, value: Any) -> Any:
+        return value if isinstance(value, dict) else None
+
+
+class Sender(_Facts):
+    """A contact (no ``type``), a human agent (``user``) or a bot (docs/chatwoot.md §1.3)."""
+
     id: int | None = None
     name: str | None = None
     type: str | None = None
+    # A contact's: read for the prompt (domain.contact), only what the operator chose is kept.
+    phone_number: str | None = None
+    email: str | None = None
+    custom_attributes: dict[str, Any] | None = None
+    additional_attributes: dict[str, Any] | None = None
+
+    @field_validator("phone_number", "email", mode="before")
+    @classmethod
+    def _text(cls, value: Any) -> Any:
+        return value if isinstance(value, str) else None
 
 
-class Conversation(_Wire):
+class Conversation(_Facts):
     id: int = ChatwootSmallId
     status: str | None = None
     channel: str | None = None
     inbox_id: int | None = None
+    labels: list[str] | None = None
+    custom_attributes: dict[str, Any] | None = None
+    additional_attributes: dict[str, Any] | None = None
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels(cls, value: Any) -> Any:
+        if not isinstance(value, list):
+            return None
+        return [v for v in value if isinstance(v, str)]
+
+
+class Inbox(_Wire):
+    id: int | None = None
+    name: str | None = None
+
+    # Only its name is read (for the prompt): an odd shape is dropped, not refused.
+    @field_validator("id", mode="before")
+    @classmethod
+    def _id(cls, value: Any) -> Any:
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _name(cls, value: Any) -> Any:
+        return value if isinstance(value, str) else None
 
 
 class AttachmentIn(_Wire):
@@ -79,6 +139,13 @@ class MessageEvent(_Wire):
     created_at: str | int | None = None
     sender: Sender | None = None
     account: Account
+    inbox: Inbox | None = None
+
+    @field_validator("inbox", mode="before")
+    @classmethod
+    def _inbox(cls, value: Any) -> Any:
+        return value if isinstance(value, dict) else None
+
     conversation: Conversation
     attachments: list[AttachmentIn] = Field(default_factory=list)
 

@@ -7,15 +7,23 @@ against the store. Every answer is a small JSON body the web layer returns with 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
 
+from chatbuffer.domain import contact
 from chatbuffer.domain import marker as markers
 from chatbuffer.domain.buffer import BufferPolicy
-from chatbuffer.domain.model import Attachment, ConversationKey, InboundMessage, MessageKind
+from chatbuffer.domain.contact import AttributeSelection
+from chatbuffer.domain.model import (
+    Attachment,
+    ConversationKey,
+    HistoryEntry,
+    InboundMessage,
+    MessageKind,
+)
 from chatbuffer.domain.ports import Clock, IntakeStore, Observer, SendConfirmations
 from chatbuffer.errors import MalformedPayload
 from chatbuffer.intake.payloads import ConversationEvent, MessageEvent
@@ -60,6 +68,16 @@ class CancelBuffers:
 
 
 @dataclass(frozen=True, slots=True)
+class RecordAgentMessage:
+    """A person at the business answered in public: keep what they said for the history, and
+    cancel as ``CancelBuffers(human=True)`` does."""
+
+    key: ConversationKey
+    message: HistoryEntry
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class ConfirmSent:
     """Chatwoot echoed a message the bot posted: its id confirms the send."""
 
@@ -76,7 +94,15 @@ class ResumeBot:
     status: str
 
 
-Action = Ignore | Buffer | UpdateAttachments | CancelBuffers | ResumeBot | ConfirmSent
+Action = (
+    Ignore
+    | Buffer
+    | UpdateAttachments
+    | CancelBuffers
+    | RecordAgentMessage
+    | ResumeBot
+    | ConfirmSent
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +111,8 @@ class IntakeRules:
 
     active_statuses: frozenset[str]
     account_id: int | None = None
+    #: What of the contact's data is kept with a message (``CONTACT_ATTRIBUTES_TO_MODEL``).
+    attributes: AttributeSelection = field(default_factory=AttributeSelection)
 
 
 def parse(body: Any) -> MessageEvent | ConversationEvent | str:
@@ -154,11 +182,51 @@ def _classify_message(
         if event.event == "message_created" and (
             sender_type == "user" or attributes.get("external_echo") is True
         ):
-            return CancelBuffers(key, "a human agent answered", human=True)
+            # The phone app's echo has no sender: Chatwoot does not know who typed it.
+            author = event.sender.name if event.sender and sender_type == "user" else None
+            said = HistoryEntry(
+                role="agent",
+                content=event.content,
+                at=now,
+                attachments=_attachments(event),
+                author=author or None,
+                chatwoot_message_id=event.id,
+            )
+            return RecordAgentMessage(key, said, "a human agent answered")
         return Ignore("outgoing message")
     if event.message_type != "incoming":
         return Ignore(f"{event.message_type} message")
-    attachments = tuple(
+    attachments = _attachments(event)
+    if event.event == "message_updated":
+        if not attachments:
+            return Ignore("message update without attachments")
+        return UpdateAttachments(key, event.id, attachments)
+    status = event.conversation.status
+    if status not in rules.active_statuses:
+        return Ignore(f"conversation is {status or 'of unknown status'}")
+    conversation = event.conversation.model_dump(exclude_none=True)
+    if event.inbox is not None and event.inbox.name:
+        conversation["inbox_name"] = event.inbox.name
+    return Buffer(
+        InboundMessage(
+            key=key,
+            chatwoot_message_id=event.id,
+            content=event.content,
+            kind=_kind(attachments),
+            content_type=event.content_type or "text",
+            received_at=now,
+            attachments=attachments,
+            sender=contact.sender_facts(
+                event.sender.model_dump(exclude_none=True) if event.sender else {},
+                rules.attributes,
+            ),
+            conversation=contact.conversation_facts(conversation, rules.attributes),
+        )
+    )
+
+
+def _attachments(event: MessageEvent) -> tuple[Attachment, ...]:
+    return tuple(
         Attachment(
             file_type=a.file_type,
             data_url=a.data_url,
@@ -172,26 +240,6 @@ def _classify_message(
             contact_name=a.contact_name if a.file_type == "contact" else None,
         )
         for a in event.attachments
-    )
-    if event.event == "message_updated":
-        if not attachments:
-            return Ignore("message update without attachments")
-        return UpdateAttachments(key, event.id, attachments)
-    status = event.conversation.status
-    if status not in rules.active_statuses:
-        return Ignore(f"conversation is {status or 'of unknown status'}")
-    return Buffer(
-        InboundMessage(
-            key=key,
-            chatwoot_message_id=event.id,
-            content=event.content,
-            kind=_kind(attachments),
-            content_type=event.content_type or "text",
-            received_at=now,
-            attachments=attachments,
-            sender=event.sender.model_dump(exclude_none=True) if event.sender else {},
-            conversation=event.conversation.model_dump(exclude_none=True),
-        )
     )
 
 
@@ -244,11 +292,17 @@ class WebhookIntake:
                 "status": "resumed" if resumed else "ignored",
                 "reason": f"conversation became {action.status}",
             }
-        if isinstance(action, CancelBuffers):
-            pause_until = now + self._human_pause if action.human and self._human_pause else None
-            cancelled = await self._store.cancel_open(
-                action.key, now, action.reason, pause_until=pause_until
-            )
+        if isinstance(action, CancelBuffers | RecordAgentMessage):
+            human = isinstance(action, RecordAgentMessage) or action.human
+            pause_until = now + self._human_pause if human and self._human_pause else None
+            if isinstance(action, RecordAgentMessage):
+                cancelled = await self._store.record_agent_message(
+                    action.key, action.message, now, action.reason, pause_until=pause_until
+                )
+            else:
+                cancelled = await self._store.cancel_open(
+                    action.key, now, action.reason, pause_until=pause_until
+                )
             if cancelled:
                 self._observer.event(
                     "buffer_cancelled", action.key, reason=action.reason, buffers=cancelled

@@ -21,10 +21,12 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from chatbuffer.domain import aggregation
 from chatbuffer.domain.aggregation import Prompt, PromptInputs
+from chatbuffer.domain.contact import AttributeSelection
 from chatbuffer.domain.model import (
     Attachment,
     AttachmentContent,
     ConversationKey,
+    ConversationSummary,
     HistoryEntry,
     InboundMessage,
     InlineImage,
@@ -115,8 +117,14 @@ def _sample() -> PromptInputs:
     common: dict[str, Any] = {
         "key": key,
         "content_type": "text",
-        "sender": {"name": "Ana"},
-        "conversation": {"channel": "Channel::Whatsapp", "inbox_id": 1},
+        "sender": {"name": "Ana", "custom_attributes": {"plan": "gold", "language": "pt-BR"}},
+        "conversation": {
+            "channel": "Channel::Whatsapp",
+            "inbox_id": 1,
+            "inbox_name": "Sales",
+            "labels": ["vip"],
+            "custom_attributes": {"order": "4411"},
+        },
     }
     photo = Attachment("image", "https://chatwoot.invalid/p.jpg", content_type="image/jpeg")
     messages = [
@@ -154,7 +162,11 @@ def _sample() -> PromptInputs:
         history=[
             HistoryEntry("contact", "hello", start - timedelta(hours=1)),
             HistoryEntry("assistant", "Hi!", start - timedelta(minutes=59)),
+            HistoryEntry("agent", "I will check.", start - timedelta(minutes=58), author="Bruno"),
+            HistoryEntry("agent", "Sent from the phone.", start - timedelta(minutes=57)),
         ],
+        summary=ConversationSummary("Ana asked about a refund.", start - timedelta(hours=2), 12),
+        attributes=AttributeSelection.parse("*"),
         contents={
             (2, 0): AttachmentContent(image=InlineImage("image/png", b"\x89PNG")),
             (3, 0): AttachmentContent(text="page one", pages=1),
@@ -165,6 +177,14 @@ def _sample() -> PromptInputs:
 
 SAMPLES = (
     _sample(),
-    replace(_sample(), history=(), contents={}, instructions="", vision=False),
+    replace(
+        _sample(),
+        history=(),
+        summary=None,
+        attributes=AttributeSelection(),
+        contents={},
+        instructions="",
+        vision=False,
+    ),
 )
 _SHIPPED = PromptTemplate(shipped_source(), name="the shipped template")

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import httpx2
 from starlette.applications import Starlette
@@ -190,12 +190,63 @@ class ChatwootSimulator:
 
     # -- queries -----------------------------------------------------------------------------
 
+    def add_message(
+        self,
+        account_id: int,
+        conversation_id: int,
+        *,
+        message_id: int,
+        content: str,
+        created_at: datetime,
+        sender: Literal["contact", "user", "agent_bot", "activity"] = "contact",
+        sender_name: str = "Ana",
+        private: bool = False,
+    ) -> dict[str, Any]:
+        """A message the conversation already had (before chatbuffer, say), in the REST
+        encoding: the contact's (incoming), a human agent's (``user``), a bot's, or an activity
+        line; ``private`` makes it a note. Listed by ``GET …/messages`` in id order."""
+        kinds = {"contact": 0, "user": 1, "agent_bot": 1, "activity": 2}
+        sender_types = {"contact": "Contact", "user": "User", "agent_bot": "AgentBot"}
+        unix = int(created_at.timestamp())
+        message: dict[str, Any] = {
+            "id": message_id,
+            "content": content,
+            "account_id": account_id,
+            "inbox_id": self._inbox_id,
+            "conversation_id": conversation_id,
+            "message_type": kinds[sender],
+            "content_type": "text",
+            "status": "sent",
+            "content_attributes": {},
+            "created_at": unix,
+            "updated_at": unix,
+            "private": private,
+            "source_id": None,
+            "sender_type": sender_types.get(sender),
+            "sender_id": 77 if sender == "contact" else 3,
+            "external_source_ids": {},
+            "additional_attributes": {},
+            "processed_message_content": content,
+            "sentiment": {},
+            "conversation": {"assignee_id": None, "unread_count": 0, "last_activity_at": unix},
+        }
+        if sender in sender_types:
+            message["sender"] = {
+                "id": message["sender_id"],
+                "name": sender_name,
+                "type": {"contact": "contact", "user": "user", "agent_bot": "agent_bot"}[sender],
+            }
+        conversation = self._conversation(account_id, conversation_id)
+        conversation.messages.append(message)
+        conversation.messages.sort(key=lambda m: int(m["id"]))
+        return message
+
     def replies(self, account_id: int, conversation_id: int) -> list[dict[str, Any]]:
-        """Public outgoing messages created through the API, oldest first."""
+        """Public outgoing messages the bot created through the API, oldest first."""
         return [
             m
             for m in self._conversation(account_id, conversation_id).messages
-            if m["message_type"] == 1 and not m["private"]
+            if m["message_type"] == 1 and not m["private"] and m["sender_type"] == "AgentBot"
         ]
 
     def private_notes(self, account_id: int, conversation_id: int) -> list[dict[str, Any]]:
@@ -398,15 +449,19 @@ class ChatwootSimulator:
     async def _list_messages(
         self, request: RecordedRequest, account_id: int, conversation_id: int
     ) -> Response:
-        """``GET …/messages``: the latest 20, or up to 100 after ``?after=<id>``, oldest first."""
+        """``GET …/messages``: the latest 20, up to 100 after ``?after=<id>`` or the 20 before
+        ``?before=<id>``, oldest first."""
         if not self._user_token:
             return JSONResponse(
                 {"error": "Access to this endpoint is not authorized for bots"}, status_code=401
             )
         messages = self._conversation(account_id, conversation_id).messages
         after = request.query.get("after")
+        before = request.query.get("before")
         if after is not None and after.lstrip("-").isdigit():
             listed = [m for m in messages if m["id"] > int(after)][:100]
+        elif before is not None and before.lstrip("-").isdigit():
+            listed = [m for m in messages if m["id"] < int(before)][-20:]
         else:
             listed = messages[-20:]
         return JSONResponse(

@@ -46,9 +46,25 @@ def _text_of(content: Any) -> str:
     return ""
 
 
-def support_agent(messages: list[dict[str, Any]]) -> dict[str, Any]:
+_SUMMARY_REQUEST = "running summary"
+_FOLD_HEADING = "Earlier turns to fold in, oldest first:\n<conversation_history>\n"
+
+
+def summarizer(messages: list[dict[str, Any]]) -> str:
+    """A summary request's answer: ``Summary:`` and the folded turns, joined by " / " (the
+    summary so far is left out, so each refresh shows what it folded)."""
+    user = next((_text_of(m.get("content")) for m in messages if m.get("role") == "user"), "")
+    folded = user.split(_FOLD_HEADING, 1)[-1].split("\n</conversation_history>", 1)[0]
+    return "Summary: " + " / ".join(line.strip() for line in folded.splitlines() if line.strip())
+
+
+def support_agent(messages: list[dict[str, Any]]) -> dict[str, Any] | str:
     """Default script: a polite agent that acknowledges the customer's lines from the last user
-    message (lines starting with ``- ``, else the whole text) and names any order numbers."""
+    message (lines starting with ``- ``, else the whole text) and names any order numbers; a
+    request for the conversation's summary gets ``summarizer``'s."""
+    system = next((m for m in messages if m.get("role") == "system"), {})
+    if _SUMMARY_REQUEST in _text_of(system.get("content")):
+        return summarizer(messages)
     user_texts = [_text_of(m.get("content")) for m in messages if m.get("role") == "user"]
     # The burst is in the first user message; a repair request may follow it.
     last = user_texts[-1] if user_texts else ""

@@ -47,6 +47,10 @@ class ConversationArgs(TypedDict, total=False):
     contact_name: str  # default "Ana"
     inbox_id: int  # default 4
     channel: str  # default "Channel::Whatsapp"
+    contact_email: str  # default none
+    contact_attributes: dict[str, Any]  # the contact's custom_attributes, default {}
+    conversation_attributes: dict[str, Any]  # the conversation's custom_attributes, default {}
+    labels: list[str]  # the conversation's labels, default []
 
 
 class MessageArgs(ConversationArgs, total=False):
@@ -64,6 +68,10 @@ class _Conversation:
     contact_name: str
     inbox_id: int
     channel: str
+    contact_email: str | None = None
+    contact_attributes: tuple[tuple[str, Any], ...] = ()
+    conversation_attributes: tuple[tuple[str, Any], ...] = ()
+    labels: tuple[str, ...] = ()
 
     @property
     def account(self) -> dict[str, Any]:
@@ -97,6 +105,10 @@ def _conversation(args: ConversationArgs, status: str = "pending") -> _Conversat
         contact_name=args.get("contact_name", "Ana"),
         inbox_id=args.get("inbox_id", 4),
         channel=args.get("channel", "Channel::Whatsapp"),
+        contact_email=args.get("contact_email"),
+        contact_attributes=tuple(args.get("contact_attributes", {}).items()),
+        conversation_attributes=tuple(args.get("conversation_attributes", {}).items()),
+        labels=tuple(args.get("labels", [])),
     )
 
 
@@ -125,8 +137,8 @@ def _contact_webhook(conv: _Conversation) -> dict[str, Any]:
         "account": conv.account,
         "additional_attributes": {},
         "avatar": "",
-        "custom_attributes": {},
-        "email": None,
+        "custom_attributes": dict(conv.contact_attributes),
+        "email": conv.contact_email,
         "id": conv.contact_id,
         "identifier": None,
         "name": conv.contact_name,
@@ -194,7 +206,7 @@ def _conversation_object(
             "pubsub_token": f"pubsub-{conv.contact_id}",
         },
         "messages": [] if last_message is None else [last_message],
-        "labels": [],
+        "labels": list(conv.labels),
         "meta": {
             "sender": _contact_push(conv),
             "assignee": None,
@@ -203,7 +215,7 @@ def _conversation_object(
             "hmac_verified": False,
         },
         "additional_attributes": {},
-        "custom_attributes": {},
+        "custom_attributes": dict(conv.conversation_attributes),
         "snoozed_until": None,
         "unread_count": 1 if waiting else 0,
         "first_reply_created_at": None,

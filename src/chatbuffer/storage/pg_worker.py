@@ -22,15 +22,16 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import greenlet_spawn
 
-from chatbuffer.domain.model import ConversationKey, InboundMessage
+from chatbuffer.domain.model import ConversationKey, ConversationSummary, InboundMessage
 from chatbuffer.domain.ports import BufferContents, ClaimedJob, PostedMessage, SendCheck
 from chatbuffer.storage import contents
 from chatbuffer.storage import statements as sql
 
 LOAD = (
     "SELECT part, message_id, body, message_type, content_type, attachments, sender_info,"
-    " conversation_info, happened_at, kind FROM chatbuffer_load(%(p_account_id)s,"
-    " %(p_conversation_id)s, %(p_job_id)s, %(p_buffer_id)s, %(p_owner)s, %(p_history_limit)s)"
+    " conversation_info, happened_at, kind, author, turns FROM chatbuffer_load(%(p_account_id)s,"
+    " %(p_conversation_id)s, %(p_job_id)s, %(p_buffer_id)s, %(p_owner)s, %(p_history_limit)s,"
+    " %(p_backfill)s)"
 )
 SEND_CHECK = (
     "SELECT chatbuffer_send_check(%(p_account_id)s, %(p_conversation_id)s, %(p_job_id)s,"
@@ -129,16 +130,21 @@ async def next_wake(
 
 
 async def load(
-    engine: AsyncEngine, job: ClaimedJob, owner: str, history_limit: int
+    engine: AsyncEngine, job: ClaimedJob, owner: str, history_limit: int, *, backfill: bool = False
 ) -> BufferContents:
-    """The rows of ``chatbuffer_load``, each of one ``part``: the ``check``, a ``message`` of the
-    burst (in order), an ``earlier`` message or a ``reply`` of the history, a ``posted``."""
-    rows = await _call(engine, LOAD, {**sql.held_job(job, owner), "p_history_limit": history_limit})
+    """The rows of ``chatbuffer_load`` (migration 0008), each of one ``part``: the ``check``, a
+    ``message`` of the burst (in order), the ``summary``, an ``earlier`` message, a ``reply`` or
+    a ``history`` row of the turns after it, the ``backfill`` point, a ``posted``."""
+    params = {**sql.held_job(job, owner), "p_history_limit": history_limit, "p_backfill": backfill}
+    rows = await _call(engine, LOAD, params)
     check: SendCheck = "cancelled"
     burst: list[InboundMessage] = []
     earlier: list[tuple[str | None, Any, datetime]] = []
     replies: list[tuple[str, datetime]] = []
+    history: list[contents.HistoryRow] = []
     posted: list[PostedMessage] = []
+    summary: ConversationSummary | None = None
+    backfill_before: int | None = None
     for (
         part,
         message_id,
@@ -150,6 +156,8 @@ async def load(
         about,
         at,
         kind,
+        author,
+        turns,
     ) in rows:
         if part == "message":
             burst.append(
@@ -169,12 +177,24 @@ async def load(
             earlier.append((body, attachments, at.astimezone(UTC)))
         elif part == "reply":
             replies.append((body, at.astimezone(UTC)))
+        elif part == "history":
+            history.append((message_id, kind, author, body, attachments, at.astimezone(UTC)))
         elif part == "posted":
             posted.append(PostedMessage(kind, body, message_id))
+        elif part == "summary":
+            summary = contents.summary(body, at.astimezone(UTC), turns)
+        elif part == "backfill":
+            backfill_before = message_id
         elif part == "check":
             check = kind
-    history = contents.turns(earlier, replies, history_limit)
-    return BufferContents(messages=burst, history=history, posted=posted, check=check)
+    return BufferContents(
+        messages=burst,
+        history=contents.turns(earlier, replies, history_limit, history),
+        posted=posted,
+        check=check,
+        summary=summary,
+        backfill_before=backfill_before,
+    )
 
 
 async def send_check(engine: AsyncEngine, job: ClaimedJob, owner: str) -> SendCheck:

@@ -48,6 +48,8 @@ from chatbuffer.domain.marker import Marker
 from chatbuffer.domain.model import (
     Attachment,
     ConversationKey,
+    ConversationSummary,
+    HistoryEntry,
     InboundMessage,
 )
 from chatbuffer.domain.ports import (
@@ -59,7 +61,14 @@ from chatbuffer.domain.ports import (
     ReplayResult,
     SendCheck,
 )
-from chatbuffer.storage import database, pg_intake, pg_worker, sqlite_intake, sqlite_worker
+from chatbuffer.storage import (
+    contents,
+    database,
+    pg_intake,
+    pg_worker,
+    sqlite_intake,
+    sqlite_worker,
+)
 from chatbuffer.storage import statements as sql
 
 WAKE_CHANNEL = sql.WAKE_CHANNEL
@@ -92,7 +101,8 @@ class SqlBufferStore:
     """The store's ports over SQLAlchemy Core, on one engine.
 
     Implements :class:`~chatbuffer.domain.ports.IntakeStore`, ``JobQueue``,
-    ``ConversationHistory``, ``SendLedger``, ``FlagSource`` and ``BufferAdmin``; the wake-ups
+    ``ConversationHistory``, ``ConversationMemory``, ``SendLedger``, ``FlagSource`` and
+    ``BufferAdmin``; the wake-ups
     (``WakeSignals``) are :class:`chatbuffer.storage.listener.PgWakeListener`.
     """
 
@@ -203,17 +213,48 @@ class SqlBufferStore:
     ) -> int:
         """Cancel the conversation's unanswered buffers; with ``pause_until``, keep the bot
         out of the conversation until then (a person is answering instead)."""
+        async with self._engine.begin() as conn:
+            return await self._cancel(conn, key, now, reason, pause_until)
+
+    async def _cancel(
+        self,
+        conn: AsyncConnection,
+        key: ConversationKey,
+        now: datetime,
+        reason: str,
+        pause_until: datetime | None,
+        *,
+        locked: bool = False,
+    ) -> int:
         params = {**_key(key), "p_now": now, "p_reason": reason, "p_until": pause_until}
+        if not locked:
+            await self._lock_conversation(conn, key, now)
+        if pause_until is not None:
+            await conn.execute(sql.PAUSE_BOT, params)
+        cancelled = (await conn.execute(sql.CANCEL_BUFFERS, params)).scalars().all()
+        if not cancelled:
+            return 0
+        await conn.execute(sql.CANCEL_JOBS, {**params, "p_buffer_ids": list(cancelled)})
+        await conn.execute(sql.CONVERSATION_IDLE, params)
+        return len(cancelled)
+
+    async def record_agent_message(
+        self,
+        key: ConversationKey,
+        message: HistoryEntry,
+        now: datetime,
+        reason: str,
+        pause_until: datetime | None = None,
+    ) -> int:
+        """Keep a human agent's public message for the history and cancel the conversation's
+        unanswered buffers (``cancel_open``), in one transaction."""
+        row = contents.history_row(key, message, "webhook", now)
         async with self._engine.begin() as conn:
             await self._lock_conversation(conn, key, now)
-            if pause_until is not None:
-                await conn.execute(sql.PAUSE_BOT, params)
-            cancelled = (await conn.execute(sql.CANCEL_BUFFERS, params)).scalars().all()
-            if not cancelled:
-                return 0
-            await conn.execute(sql.CANCEL_JOBS, {**params, "p_buffer_ids": list(cancelled)})
-            await conn.execute(sql.CONVERSATION_IDLE, params)
-            return len(cancelled)
+            await conn.execute(
+                sql.RECORD_HISTORY_PG if self._postgres else sql.RECORD_HISTORY_SQLITE, row
+            )
+            return await self._cancel(conn, key, now, reason, pause_until, locked=True)
 
     async def resume_bot(self, key: ConversationKey, now: datetime) -> bool:
         """End a human takeover pause early (the conversation was handed back to the bot)."""
@@ -267,14 +308,52 @@ class SqlBufferStore:
         async with self._heartbeat_engine.begin() as conn:
             return set((await conn.execute(sql.HEARTBEAT, params)).scalars())
 
-    async def load(self, job: ClaimedJob, owner: str, history_limit: int) -> BufferContents:
-        """The burst, its history, earlier intents and the send check, in one snapshot: one
-        function call on PostgreSQL, one read transaction in one thread hop on SQLite."""
+    async def load(
+        self, job: ClaimedJob, owner: str, history_limit: int, *, backfill: bool = False
+    ) -> BufferContents:
+        """The burst, the summary and the history after it, earlier intents and the send check,
+        in one snapshot: one function call on PostgreSQL, one read transaction in one thread hop
+        on SQLite."""
         if self._sqlite_worker is not None:
             return await self._sqlite_worker.read(
-                lambda conn: sqlite_worker.load(conn, job, owner, history_limit)
+                lambda conn: sqlite_worker.load(conn, job, owner, history_limit, backfill=backfill)
             )
-        return await pg_worker.load(self._engine, job, owner, history_limit)
+        return await pg_worker.load(self._engine, job, owner, history_limit, backfill=backfill)
+
+    # -- conversation memory (not part of a buffer's transactions) -------------------------
+
+    async def record_backfill(
+        self, key: ConversationKey, entries: Sequence[HistoryEntry], now: datetime
+    ) -> None:
+        """Keep the history fetched from Chatwoot and note the fetch, in one transaction."""
+        rows = [contents.history_row(key, e, "chatwoot", now) for e in entries]
+        memory = {**_memory_row(key, now), "backfilled_at": now}
+        async with self._engine.begin() as conn:
+            if rows:
+                await conn.execute(
+                    sql.RECORD_HISTORY_PG if self._postgres else sql.RECORD_HISTORY_SQLITE, rows
+                )
+            await conn.execute(
+                sql.MARK_BACKFILLED_PG if self._postgres else sql.MARK_BACKFILLED_SQLITE, memory
+            )
+
+    async def save_summary(
+        self, key: ConversationKey, summary: ConversationSummary, now: datetime
+    ) -> bool:
+        row = {
+            **_memory_row(key, now),
+            "summary": summary.text,
+            "summary_through": summary.through,
+            "summary_turns": summary.turns,
+            "summarized_at": now,
+        }
+        async with self._engine.begin() as conn:
+            # A row comes back only when one was written (the rowcount of an upsert whose
+            # condition refused the update is not 0 on every driver).
+            result = await conn.execute(
+                sql.SAVE_SUMMARY_PG if self._postgres else sql.SAVE_SUMMARY_SQLITE, row
+            )
+            return result.first() is not None
 
     async def before_send(self, job: ClaimedJob, owner: str) -> SendCheck:
         """Whether the buffer may still be answered: ``send``, ``cancelled`` (lost, or a
@@ -466,6 +545,21 @@ class SqlBufferStore:
 
 #: Statuses of a newer buffer that make replaying an older one answer out of order.
 _ANSWERED = frozenset({"processing", "completed", "cancelled"})
+
+
+def _memory_row(key: ConversationKey, now: datetime) -> dict[str, Any]:
+    """A ``conversation_memory`` row with nothing remembered yet."""
+    return {
+        "account_id": key.account_id,
+        "conversation_id": key.conversation_id,
+        "summary": None,
+        "summary_through": None,
+        "summary_turns": 0,
+        "summarized_at": None,
+        "backfilled_at": None,
+        "created_at": now,
+        "updated_at": now,
+    }
 
 
 def _window(row: Any) -> buffer.BufferWindow:

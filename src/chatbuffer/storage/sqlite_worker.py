@@ -237,7 +237,9 @@ def send_check(conn: Connection, job: ClaimedJob, owner: str) -> SendCheck:
     return "newer" if row.newer else "send"
 
 
-def load(conn: Connection, job: ClaimedJob, owner: str, history_limit: int) -> BufferContents:
+def load(
+    conn: Connection, job: ClaimedJob, owner: str, history_limit: int, *, backfill: bool = False
+) -> BufferContents:
     params = sql.held_job(job, owner)
     check = send_check(conn, job, owner)
     burst = [
@@ -254,9 +256,20 @@ def load(conn: Connection, job: ClaimedJob, owner: str, history_limit: int) -> B
         )
         for r in conn.execute(sql.BUFFER_MESSAGES, params)
     ]
+    memory = conn.execute(sql.MEMORY, params).first()
+    summary = (
+        contents.summary(memory.summary, memory.summary_through, memory.summary_turns)
+        if memory is not None
+        else None
+    )
     history = []
     if history_limit > 0 and burst:
-        window = {**params, "p_before": burst[0].received_at, "p_limit": history_limit}
+        window = {
+            **params,
+            "p_before": burst[0].received_at,
+            "p_after": summary.through if summary is not None else contents.NO_SUMMARY,
+            "p_limit": history_limit,
+        }
         history = contents.turns(
             [
                 (r.content, r.attachments, r.received_at)
@@ -264,12 +277,27 @@ def load(conn: Connection, job: ClaimedJob, owner: str, history_limit: int) -> B
             ],
             [(r.content, r.sent_at) for r in conn.execute(sql.EARLIER_REPLIES, window)],
             history_limit,
+            [
+                (r.chatwoot_message_id, r.role, r.author, r.content, r.attachments, r.happened_at)
+                for r in conn.execute(sql.EARLIER_HISTORY, window)
+            ],
         )
+    backfill_before = None
+    if backfill and (memory is None or memory.backfilled_at is None):
+        first = conn.execute(sql.FIRST_STORED, params).one()
+        backfill_before = min((i for i in first if i is not None), default=None)
     posted = [
         PostedMessage(r.kind, r.content, r.chatwoot_message_id)
         for r in conn.execute(sql.BUFFER_POSTED, params)
     ]
-    return BufferContents(messages=burst, history=history, posted=posted, check=check)
+    return BufferContents(
+        messages=burst,
+        history=history,
+        posted=posted,
+        check=check,
+        summary=summary,
+        backfill_before=backfill_before,
+    )
 
 
 def record_posted(conn: Connection, job: ClaimedJob, posted: PostedMessage, now: datetime) -> None:

@@ -44,6 +44,7 @@ from sqlalchemy import (
     func,
     insert,
     literal_column,
+    or_,
     select,
     text,
     tuple_,
@@ -61,8 +62,10 @@ from chatbuffer.storage.tables import (
     JSONType,
     UTCDateTime,
     bot_replies,
+    conversation_memory,
     conversations,
     feature_flags,
+    history_messages,
 )
 from chatbuffer.storage.tables import (
     buffer_processing_jobs as jobs,
@@ -539,12 +542,24 @@ BUFFER_MESSAGES = (
     .order_by(messages.c.chatwoot_message_id)
 )
 
+#: The conversation's rolling summary, and whether its earlier history was fetched from Chatwoot.
+MEMORY = select(
+    conversation_memory.c.summary,
+    conversation_memory.c.summary_through,
+    conversation_memory.c.summary_turns,
+    conversation_memory.c.backfilled_at,
+).where(_key(conversation_memory))
+
+# History: what came before the burst (``p_before``) and after the summary (``p_after``), the
+# newest ``p_limit`` of each kind of turn; the caller interleaves and trims.
+
 EARLIER_MESSAGES = (
     select(messages.c.content, messages.c.attachments, messages.c.received_at)
     .where(
         _key(messages),
         messages.c.buffer_id != bindparam("p_buffer_id"),
         messages.c.received_at < _time("p_before"),
+        messages.c.received_at > _time("p_after"),
     )
     .order_by(messages.c.received_at.desc())
     .limit(bindparam("p_limit"))
@@ -558,10 +573,82 @@ EARLIER_REPLIES = (
         # An intent Chatwoot never confirmed may not have reached the contact.
         bot_replies.c.chatwoot_message_id.is_not(None),
         bot_replies.c.sent_at < _time("p_before"),
+        bot_replies.c.sent_at > _time("p_after"),
     )
     .order_by(bot_replies.c.sent_at.desc())
     .limit(bindparam("p_limit"))
 )
+
+#: Human agents' messages and the history fetched from Chatwoot.
+EARLIER_HISTORY = (
+    select(
+        history_messages.c.chatwoot_message_id,
+        history_messages.c.role,
+        history_messages.c.author,
+        history_messages.c.content,
+        history_messages.c.attachments,
+        history_messages.c.happened_at,
+    )
+    .where(
+        _key(history_messages),
+        history_messages.c.happened_at < _time("p_before"),
+        history_messages.c.happened_at > _time("p_after"),
+    )
+    .order_by(history_messages.c.happened_at.desc())
+    .limit(bindparam("p_limit"))
+)
+
+
+def _first_id(table: Any) -> Any:
+    return select(func.min(table.c.chatwoot_message_id)).where(_key(table)).scalar_subquery()
+
+
+#: The oldest Chatwoot message id stored of the conversation, by kind (a conversation never
+#: fetched from Chatwoot is fetched before it).
+FIRST_STORED = select(
+    _first_id(messages).label("message"),
+    _first_id(history_messages).label("history"),
+    _first_id(bot_replies).label("reply"),
+)
+
+#: A turn kept by its Chatwoot id: one already kept (a redelivered webhook, a second fetch)
+#: stays as it is.
+RECORD_HISTORY_SQLITE = sqlite_insert(history_messages).on_conflict_do_nothing(
+    index_elements=["account_id", "conversation_id", "chatwoot_message_id"]
+)
+RECORD_HISTORY_PG = pg_insert(history_messages).on_conflict_do_nothing(
+    index_elements=["account_id", "conversation_id", "chatwoot_message_id"]
+)
+
+
+def _remember(insert_: Any) -> tuple[Any, Any]:
+    """(mark the history fetched, save a summary) as upserts of the conversation's memory row."""
+    memory = conversation_memory.c
+    new = insert_.excluded
+    backfilled = insert_.on_conflict_do_update(
+        index_elements=["account_id", "conversation_id"],
+        set_={
+            "backfilled_at": func.coalesce(memory.backfilled_at, new.backfilled_at),
+            "updated_at": new.updated_at,
+        },
+    )
+    summary = insert_.on_conflict_do_update(
+        index_elements=["account_id", "conversation_id"],
+        set_={
+            "summary": new.summary,
+            "summary_through": new.summary_through,
+            "summary_turns": new.summary_turns,
+            "summarized_at": new.summarized_at,
+            "updated_at": new.updated_at,
+        },
+        # Two refreshes at once: the one that reaches further wins, whichever commits last.
+        where=or_(memory.summary_through.is_(None), memory.summary_through < new.summary_through),
+    ).returning(memory.account_id)
+    return backfilled, summary
+
+
+MARK_BACKFILLED_SQLITE, SAVE_SUMMARY_SQLITE = _remember(sqlite_insert(conversation_memory))
+MARK_BACKFILLED_PG, SAVE_SUMMARY_PG = _remember(pg_insert(conversation_memory))
 
 #: What earlier attempts meant to post, or posted, for this buffer.
 BUFFER_POSTED = (

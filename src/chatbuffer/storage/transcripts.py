@@ -1,10 +1,11 @@
 """``SqlBurstArchive``: stored bursts read back for operators (``chatbuffer prompt show``/``try``).
 
 Reads only, never on the hot path, on SQLite and PostgreSQL alike. The history rule is the
-worker's (``SqlBufferStore.load``): the conversation's messages of other buffers received before
-the burst's first message and the bot's confirmed replies sent before it, the newest
-``history_limit`` of them, oldest first. ``tests/integration/test_transcripts.py`` holds this
-and ``chatbuffer.testing.transcripts.MemoryBurstArchive`` to the same cases.
+worker's (``SqlBufferStore.load``, the same statements): the conversation's rolling summary, and
+the turns after it and before the burst's first message (the contact's messages of other
+buffers, the bot's confirmed replies, human agents' messages and history fetched from Chatwoot),
+the newest ``history_limit`` of them, oldest first. ``tests/integration/test_transcripts.py``
+holds this and ``chatbuffer.testing.transcripts.MemoryBurstArchive`` to the same cases.
 """
 
 from __future__ import annotations
@@ -16,8 +17,16 @@ from typing import Any
 from sqlalchemy import and_, exists, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from chatbuffer.domain.model import Attachment, ConversationKey, HistoryEntry, InboundMessage
+from chatbuffer.domain.model import (
+    Attachment,
+    ConversationKey,
+    ConversationSummary,
+    HistoryEntry,
+    InboundMessage,
+)
 from chatbuffer.domain.ports import PostedMessage, StoredBurst
+from chatbuffer.storage import contents
+from chatbuffer.storage import statements as sql
 from chatbuffer.storage.tables import bot_replies, buffered_messages, message_buffer
 
 #: What counts as the bot's answer to a burst, in order of preference.
@@ -87,14 +96,16 @@ async def _read(conn: AsyncConnection, row: Any, history_limit: int) -> StoredBu
     ).all()
     by_kind = {a.kind: PostedMessage(a.kind, a.content, a.chatwoot_message_id) for a in answers}
     answer = next((by_kind[k] for k in _ANSWER_KINDS if k in by_kind), None)
+    history, summary = await _history(conn, key, row.id, messages, history_limit)
     return StoredBurst(
         buffer_id=row.id,
         key=key,
         status=row.status,
         messages=messages,
-        history=await _history(conn, key, row.id, messages, history_limit),
+        history=history,
         answer=answer,
         last_message_at=row.last_message_time,
+        summary=summary,
     )
 
 
@@ -104,50 +115,39 @@ async def _history(
     buffer_id: uuid.UUID,
     burst: Sequence[InboundMessage],
     limit: int,
-) -> list[HistoryEntry]:
+) -> tuple[list[HistoryEntry], ConversationSummary | None]:
+    params = {
+        "p_account_id": key.account_id,
+        "p_conversation_id": key.conversation_id,
+        "p_buffer_id": buffer_id,
+    }
+    memory = (await conn.execute(sql.MEMORY, params)).first()
+    summary = (
+        contents.summary(memory.summary, memory.summary_through, memory.summary_turns)
+        if memory is not None
+        else None
+    )
     if limit <= 0 or not burst:
-        return []
-    before = burst[0].received_at
-    earlier = (
-        await conn.execute(
-            select(
-                buffered_messages.c.content,
-                buffered_messages.c.attachments,
-                buffered_messages.c.received_at,
-            )
-            .where(
-                _same_conversation(buffered_messages, key),
-                buffered_messages.c.buffer_id != buffer_id,
-                buffered_messages.c.received_at < before,
-            )
-            .order_by(buffered_messages.c.received_at.desc())
-            .limit(limit)
-        )
-    ).all()
-    replies = (
-        await conn.execute(
-            select(bot_replies.c.content, bot_replies.c.sent_at)
-            .where(
-                _same_conversation(bot_replies, key),
-                bot_replies.c.kind == "reply",
-                bot_replies.c.chatwoot_message_id.is_not(None),
-                bot_replies.c.sent_at < before,
-            )
-            .order_by(bot_replies.c.sent_at.desc())
-            .limit(limit)
-        )
-    ).all()
-    entries = [
-        HistoryEntry(
-            role="contact",
-            content=r.content,
-            at=r.received_at,
-            attachments=tuple(Attachment.from_json(a) for a in r.attachments or []),
-        )
-        for r in earlier
-    ] + [HistoryEntry(role="assistant", content=r.content, at=r.sent_at) for r in replies]
-    entries.sort(key=lambda e: e.at)
-    return entries[-limit:]
+        return [], summary
+    window = {
+        **params,
+        "p_before": burst[0].received_at,
+        "p_after": summary.through if summary is not None else contents.NO_SUMMARY,
+        "p_limit": limit,
+    }
+    earlier = (await conn.execute(sql.EARLIER_MESSAGES, window)).all()
+    replies = (await conn.execute(sql.EARLIER_REPLIES, window)).all()
+    history = (await conn.execute(sql.EARLIER_HISTORY, window)).all()
+    turns = contents.turns(
+        [(r.content, r.attachments, r.received_at) for r in earlier],
+        [(r.content, r.sent_at) for r in replies],
+        limit,
+        [
+            (r.chatwoot_message_id, r.role, r.author, r.content, r.attachments, r.happened_at)
+            for r in history
+        ],
+    )
+    return turns, summary
 
 
 def _inbound(key: ConversationKey, row: Any) -> InboundMessage:

@@ -13,7 +13,13 @@ from typing import Any
 
 from chatbuffer.domain import marker as markers
 from chatbuffer.domain.aggregation import Prompt, ReadKind
-from chatbuffer.domain.model import Attachment, AttachmentContent, ConversationKey, ModelDecision
+from chatbuffer.domain.model import (
+    Attachment,
+    AttachmentContent,
+    ConversationKey,
+    HistoryEntry,
+    ModelDecision,
+)
 from chatbuffer.domain.ports import EventName
 from chatbuffer.errors import ChatwootError
 from chatbuffer.testing.memory import MemoryStore as MemoryStore
@@ -124,6 +130,50 @@ class ScriptedReplyModel:
         if isinstance(answer, Exception):
             raise answer
         return answer
+
+
+@dataclass
+class ScriptedSummarizer:
+    """Implements ``Summarizer``: answers ``script(prompt)`` (an exception in it is raised), by
+    default the folded turns' lines joined by " / "; records every prompt."""
+
+    script: Callable[[Prompt], str | Exception] | None = None
+    prompts: list[Prompt] = field(default_factory=list)
+
+    async def summarize(self, prompt: Prompt) -> str:
+        self.prompts.append(prompt)
+        if self.script is None:
+            folded = prompt.user.split("oldest first:\n<conversation_history>\n", 1)[-1]
+            lines = folded.split("\n</conversation_history>", 1)[0].splitlines()
+            return " / ".join(lines)
+        answer = self.script(prompt)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+@dataclass
+class StaticHistorySource:
+    """Implements ``HistorySource`` from a list of earlier messages per conversation (oldest
+    first, each with its Chatwoot id); ``fail_with`` makes the next fetches raise. Records
+    every fetch as (key, before, limit)."""
+
+    messages: dict[ConversationKey, list[HistoryEntry]] = field(default_factory=dict)
+    fail_with: list[Exception] = field(default_factory=list)
+    fetches: list[tuple[ConversationKey, int, int]] = field(default_factory=list)
+
+    async def earlier(
+        self, key: ConversationKey, before_message_id: int, limit: int
+    ) -> list[HistoryEntry]:
+        self.fetches.append((key, before_message_id, limit))
+        if self.fail_with:
+            raise self.fail_with.pop(0)
+        found = [
+            m
+            for m in self.messages.get(key, [])
+            if m.chatwoot_message_id is not None and m.chatwoot_message_id < before_message_id
+        ]
+        return found[-limit:] if limit > 0 else []
 
 
 @dataclass

@@ -18,7 +18,13 @@ from datetime import datetime, timedelta
 from chatbuffer.domain import buffer
 from chatbuffer.domain.flags import Flag
 from chatbuffer.domain.marker import Marker, ReplyKind
-from chatbuffer.domain.model import Attachment, ConversationKey, HistoryEntry, InboundMessage
+from chatbuffer.domain.model import (
+    Attachment,
+    ConversationKey,
+    ConversationSummary,
+    HistoryEntry,
+    InboundMessage,
+)
 from chatbuffer.domain.ports import (
     BufferContents,
     BufferSummary,
@@ -93,15 +99,35 @@ class Reply:
 
 
 @dataclass
+class HistoryRow:
+    """A ``history_messages`` row: an agent's message or a turn fetched from Chatwoot."""
+
+    key: ConversationKey
+    entry: HistoryEntry
+    source: str
+
+
+@dataclass
+class Memory:
+    """A ``conversation_memory`` row."""
+
+    summary: ConversationSummary | None = None
+    backfilled_at: datetime | None = None
+
+
+@dataclass
 class MemoryStore:
     """Implements ``IntakeStore``, ``JobQueue``, ``WakeSignals``, ``ConversationHistory``,
-    ``SendLedger``, ``FlagSource`` and ``BufferAdmin``; the fields are open for assertions."""
+    ``ConversationMemory``, ``SendLedger``, ``FlagSource`` and ``BufferAdmin``; the fields are
+    open for assertions."""
 
     conversations: dict[ConversationKey, Conversation] = field(default_factory=dict)
     buffers: dict[uuid.UUID, Buffer] = field(default_factory=dict)
     jobs: dict[uuid.UUID, Job] = field(default_factory=dict)  # by buffer id
     messages: list[Message] = field(default_factory=list)
     replies: list[Reply] = field(default_factory=list)
+    history_rows: list[HistoryRow] = field(default_factory=list)
+    memory: dict[ConversationKey, Memory] = field(default_factory=dict)
     flag_rows: dict[str, bool] = field(default_factory=lambda: {f.value: f.default for f in Flag})
     _listeners: list[WakeCallback] = field(default_factory=list, init=False, repr=False)
 
@@ -185,6 +211,26 @@ class MemoryStore:
         if cancelled:
             conversation.state, conversation.active_buffer_id = "idle", None
         return len(cancelled)
+
+    async def record_agent_message(
+        self,
+        key: ConversationKey,
+        message: HistoryEntry,
+        now: datetime,
+        reason: str,
+        pause_until: datetime | None = None,
+    ) -> int:
+        self._keep(key, message, "webhook")
+        return await self.cancel_open(key, now, reason, pause_until)
+
+    def _keep(self, key: ConversationKey, entry: HistoryEntry, source: str) -> None:
+        if entry.chatwoot_message_id is None:
+            raise ValueError("a history row needs the Chatwoot message id")
+        if not any(
+            r.key == key and r.entry.chatwoot_message_id == entry.chatwoot_message_id
+            for r in self.history_rows
+        ):
+            self.history_rows.append(HistoryRow(key, entry, source))
 
     async def resume_bot(self, key: ConversationKey, now: datetime) -> bool:  # noqa: ARG002
         conversation = self.conversations.get(key)
@@ -287,48 +333,122 @@ class MemoryStore:
 
     # -- conversation history ---------------------------------------------------------------
 
-    async def load(self, job: ClaimedJob, owner: str, history_limit: int) -> BufferContents:
+    async def load(
+        self, job: ClaimedJob, owner: str, history_limit: int, *, backfill: bool = False
+    ) -> BufferContents:
         burst = sorted(
             (m.message for m in self.messages if m.buffer_id == job.buffer_id),
             key=lambda m: m.chatwoot_message_id,
         )
-        history: list[HistoryEntry] = []
-        if history_limit > 0 and burst:
-            before = burst[0].received_at
-            earlier = sorted(
-                (
-                    m.message
-                    for m in self.messages
-                    if m.message.key == job.key
-                    and m.buffer_id != job.buffer_id
-                    and m.message.received_at < before
-                ),
-                key=lambda m: m.received_at,
-                reverse=True,
-            )[:history_limit]
-            replies = sorted(
-                (
-                    r
+        memory = self.memory.get(job.key)
+        summary = memory.summary if memory is not None else None
+        history = self.turns(job.key, job.buffer_id, burst, summary, history_limit)
+        backfill_before = None
+        if backfill and (memory is None or memory.backfilled_at is None):
+            backfill_before = min(
+                [m.message.chatwoot_message_id for m in self.messages if m.message.key == job.key]
+                + [
+                    r.entry.chatwoot_message_id
+                    for r in self.history_rows
+                    if r.key == job.key and r.entry.chatwoot_message_id is not None
+                ]
+                + [
+                    r.chatwoot_message_id
                     for r in self.replies
-                    if r.key == job.key
-                    and r.kind == "reply"
-                    and r.chatwoot_message_id is not None
-                    and r.sent_at < before
-                ),
-                key=lambda r: r.sent_at,
-                reverse=True,
-            )[:history_limit]
-            history = [
-                HistoryEntry("contact", m.content, m.received_at, m.attachments) for m in earlier
-            ] + [HistoryEntry("assistant", r.content, r.sent_at) for r in replies]
-            history.sort(key=lambda e: e.at)
-            history = history[-history_limit:]
+                    if r.key == job.key and r.chatwoot_message_id is not None
+                ],
+                default=None,
+            )
         posted = [
             PostedMessage(r.kind, r.content, r.chatwoot_message_id)
             for r in self._posted(job.buffer_id)
         ]
         check = await self.before_send(job, owner)
-        return BufferContents(messages=burst, history=history, posted=posted, check=check)
+        return BufferContents(
+            messages=burst,
+            history=history,
+            posted=posted,
+            check=check,
+            summary=summary,
+            backfill_before=backfill_before,
+        )
+
+    def turns(
+        self,
+        key: ConversationKey,
+        buffer_id: uuid.UUID,
+        burst: Sequence[InboundMessage],
+        summary: ConversationSummary | None,
+        limit: int,
+    ) -> list[HistoryEntry]:
+        """The history rule of ``SqlBufferStore.load``: the turns before the burst and after
+        the summary, the newest ``limit`` of each kind, interleaved, the newest ``limit``."""
+        if limit <= 0 or not burst:
+            return []
+        before = burst[0].received_at
+        after = summary.through if summary is not None else None
+
+        def within(at: datetime) -> bool:
+            return at < before and (after is None or at > after)
+
+        earlier = sorted(
+            (
+                m.message
+                for m in self.messages
+                if m.message.key == key
+                and m.buffer_id != buffer_id
+                and within(m.message.received_at)
+            ),
+            key=lambda m: m.received_at,
+            reverse=True,
+        )[:limit]
+        replies = sorted(
+            (
+                r
+                for r in self.replies
+                if r.key == key
+                and r.kind == "reply"
+                and r.chatwoot_message_id is not None
+                and within(r.sent_at)
+            ),
+            key=lambda r: r.sent_at,
+            reverse=True,
+        )[:limit]
+        kept = sorted(
+            (r.entry for r in self.history_rows if r.key == key and within(r.entry.at)),
+            key=lambda e: e.at,
+            reverse=True,
+        )[:limit]
+        history = (
+            [HistoryEntry("contact", m.content, m.received_at, m.attachments) for m in earlier]
+            + [HistoryEntry("assistant", r.content, r.sent_at) for r in replies]
+            + kept
+        )
+        history.sort(key=lambda e: e.at)
+        return history[-limit:]
+
+    # -- conversation memory ----------------------------------------------------------------
+
+    async def record_backfill(
+        self, key: ConversationKey, entries: Sequence[HistoryEntry], now: datetime
+    ) -> None:
+        for entry in entries:
+            self._keep(key, entry, "chatwoot")
+        memory = self.memory.setdefault(key, Memory())
+        if memory.backfilled_at is None:
+            memory.backfilled_at = now
+
+    async def save_summary(
+        self,
+        key: ConversationKey,
+        summary: ConversationSummary,
+        now: datetime,  # noqa: ARG002
+    ) -> bool:
+        memory = self.memory.setdefault(key, Memory())
+        if memory.summary is not None and memory.summary.through >= summary.through:
+            return False
+        memory.summary = summary
+        return True
 
     # -- send ledger ------------------------------------------------------------------------
 

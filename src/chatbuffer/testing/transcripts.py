@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 
-from chatbuffer.domain.model import HistoryEntry
 from chatbuffer.domain.ports import PostedMessage, StoredBurst
 from chatbuffer.testing.memory import Buffer, MemoryStore
 
@@ -43,35 +42,9 @@ class MemoryBurstArchive:
             for r in sorted(store.replies, key=lambda r: r.sent_at)
             if r.buffer_id == found.id and r.kind in _ANSWER_KINDS
         }
-        history: list[HistoryEntry] = []
-        if history_limit > 0 and burst:
-            before = burst[0].received_at
-            earlier = sorted(
-                (
-                    m.message
-                    for m in store.messages
-                    if m.message.key == found.key
-                    and m.buffer_id != found.id
-                    and m.message.received_at < before
-                ),
-                key=lambda m: m.received_at,
-            )[-history_limit:]
-            replies = sorted(
-                (
-                    r
-                    for r in store.replies
-                    if r.key == found.key
-                    and r.kind == "reply"
-                    and r.chatwoot_message_id is not None
-                    and r.sent_at < before
-                ),
-                key=lambda r: r.sent_at,
-            )[-history_limit:]
-            history = [
-                HistoryEntry("contact", m.content, m.received_at, m.attachments) for m in earlier
-            ] + [HistoryEntry("assistant", r.content, r.sent_at) for r in replies]
-            history.sort(key=lambda e: e.at)
-            history = history[-history_limit:]
+        memory = store.memory.get(found.key)
+        summary = memory.summary if memory is not None else None
+        history = store.turns(found.key, found.id, burst, summary, history_limit)
         return StoredBurst(
             buffer_id=found.id,
             key=found.key,
@@ -80,4 +53,5 @@ class MemoryBurstArchive:
             history=history,
             answer=next((answers[k] for k in _ANSWER_KINDS if k in answers), None),
             last_message_at=found.window.last_message_at,
+            summary=summary,
         )

@@ -23,8 +23,15 @@ from dataclasses import dataclass, replace
 
 from chatbuffer.domain import aggregation
 from chatbuffer.domain.aggregation import AttachmentRef, Prompt, PromptInputs
+from chatbuffer.domain.contact import AttributeSelection
 from chatbuffer.domain.instructions import BotInstructions
-from chatbuffer.domain.model import AttachmentContent, HistoryEntry, InboundMessage, ModelDecision
+from chatbuffer.domain.model import (
+    AttachmentContent,
+    ConversationSummary,
+    HistoryEntry,
+    InboundMessage,
+    ModelDecision,
+)
 from chatbuffer.domain.ports import AttachmentReader, ReplyModel
 from chatbuffer.errors import ImagesRefused, InvalidModelAnswer
 from chatbuffer.prompting.template import PromptTemplate
@@ -49,12 +56,16 @@ class Asker:
         reader: AttachmentReader | None = None,
         instructions: BotInstructions | None = None,
         vision: bool = True,
+        attributes: AttributeSelection | None = None,
     ) -> None:
+        """``attributes``: which of the contact's and the conversation's attributes the model
+        may see (``CONTACT_ATTRIBUTES_TO_MODEL``; none by default)."""
         self._model = model
         self._template = template or PromptTemplate.shipped()
         self._reader = reader
         self._instructions = instructions or BotInstructions()
         self._vision = vision
+        self._attributes = attributes or AttributeSelection()
 
     def with_instructions(self, instructions: BotInstructions) -> Asker:
         """The same, with other instructions (``chatbuffer prompt try --instructions``)."""
@@ -64,6 +75,7 @@ class Asker:
             reader=self._reader,
             instructions=instructions,
             vision=self._vision,
+            attributes=self._attributes,
         )
 
     async def inputs(
@@ -72,8 +84,11 @@ class Asker:
         history: Sequence[HistoryEntry],
         *,
         include_history: bool,
+        summary: ConversationSummary | None = None,
     ) -> PromptInputs:
-        """Everything the prompt is made of; downloads the burst's images and files."""
+        """Everything the prompt is made of; downloads the burst's images and files.
+        ``history`` is what is shown word for word (``domain.history.window``), ``summary``
+        stands for the turns before it."""
         if not messages:
             raise ValueError("a prompt needs at least one message")
         contents: dict[AttachmentRef, AttachmentContent] = {}
@@ -87,6 +102,8 @@ class Asker:
         return PromptInputs(
             messages=messages,
             history=history,
+            summary=summary,
+            attributes=self._attributes,
             contents=contents,
             instructions=self._instructions.for_inbox(
                 inbox_id if isinstance(inbox_id, int) else None

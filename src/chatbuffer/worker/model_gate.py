@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 
 from chatbuffer.domain.aggregation import Prompt
 from chatbuffer.domain.model import Attachment, ModelDecision
-from chatbuffer.domain.ports import Clock, ReplyModel, Transcriber
+from chatbuffer.domain.ports import Clock, ReplyModel, Summarizer, Transcriber
 from chatbuffer.errors import DependencyError
 
 logger = logging.getLogger(__name__)
@@ -157,3 +157,17 @@ class GatedTranscriber:
     async def transcribe(self, attachment: Attachment) -> str:
         async with self._gate.admitted():
             return await self._transcriber.transcribe(attachment)
+
+
+class GatedSummarizer:
+    """Implements :class:`chatbuffer.domain.ports.Summarizer` through the model's ``gate``: a
+    summary is a call to the same endpoint as the replies. It is made after the buffer's reply,
+    never during, so one buffer never holds two slots."""
+
+    def __init__(self, summarizer: Summarizer, gate: ModelGate) -> None:
+        self._summarizer = summarizer
+        self._gate = gate
+
+    async def summarize(self, prompt: Prompt) -> str:
+        async with self._gate.admitted():
+            return await self._summarizer.summarize(prompt)

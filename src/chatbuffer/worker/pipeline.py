@@ -8,23 +8,34 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
-from chatbuffer.domain import decision
+from chatbuffer.domain import decision, history
 from chatbuffer.domain.buffer import BufferPolicy
 from chatbuffer.domain.flags import Flag
+from chatbuffer.domain.history import HistoryPolicy, HistoryWindow
 from chatbuffer.domain.marker import Marker
-from chatbuffer.domain.model import HandOff, InboundMessage, SendReply, StaySilent
+from chatbuffer.domain.model import (
+    ConversationKey,
+    HandOff,
+    HistoryEntry,
+    InboundMessage,
+    SendReply,
+    StaySilent,
+)
 from chatbuffer.domain.ports import (
     BufferContents,
     ChatwootAPI,
     ClaimedJob,
     Clock,
     ConversationHistory,
+    ConversationMemory,
     FeatureFlags,
+    HistorySource,
     Observer,
     PostedMessage,
     ReplyModel,
     SendCheck,
     SendLedger,
+    Summarizer,
     Transcriber,
 )
 from chatbuffer.domain.retry import RetryPolicy
@@ -44,6 +55,7 @@ DEFAULT_POLICY = BufferPolicy(
 class PipelineConfig:
     quality_threshold: float
     typing_enabled: bool
+    #: At most this many earlier turns shown word for word (``HISTORY_LIMIT``).
     history_limit: int
     retry: RetryPolicy
     #: The buffer rules, for supersede (only buffers closed by quiet fold into newer ones).
@@ -51,6 +63,19 @@ class PipelineConfig:
     #: How long a reserved send keeps the lease: the Chatwoot timeout plus a margin, so the
     #: lease cannot run out while a POST may still land.
     send_hold: timedelta = timedelta(seconds=12)
+    #: The shown turns' estimated tokens stay within this (``HISTORY_MAX_TOKENS``).
+    history_max_tokens: int = 2_000
+    #: Refresh the rolling summary once this many turns fell out of the window since it was
+    #: made (``HISTORY_SUMMARY_EVERY``; 0: no summary).
+    summary_every: int = 10
+
+    @property
+    def history(self) -> HistoryPolicy:
+        return HistoryPolicy(
+            max_turns=self.history_limit,
+            max_tokens=self.history_max_tokens,
+            summary_every=self.summary_every,
+        )
 
 
 class Pipeline:
@@ -69,10 +94,18 @@ class Pipeline:
         config: PipelineConfig,
         transcriber: Transcriber | None = None,
         asker: Asker | None = None,
+        memory: ConversationMemory | None = None,
+        earlier: HistorySource | None = None,
+        summarizer: Summarizer | None = None,
     ) -> None:
         """``asker`` reads attachments, renders the prompt and asks ``model``; by default with
-        the shipped template, no instructions and no attachment reader."""
+        the shipped template, no instructions and no attachment reader. ``memory`` keeps what
+        ``earlier`` fetches from Chatwoot (a conversation's history from before chatbuffer) and
+        the summaries ``summarizer`` writes; without them neither happens."""
         self._history = history
+        self._memory = memory
+        self._earlier = earlier if memory is not None else None
+        self._summarizer = summarizer if memory is not None else None
         self._asker = asker or Asker(model=model)
         self._ledger = ledger
         self._transcriber = transcriber
@@ -85,7 +118,9 @@ class Pipeline:
     async def process(self, job: ClaimedJob, owner: str) -> None:
         key = job.key
         lateness_ms = (job.claimed_at - job.scheduled_for) / timedelta(milliseconds=1)
-        contents = await self._history.load(job, owner, self._config.history_limit)
+        contents = await self._history.load(
+            job, owner, self._config.history.fetch_limit, backfill=self._earlier is not None
+        )
         self._observer.event(
             "buffer_closed",
             key,
@@ -100,10 +135,11 @@ class Pipeline:
         typing = self._config.typing_enabled and await self._flags.is_enabled(
             Flag.TYPING_INDICATORS, key
         )
+        shown: HistoryWindow | None = None
         try:
             if typing:
                 await self._typing(job, on=True)
-            await self._answer(job, owner, contents)
+            shown = await self._answer(job, owner, contents)
         except DependencyError as exc:
             await self._retry_or_fail(job, owner, str(exc), exc.retryable, exc.retry_after)
         except Exception as exc:
@@ -117,13 +153,19 @@ class Pipeline:
                 # Shielded: a buffer abandoned on a lost lease is cancelled, and the contact must
                 # not be left watching "typing…".
                 await asyncio.shield(self._typing(job, on=False))
+        if shown is not None and shown.needs_summary:
+            # After the reply, so the contact never waits for it.
+            await self._summarize(key, shown)
 
     async def hand_back(self, job: ClaimedJob, owner: str, reason: str) -> None:
         """Give a held buffer back, due now, so another worker takes it at once instead of after
         the lease runs out (the worker is shutting down)."""
         await self._ledger.release_for_retry(job, owner, reason, self._clock.now())
 
-    async def _answer(self, job: ClaimedJob, owner: str, contents: BufferContents) -> None:
+    async def _answer(
+        self, job: ClaimedJob, owner: str, contents: BufferContents
+    ) -> HistoryWindow | None:
+        """Answer the burst; the history window the model was shown, if it was asked."""
         handover = next(
             (
                 p
@@ -136,23 +178,26 @@ class Pipeline:
             # An earlier attempt gave up but could not reach a human: only that is left to do.
             error = job.last_error or "gave up"
             await self._hand_over(job, owner, handover, error, after=_last_incoming(contents))
-            return
+            return None
         earlier = next((p for p in contents.posted if p.kind != "failure_note"), None)
         if earlier is not None:
             # An earlier attempt decided what to post and may have posted it: finish that
             # instead of asking the model again.
             await self._resume(job, owner, contents, earlier)
-            return
+            return None
         # The contact may have written again between the due time and the load (which read
         # this check with the burst): fold this burst into the newer one before paying for a
         # model call.
         if await self._settle(job, owner, contents.check) != "send":
-            return
+            return None
         burst = await self._transcribe(contents.messages)
+        include_history = await self._flags.is_enabled(Flag.ENHANCED_AI_PROCESSING, job.key)
+        shown = HistoryWindow(policy=self._config.history)
+        if include_history:
+            turns = await self._with_earlier(job, contents)
+            shown = history.window(turns, contents.summary, self._config.history)
         inputs = await self._asker.inputs(
-            burst,
-            contents.history,
-            include_history=await self._flags.is_enabled(Flag.ENHANCED_AI_PROCESSING, job.key),
+            burst, shown.shown, summary=shown.summary, include_history=include_history
         )
         answer = (await self._asker.ask(inputs)).decision
         outcome = decision.route(answer, quality_threshold=self._config.quality_threshold)
@@ -164,7 +209,7 @@ class Pipeline:
                 self._observer.event(
                     "no_reply", key, buffer_id=str(job.buffer_id), reason=outcome.reason
                 )
-            return
+            return shown
         if isinstance(outcome, SendReply):
             intent = PostedMessage("reply", outcome.content)
         else:
@@ -174,7 +219,7 @@ class Pipeline:
         # contact may have written again (then this reply is stale: answer the whole burst once).
         # The intent is recorded in the same transaction as that check.
         if await self._reserve(job, owner, intent) != "send":
-            return
+            return shown
         message_id = await self._post(job, intent)
         reason = "replied" if isinstance(outcome, SendReply) else f"handed off: {outcome.reason}"
         await self._finish(job, owner, intent, message_id, reason)
@@ -192,6 +237,51 @@ class Pipeline:
             self._observer.event(
                 "handoff", key, buffer_id=str(job.buffer_id), reason=outcome.reason
             )
+        return shown
+
+    async def _with_earlier(
+        self, job: ClaimedJob, contents: BufferContents
+    ) -> Sequence[HistoryEntry]:
+        """The loaded turns, and once per conversation the history Chatwoot had before
+        chatbuffer (``CHATWOOT_USER_TOKEN``), fetched and kept. Fetching is a courtesy: when
+        Chatwoot refuses or fails, the burst is answered with what is stored, and the fetch is
+        tried again with the conversation's next burst."""
+        before = contents.backfill_before
+        if self._earlier is None or self._memory is None or before is None:
+            return contents.history
+        try:
+            fetched = await self._earlier.earlier(job.key, before, self._config.history.fetch_limit)
+        except ChatwootError as exc:
+            logger.warning("could not fetch the earlier history of %s: %s", job.key, exc)
+            return contents.history
+        await self._memory.record_backfill(job.key, fetched, self._clock.now())
+        self._observer.event("history_fetched", job.key, messages=len(fetched))
+        after = contents.summary.through if contents.summary is not None else None
+        fetched = [t for t in fetched if after is None or t.at > after]
+        return history.merge(contents.history, fetched)[-self._config.history.fetch_limit :]
+
+    async def _summarize(self, key: ConversationKey, shown: HistoryWindow) -> None:
+        """Fold the turns that fell out of the window into the conversation's summary: one
+        model call and one write, only when ``HISTORY_SUMMARY_EVERY`` turns are waiting. A
+        failure costs nothing but the summary's freshness: the next burst tries again."""
+        if self._summarizer is None or self._memory is None:
+            return
+        try:
+            text = await self._summarizer.summarize(
+                history.summary_prompt(shown.summary, shown.fallen)
+            )
+            if not text.strip():
+                logger.warning("the model wrote an empty summary for %s; kept the old one", key)
+                return
+            summary = history.refreshed(shown.summary, shown.fallen, text)
+            await self._memory.save_summary(key, summary, self._clock.now())
+        except Exception as exc:
+            # Never the summary's text in the log: it retells the conversation.
+            logger.warning(
+                "could not refresh the conversation summary of %s: %s", key, type(exc).__name__
+            )
+            return
+        self._observer.event("summary_refreshed", key, turns=summary.turns)
 
     async def _resume(
         self, job: ClaimedJob, owner: str, contents: BufferContents, earlier: PostedMessage

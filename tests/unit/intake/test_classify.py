@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
+from chatbuffer.domain.contact import AttributeSelection
 from chatbuffer.domain.marker import Marker
-from chatbuffer.domain.model import ConversationKey
+from chatbuffer.domain.model import ConversationKey, HistoryEntry
 from chatbuffer.errors import MalformedPayload
 from chatbuffer.intake.webhook import (
     Buffer,
@@ -17,6 +18,7 @@ from chatbuffer.intake.webhook import (
     ConfirmSent,
     Ignore,
     IntakeRules,
+    RecordAgentMessage,
     ResumeBot,
     UpdateAttachments,
     classify,
@@ -189,13 +191,92 @@ def test_an_unreadable_marker_is_still_the_bot_s_own_message(marker: Any) -> Non
     assert act(body) == Ignore("the bot's own reply")
 
 
-@pytest.mark.parametrize("builder", [payloads.agent_reply, payloads.phone_echo])
-def test_a_human_answer_cancels_the_buffer(builder: Any) -> None:
-    body = builder(
-        account_id=1, conversation_id=7, message_id=9, content="I'll help", created_at=NOW
+def test_a_human_agent_s_answer_is_kept_for_the_history_under_their_name() -> None:
+    body = payloads.agent_reply(
+        account_id=1,
+        conversation_id=7,
+        message_id=9,
+        content="I'll help",
+        created_at=NOW,
+        agent_name="Bruno",
     )
-    action = act(body)
-    assert action == CancelBuffers(ConversationKey(1, 7), "a human agent answered", human=True)
+    assert act(body) == RecordAgentMessage(
+        ConversationKey(1, 7),
+        HistoryEntry("agent", "I'll help", NOW, author="Bruno", chatwoot_message_id=9),
+        "a human agent answered",
+    )
+
+
+def test_an_answer_from_the_business_phone_is_kept_without_an_author() -> None:
+    body = payloads.phone_echo(
+        account_id=1, conversation_id=7, message_id=9, content="on my way", created_at=NOW
+    )
+    assert act(body) == RecordAgentMessage(
+        ConversationKey(1, 7),
+        HistoryEntry("agent", "on my way", NOW, chatwoot_message_id=9),
+        "a human agent answered",
+    )
+
+
+def test_a_private_note_never_reaches_the_history() -> None:
+    body = payloads.private_note(
+        account_id=1, conversation_id=7, message_id=9, content="VIP, be nice", created_at=NOW
+    )
+    assert act(body) == Ignore("private note")
+
+
+def test_only_the_chosen_contact_facts_are_kept_with_a_message() -> None:
+    body = incoming(
+        contact_attributes={"plan": "gold", "cpf": "123.456.789-00", "language": "pt-BR"},
+        conversation_attributes={"order": "4411", "internal_score": 3},
+        labels=["vip", "refund"],
+        contact_email="ana@example.com",
+    )
+    rules = IntakeRules(
+        active_statuses=frozenset({"pending"}),
+        attributes=AttributeSelection.parse("plan, order"),
+    )
+    action = act(body, rules)
+    assert isinstance(action, Buffer)
+    assert action.message.sender == {
+        "id": 77,
+        "name": "Ana",
+        "custom_attributes": {"plan": "gold", "language": "pt-BR"},
+    }
+    assert action.message.conversation == {
+        "id": 1532,
+        "status": "pending",
+        "channel": "Channel::Whatsapp",
+        "inbox_id": 4,
+        "inbox_name": "WhatsApp Sales",
+        "labels": ["vip", "refund"],
+        "custom_attributes": {"order": "4411"},
+    }
+    named = IntakeRules(
+        active_statuses=frozenset({"pending"}),
+        attributes=AttributeSelection.parse("*,email"),
+    )
+    everything = act(body, named)
+    assert isinstance(everything, Buffer)
+    assert everything.message.sender["email"] == "ana@example.com"
+    assert "phone_number" not in everything.message.sender
+    assert everything.message.sender["custom_attributes"]["cpf"] == "123.456.789-00"
+
+
+def test_contact_facts_of_an_odd_shape_are_dropped_not_refused() -> None:
+    body = incoming()
+    body["sender"]["custom_attributes"] = ["not", "an", "object"]
+    body["sender"]["phone_number"] = 5511999990000
+    body["conversation"]["labels"] = "vip"
+    body["inbox"] = "WhatsApp"
+    rules = IntakeRules(
+        active_statuses=frozenset({"pending"}), attributes=AttributeSelection.parse("*")
+    )
+    action = act(body, rules)
+    assert isinstance(action, Buffer)
+    assert action.message.sender == {"id": 77, "name": "Ana"}
+    assert "labels" not in action.message.conversation
+    assert "inbox_name" not in action.message.conversation
 
 
 def test_conversation_leaving_the_active_statuses_cancels() -> None:
