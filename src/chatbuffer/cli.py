@@ -319,6 +319,10 @@ def _purge(settings: Settings, older_than: timedelta | None, *, dry_run: bool) -
         f"{report.jobs} jobs and {report.replies} bot replies"
         + (" (dry run: nothing was deleted)" if dry_run else "")
     )
+    print(
+        f"chatbuffer: {verb} {report.history} human agents' or fetched messages and "
+        f"{report.summaries} conversation summaries from before then"
+    )
     return 0
 
 

@@ -55,8 +55,20 @@ CROSS_CONVERSATION = {
     retention: {
         "FINISHED_BEFORE": "purge walks old finished buffers",
         **dict.fromkeys(
-            ["COUNT_BUFFERS", "COUNT_MESSAGES", "COUNT_JOBS", "COUNT_REPLIES"],
+            [
+                "COUNT_BUFFERS",
+                "COUNT_MESSAGES",
+                "COUNT_JOBS",
+                "COUNT_REPLIES",
+                "COUNT_HISTORY",
+                "COUNT_SUMMARIES",
+            ],
             "purge --dry-run counts them",
+        ),
+        **dict.fromkeys(
+            ["DELETE_OLD_HISTORY", "FORGET_OLD_SUMMARIES"],
+            "purge picks old history rows and summaries of every conversation, then writes them "
+            "by their full key",
         ),
     },
 }

@@ -12,14 +12,17 @@ import pytest
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from chatbuffer.domain.model import ConversationKey
+from chatbuffer.domain.model import ConversationKey, ConversationSummary, HistoryEntry
 from chatbuffer.storage import database
+from chatbuffer.storage.repository import SqlBufferStore
 from chatbuffer.storage.retention import PURGE_INTERVAL, PurgeReport, purge, purge_periodically
 from chatbuffer.storage.tables import (
     bot_replies,
     buffer_processing_jobs,
     buffered_messages,
+    conversation_memory,
     conversations,
+    history_messages,
     message_buffer,
 )
 from chatbuffer.testing import FakeClock
@@ -217,6 +220,37 @@ async def test_purge_works_in_batches_until_nothing_old_is_left(engine: AsyncEng
     report = await purge(engine, CUTOFF, batch_size=2)
     assert report == PurgeReport(buffers=5, messages=5, jobs=5, replies=0)
     assert (await stored.remaining())["message_buffer"] == set()
+
+
+async def test_purge_forgets_agents_and_fetched_messages_and_summaries_by_their_age(
+    engine: AsyncEngine,
+) -> None:
+    store = SqlBufferStore(engine, database_clock=False)
+    key, other = ConversationKey(1, 20), ConversationKey(1, 21)
+
+    def said(mid: int, at: datetime) -> HistoryEntry:
+        return HistoryEntry("agent", f"agent {mid}", at, author="Bruno", chatwoot_message_id=mid)
+
+    await store.record_agent_message(key, said(1, OLD), OLD, "agent")
+    await store.record_agent_message(key, said(2, RECENT), RECENT, "agent")
+    await store.record_backfill(other, [said(3, OLD - timedelta(days=300))], OLD)
+    await store.save_summary(key, ConversationSummary("old news", OLD, 4), OLD)
+    await store.save_summary(other, ConversationSummary("fresh", RECENT, 2), RECENT)
+
+    preview = await purge(engine, CUTOFF, dry_run=True)
+    assert (preview.history, preview.summaries) == (2, 1)
+    report = await purge(engine, CUTOFF, batch_size=1)
+    assert (report.history, report.summaries, report.buffers) == (2, 1, 0)
+    async with engine.connect() as conn:
+        left = (await conn.execute(select(history_messages.c.chatwoot_message_id))).scalars()
+        memory = {
+            r.conversation_id: (r.summary, r.summary_turns, r.backfilled_at is not None)
+            for r in await conn.execute(select(conversation_memory))
+        }
+    assert list(left) == [2]
+    # The fetch is remembered, so the old messages are not fetched (and kept) again.
+    assert memory == {20: (None, 0, False), 21: ("fresh", 2, True)}
+    assert await purge(engine, CUTOFF) == PurgeReport()
 
 
 HOLDERS = {

@@ -6,6 +6,10 @@ Message text, sender data and the bot's replies are personal data; ``DATA_RETENT
 ``active``, ``closed`` or ``processing`` buffer is never touched. Conversation rows stay (they
 hold ids, the message count that orders buffers, and a human takeover pause; no text).
 
+The rest of a conversation's history goes by its own age: human agents' messages and messages
+fetched from Chatwoot (``history_messages``) said before the cutoff, and summaries made before it
+(the text is cleared; the note that the history was fetched stays, so it is not fetched again).
+
 Each batch is one transaction: pick up to ``batch_size`` old finished buffers (on PostgreSQL
 ``FOR UPDATE SKIP LOCKED``, so a replay or a second purge is never waited for), delete what they
 own by the full conversation key, then the buffers.
@@ -40,7 +44,9 @@ from chatbuffer.storage.tables import (
     FINISHED_BUFFER,
     UTCDateTime,
     bot_replies,
+    conversation_memory,
     conversations,
+    history_messages,
 )
 from chatbuffer.storage.tables import buffer_processing_jobs as jobs
 from chatbuffer.storage.tables import buffered_messages as messages
@@ -163,6 +169,35 @@ COUNT_JOBS = _count_owned(jobs)
 COUNT_REPLIES = _count_owned(bot_replies)
 
 
+_CUTOFF = bindparam("p_cutoff", type_=UTCDateTime())
+_h = history_messages.c
+_m = conversation_memory.c
+
+#: One batch of agents' and fetched messages said before the cutoff, oldest first.
+DELETE_OLD_HISTORY = delete(history_messages).where(
+    tuple_(_h.account_id, _h.conversation_id, _h.chatwoot_message_id).in_(
+        select(_h.account_id, _h.conversation_id, _h.chatwoot_message_id)
+        .where(_h.happened_at < _CUTOFF)
+        .order_by(_h.happened_at)
+        .limit(bindparam("p_limit"))
+    )
+)
+#: One batch of summaries made before the cutoff: their text goes, the row stays.
+FORGET_OLD_SUMMARIES = (
+    update(conversation_memory)
+    .where(
+        tuple_(_m.account_id, _m.conversation_id).in_(
+            select(_m.account_id, _m.conversation_id)
+            .where(_m.summarized_at < _CUTOFF, _m.summary.is_not(None))
+            .limit(bindparam("p_limit"))
+        )
+    )
+    .values(summary=None, summary_through=None, summary_turns=0, summarized_at=None)
+)
+COUNT_HISTORY = select(func.count()).where(_h.happened_at < _CUTOFF)
+COUNT_SUMMARIES = select(func.count()).where(_m.summarized_at < _CUTOFF, _m.summary.is_not(None))
+
+
 @dataclass(frozen=True, slots=True)
 class PurgeReport:
     """What a purge deleted, or with ``dry_run`` would delete."""
@@ -172,6 +207,10 @@ class PurgeReport:
     jobs: int = 0
     replies: int = 0
     dry_run: bool = False
+    #: Human agents' messages and messages fetched from Chatwoot.
+    history: int = 0
+    #: Conversation summaries cleared.
+    summaries: int = 0
 
     def __add__(self, other: PurgeReport) -> PurgeReport:
         return PurgeReport(
@@ -180,6 +219,8 @@ class PurgeReport:
             jobs=self.jobs + other.jobs,
             replies=self.replies + other.replies,
             dry_run=self.dry_run,
+            history=self.history + other.history,
+            summaries=self.summaries + other.summaries,
         )
 
 
@@ -190,7 +231,8 @@ async def purge(
     batch_size: int = DEFAULT_BATCH_SIZE,
     dry_run: bool = False,
 ) -> PurgeReport:
-    """Delete finished buffers last changed before ``cutoff``, ``batch_size`` per transaction."""
+    """Delete finished buffers last changed before ``cutoff``, then the agents' and fetched
+    messages said and the summaries made before it, ``batch_size`` per transaction."""
     if dry_run:
         return await _count(engine, cutoff)
     total = PurgeReport()
@@ -199,7 +241,25 @@ async def purge(
             batch = await _purge_batch(conn, cutoff, batch_size)
         total += batch
         if batch.buffers < batch_size:
-            return total
+            break
+    params = {"p_cutoff": cutoff, "p_limit": batch_size}
+    history = await _in_batches(engine, DELETE_OLD_HISTORY, params, batch_size)
+    summaries = await _in_batches(engine, FORGET_OLD_SUMMARIES, params, batch_size)
+    return total + PurgeReport(history=history, summaries=summaries)
+
+
+async def _in_batches(
+    engine: AsyncEngine, statement: Any, params: dict[str, Any], batch_size: int
+) -> int:
+    """Run a statement that changes at most ``batch_size`` rows, one transaction each, until
+    fewer are left; how many rows it changed in all."""
+    changed = 0
+    while True:
+        async with engine.begin() as conn:
+            done = int((await conn.execute(statement, params)).rowcount)
+        changed += done
+        if done < batch_size:
+            return changed
 
 
 async def _purge_batch(conn: AsyncConnection, cutoff: datetime, batch_size: int) -> PurgeReport:
@@ -234,11 +294,26 @@ async def _count(engine: AsyncEngine, cutoff: datetime) -> PurgeReport:
     params = {"p_cutoff": cutoff}
     async with engine.connect() as conn:
         conn = await conn.execution_options(**{database.READ_ONLY: True})
-        buffers_, messages_, jobs_, replies_ = [
+        buffers_, messages_, jobs_, replies_, history_, summaries_ = [
             int(await conn.scalar(statement, params) or 0)
-            for statement in (COUNT_BUFFERS, COUNT_MESSAGES, COUNT_JOBS, COUNT_REPLIES)
+            for statement in (
+                COUNT_BUFFERS,
+                COUNT_MESSAGES,
+                COUNT_JOBS,
+                COUNT_REPLIES,
+                COUNT_HISTORY,
+                COUNT_SUMMARIES,
+            )
         ]
-    return PurgeReport(buffers_, messages_, jobs_, replies_, dry_run=True)
+    return PurgeReport(
+        buffers_,
+        messages_,
+        jobs_,
+        replies_,
+        dry_run=True,
+        history=history_,
+        summaries=summaries_,
+    )
 
 
 async def purge_periodically(
@@ -255,7 +330,7 @@ async def purge_periodically(
         except Exception as exc:
             logger.warning("retention purge failed: %s: %s", type(exc).__name__, exc)
         else:
-            if report.buffers:
+            if report.buffers or report.history or report.summaries:
                 logger.info(
                     "retention purge",
                     extra={
@@ -263,6 +338,8 @@ async def purge_periodically(
                         "messages": report.messages,
                         "jobs": report.jobs,
                         "replies": report.replies,
+                        "history": report.history,
+                        "summaries": report.summaries,
                     },
                 )
         await clock.sleep(interval.total_seconds())

@@ -351,7 +351,8 @@ conversation_memory = Table(
     Column("updated_at", UTCDateTime, nullable=False, server_default=_now_default()),
     PrimaryKeyConstraint(*KEY_COLUMNS, name="pk_conversation_memory"),
 )
-Index("ix_conversation_memory_updated", conversation_memory.c.updated_at)
+# What retention walks: summaries made before the cutoff.
+Index("ix_conversation_memory_summarized", conversation_memory.c.summarized_at)
 
 #: Not conversation data: a Citus reference table, replicated to every node.
 feature_flags = Table(

@@ -237,7 +237,7 @@ def upgrade() -> None:
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=_now()),
         sa.PrimaryKeyConstraint(*KEY, name="pk_conversation_memory"),
     )
-    op.create_index("ix_conversation_memory_updated", "conversation_memory", ["updated_at"])
+    op.create_index("ix_conversation_memory_summarized", "conversation_memory", ["summarized_at"])
     if op.get_bind().dialect.name != "postgresql":
         return
     for table in ("history_messages", "conversation_memory"):
@@ -250,7 +250,7 @@ def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         op.execute(f"DROP FUNCTION IF EXISTS {NEW_LOAD}")
         op.execute(_previous().LOAD)
-    op.drop_index("ix_conversation_memory_updated", table_name="conversation_memory")
+    op.drop_index("ix_conversation_memory_summarized", table_name="conversation_memory")
     op.drop_table("conversation_memory")
     op.drop_index("ix_history_messages_happened", table_name="history_messages")
     op.drop_index("ix_history_messages_history", table_name="history_messages")
