@@ -103,16 +103,12 @@ def window(
     )
 
 
-def merge(
-    loaded: Sequence[HistoryEntry], fetched: Sequence[HistoryEntry]
+def fit_before(
+    fetched: Sequence[HistoryEntry], earliest: datetime | None
 ) -> tuple[HistoryEntry, ...]:
-    """Stored turns and turns just fetched from Chatwoot (older ones) as one list, in order.
-
-    The fetched ones are Chatwoot's times, the stored ones chatbuffer's: a fetched turn is kept
-    before the earliest stored one even when Chatwoot's clock runs ahead."""
-    if not fetched:
-        return tuple(loaded)
-    earliest = min((t.at for t in loaded), default=None)
+    """Turns fetched from Chatwoot (oldest first), kept before ``earliest``, the first turn
+    chatbuffer stored. They are Chatwoot's times, the stored ones chatbuffer's: when Chatwoot's
+    clock runs ahead, a fetched turn is moved to just before the next one, order kept."""
     fitted = list(fetched)
     if earliest is not None:
         limit = earliest
@@ -120,7 +116,20 @@ def merge(
             if fitted[i].at >= limit:
                 fitted[i] = _at(fitted[i], limit)
             limit = fitted[i].at
-    return tuple(sorted([*fitted, *loaded], key=lambda t: t.at))
+    return tuple(fitted)
+
+
+def merge(
+    loaded: Sequence[HistoryEntry], fetched: Sequence[HistoryEntry]
+) -> tuple[HistoryEntry, ...]:
+    """Stored turns and turns fetched from Chatwoot (``fit_before`` them) as one list, in
+    order."""
+    return tuple(
+        sorted(
+            [*fit_before(fetched, min((t.at for t in loaded), default=None)), *loaded],
+            key=lambda t: t.at,
+        )
+    )
 
 
 def _at(entry: HistoryEntry, before: datetime) -> HistoryEntry:

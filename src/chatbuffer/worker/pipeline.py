@@ -249,16 +249,27 @@ class Pipeline:
         before = contents.backfill_before
         if self._earlier is None or self._memory is None or before is None:
             return contents.history
+        limit = self._config.history.fetch_limit
+        # Kept before everything stored, the burst included, on chatbuffer's clock.
+        earliest = min(
+            [t.at for t in contents.history] + [m.received_at for m in contents.messages]
+        )
         try:
-            fetched = await self._earlier.earlier(job.key, before, self._config.history.fetch_limit)
-        except ChatwootError as exc:
-            logger.warning("could not fetch the earlier history of %s: %s", job.key, exc)
+            fetched = history.fit_before(
+                await self._earlier.earlier(job.key, before, limit), earliest
+            )
+            await self._memory.record_backfill(job.key, fetched, self._clock.now())
+        except Exception as exc:
+            logger.warning(
+                "could not fetch the earlier history of %s: %s",
+                job.key,
+                exc if isinstance(exc, ChatwootError) else type(exc).__name__,
+            )
             return contents.history
-        await self._memory.record_backfill(job.key, fetched, self._clock.now())
         self._observer.event("history_fetched", job.key, messages=len(fetched))
         after = contents.summary.through if contents.summary is not None else None
-        fetched = [t for t in fetched if after is None or t.at > after]
-        return history.merge(contents.history, fetched)[-self._config.history.fetch_limit :]
+        shown = [t for t in fetched if after is None or t.at > after]
+        return history.merge(contents.history, shown)[-limit:]
 
     async def _summarize(self, key: ConversationKey, shown: HistoryWindow) -> None:
         """Fold the turns that fell out of the window into the conversation's summary: one
