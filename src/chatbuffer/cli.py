@@ -55,7 +55,17 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--limit", type=_positive_int, default=50, help="at most (default 50)")
     replay = actions.add_parser("replay", help="answer a failed buffer again, now")
     replay.add_argument("buffer_id", help="the buffer's id, as `buffers list` shows it")
-    commands.add_parser("migrate", help="create or upgrade the database schema")
+    migrate = commands.add_parser(
+        "migrate",
+        help="create or upgrade the database schema, or move it to a given revision",
+        description="Without --to: upgrade to this release's newest revision. With --to: "
+        "upgrade or downgrade to that revision (a rollback: see docs/runbook.md).",
+    )
+    migrate.add_argument(
+        "--to",
+        metavar="REVISION",
+        help="the revision to move to, e.g. 0009 (downgrades too; `base` empties the schema)",
+    )
     prompt = commands.add_parser(
         "prompt",
         help="see the exact request the model is sent, or try new instructions on stored bursts",
@@ -215,8 +225,8 @@ def _run(args: argparse.Namespace) -> int:
     for warning in settings.deprecations:
         logging.getLogger("chatbuffer.settings").warning("%s", warning)
     if role == "migrate":
-        revision = _migrate(settings)
-        print(f"chatbuffer: database schema is at revision {revision}")
+        revision = _migrate(settings, to=args.to)
+        print(f"chatbuffer: database schema is at revision {revision or 'base (empty)'}")
         return 0
     prompt_files = None
     if role in {"serve", "worker"}:
@@ -263,11 +273,11 @@ def _prompt(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _migrate(settings: Settings) -> str | None:
+def _migrate(settings: Settings, to: str | None = None) -> str | None:
     from chatbuffer.storage import database
 
     try:
-        return database.migrate(settings.database_url)
+        return database.migrate(settings.database_url, to)
     except ChatbufferError:
         raise
     except Exception as exc:
