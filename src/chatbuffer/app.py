@@ -28,9 +28,10 @@ from chatbuffer.chatwoot.client import ChatwootClient
 from chatbuffer.clock import SystemClock
 from chatbuffer.domain.aggregation import Prompt
 from chatbuffer.domain.buffer import BufferPolicy
+from chatbuffer.domain.control import subject_of
 from chatbuffer.domain.flags import Flag
 from chatbuffer.domain.instructions import BotInstructions
-from chatbuffer.domain.model import ConversationKey
+from chatbuffer.domain.model import ConversationKey, InboundMessage
 from chatbuffer.domain.ports import (
     AttachmentReader,
     BufferSummary,
@@ -44,13 +45,14 @@ from chatbuffer.domain.ports import (
 )
 from chatbuffer.domain.retry import RetryPolicy
 from chatbuffer.errors import ConfigurationError, StorageUnavailable
-from chatbuffer.flags import CachedFlags
+from chatbuffer.flags import CachedControls
 from chatbuffer.intake.webhook import IntakeRules, WebhookIntake
 from chatbuffer.observability.events import FanOut, LoggingObserver
 from chatbuffer.prompting.loading import load_instructions, load_template
 from chatbuffer.prompting.template import PromptTemplate
 from chatbuffer.settings import Settings
 from chatbuffer.storage import database, retention
+from chatbuffer.storage.controls import SqlControls
 from chatbuffer.storage.listener import PgWakeListener
 from chatbuffer.storage.repository import SqlBufferStore
 from chatbuffer.storage.transcripts import SqlBurstArchive
@@ -174,7 +176,7 @@ class Runtime:
             heartbeat_engine=self._heartbeat_engine,
             intake_batch=self.settings.database_intake_batch,
         )
-        self._flags = CachedFlags(self._store, self.clock)
+        self._flags = CachedControls(SqlControls(self._engine), self.clock)
         await database.check_schema(self._engine, self.settings.database_url)
         self._intake = self._build_intake()
 
@@ -199,10 +201,12 @@ class Runtime:
 
     # -- intake ---------------------------------------------------------------------------
 
-    async def buffer_policy(self, key: ConversationKey) -> BufferPolicy:
+    async def buffer_policy(self, message: InboundMessage) -> BufferPolicy:
+        """The buffered path's policy, or the immediate path's (each message answered at once)
+        when ``message_buffering`` is off for the conversation or the rollout leaves it out."""
         policy = self.settings.buffer_policy
-        buffering = await self._flags.is_enabled(Flag.MESSAGE_BUFFERING, key)
-        return policy if buffering else policy.without_waiting()
+        controls = await self._flags.current()
+        return policy if controls.buffered(subject_of(message)) else policy.without_waiting()
 
     async def handle_webhook(self, body: object) -> Mapping[str, Any]:
         if self._intake is None:

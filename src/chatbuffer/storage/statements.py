@@ -62,7 +62,6 @@ from chatbuffer.storage.tables import (
     UTCDateTime,
     bot_replies,
     conversations,
-    feature_flags,
 )
 from chatbuffer.storage.tables import (
     buffer_processing_jobs as jobs,
@@ -642,7 +641,6 @@ IDLE_IF_PROCESSING = (
     .values(conversation_state="idle", updated_at=_time("p_now"))
 )
 
-FLAGS = select(feature_flags.c.flag_name, feature_flags.c.is_enabled)
 
 # -- admin (operators only; not on the hot path) -----------------------------------------------
 

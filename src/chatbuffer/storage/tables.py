@@ -310,6 +310,17 @@ feature_flags = Table(
     Column("created_at", UTCDateTime, nullable=False, server_default=_now_default()),
 )
 
+#: Not conversation data (a Citus reference table): the operators' live controls by name
+#: (``domain.control``): per-inbox flags, the rollout percentage and its canaries. A value this
+#: version does not know is kept and ignored.
+bot_controls = Table(
+    "bot_controls",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False, server_default=_now_default()),
+)
+
 #: Not conversation data (a Citus reference table): the schema's revision and the oldest code
 #: revision that runs on it, written after every migration run (``storage.compatibility``).
 schema_compatibility = Table(

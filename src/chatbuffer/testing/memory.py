@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from chatbuffer.domain import buffer
-from chatbuffer.domain.flags import Flag
 from chatbuffer.domain.marker import Marker, ReplyKind
 from chatbuffer.domain.model import Attachment, ConversationKey, HistoryEntry, InboundMessage
 from chatbuffer.domain.ports import (
@@ -95,14 +94,13 @@ class Reply:
 @dataclass
 class MemoryStore:
     """Implements ``IntakeStore``, ``JobQueue``, ``WakeSignals``, ``ConversationHistory``,
-    ``SendLedger``, ``FlagSource`` and ``BufferAdmin``; the fields are open for assertions."""
+    ``SendLedger`` and ``BufferAdmin``; the fields are open for assertions."""
 
     conversations: dict[ConversationKey, Conversation] = field(default_factory=dict)
     buffers: dict[uuid.UUID, Buffer] = field(default_factory=dict)
     jobs: dict[uuid.UUID, Job] = field(default_factory=dict)  # by buffer id
     messages: list[Message] = field(default_factory=list)
     replies: list[Reply] = field(default_factory=list)
-    flag_rows: dict[str, bool] = field(default_factory=lambda: {f.value: f.default for f in Flag})
     _listeners: list[WakeCallback] = field(default_factory=list, init=False, repr=False)
 
     # -- intake ---------------------------------------------------------------------------
@@ -491,10 +489,7 @@ class MemoryStore:
         if conversation.state == "processing":
             conversation.state = "idle"
 
-    # -- flags and admin --------------------------------------------------------------------
-
-    async def flags(self) -> Mapping[str, bool]:
-        return dict(self.flag_rows)
+    # -- admin --------------------------------------------------------------------------------
 
     async def list_buffers(
         self, status: str, limit: int, key: ConversationKey | None = None
