@@ -24,6 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chatbuffer.ai.openai_model import OpenAIReplyModel
+from chatbuffer.burst_webhook.client import BurstWebhookClient
 from chatbuffer.chatwoot.client import ChatwootClient
 from chatbuffer.clock import SystemClock
 from chatbuffer.domain.aggregation import Prompt
@@ -36,6 +37,7 @@ from chatbuffer.domain.ports import (
     AttachmentReader,
     BufferSummary,
     BurstArchive,
+    BurstConsumer,
     ChatwootAPI,
     Clock,
     Observer,
@@ -150,7 +152,11 @@ class Runtime:
         self._heartbeat_engine: AsyncEngine | None = None
         self._store: SqlBufferStore | None = None
         self._owned: list[
-            ChatwootClient | OpenAIReplyModel | AttachmentFetcher | OpenAITranscriber
+            ChatwootClient
+            | BurstWebhookClient
+            | OpenAIReplyModel
+            | AttachmentFetcher
+            | OpenAITranscriber
         ] = []
         self.waker = Waker(self.clock)
         self._intake: WebhookIntake | None = None
@@ -303,13 +309,14 @@ class Runtime:
             )
             self._owned.append(client)
             chatwoot = client
-        if s.openai_api_key is None:
+        if s.openai_api_key is None and s.burst_webhook_url is None:
             raise ConfigurationError("OPENAI_API_KEY is required")
         # One connection pool for the model and the transcriptions; the SDK's own retries are
-        # off because the worker owns retries.
+        # off because the worker owns retries. With a burst webhook and no key the model is never
+        # asked; transcription then needs its own key (or the local backend).
         openai_client = openai.AsyncOpenAI(
             base_url=s.openai_base_url,
-            api_key=s.openai_api_key.get_secret_value(),
+            api_key=s.openai_api_key.get_secret_value() if s.openai_api_key else "not-set",
             timeout=s.ai_processing_timeout_ms / 1000,
             max_retries=0,
         )
@@ -348,12 +355,23 @@ class Runtime:
                 image_max_bytes=s.ai_image_max_bytes,
                 text_max_chars=s.file_text_max_chars,
             )
+        consumer: BurstConsumer | None = None
+        if s.burst_webhook_url is not None and s.burst_webhook_secret is not None:
+            webhook = BurstWebhookClient(
+                url=s.burst_webhook_url,
+                secret=s.burst_webhook_secret.get_secret_value(),
+                clock=self.clock,
+                timeout_s=s.burst_webhook_timeout_ms / 1000,
+            )
+            self._owned.append(webhook)
+            consumer = webhook
         asker = Asker(
             model=model,
             template=files.template,
             reader=reader,
             instructions=files.instructions,
             vision=s.ai_vision_enabled,
+            consumer=consumer,
         )
         return _Adapters(chatwoot, model, transcriber, asker, openai_model)
 

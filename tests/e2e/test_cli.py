@@ -237,6 +237,8 @@ def test_migrate_to_an_unknown_revision_is_refused_and_changes_nothing(tmp_path:
         ({"CHATWOOT_BASE_URL": "chatwoot.example.com"}, "CHATWOOT_BASE_URL"),
         ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
         ({"TRANSCRIPTION_BACKEND": "whisper"}, "TRANSCRIPTION_BACKEND"),
+        ({"BURST_WEBHOOK_URL": "http://127.0.0.1:1/bursts"}, "BURST_WEBHOOK_SECRET"),
+        ({"BURST_WEBHOOK_URL": "agent.example.com/bursts"}, "BURST_WEBHOOK_URL"),
     ],
     ids=[
         "duration-not-a-number",
@@ -248,6 +250,8 @@ def test_migrate_to_an_unknown_revision_is_refused_and_changes_nothing(tmp_path:
         "base-url-without-scheme",
         "unknown-log-level",
         "unknown-transcription-backend",
+        "burst-webhook-without-secret",
+        "burst-webhook-without-scheme",
     ],
 )
 def test_serve_with_a_bad_setting_names_it_in_one_line(

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
-from chatbuffer.domain.aggregation import Prompt, ReadKind
+from chatbuffer.domain.aggregation import Prompt, PromptInputs, ReadKind
 from chatbuffer.domain.buffer import BufferPolicy
 from chatbuffer.domain.control import Controls
 from chatbuffer.domain.flags import Flag
@@ -77,6 +77,17 @@ class ReplyModel(Protocol):
     async def decide(self, prompt: Prompt) -> ModelDecision:
         """The model's answer; ``InvalidModelAnswer`` when it is not the JSON asked for, and
         ``ImagesRefused`` when the endpoint does not take the prompt's images."""
+        ...
+
+
+class BurstConsumer(Protocol):
+    """Answers a closed burst instead of the model: the operator's own agent, over a webhook."""
+
+    async def decide(
+        self, key: ConversationKey, buffer_id: uuid.UUID, inputs: PromptInputs
+    ) -> ModelDecision:
+        """The consumer's answer, with the model's fields; ``ModelError`` (retried) when it
+        fails, times out or answers something that is not that."""
         ...
 
 

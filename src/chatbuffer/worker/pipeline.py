@@ -154,7 +154,7 @@ class Pipeline:
             contents.history,
             include_history=await self._flags.is_enabled(Flag.ENHANCED_AI_PROCESSING, job.key),
         )
-        answer = (await self._asker.ask(inputs)).decision
+        answer = (await self._asker.ask(inputs, buffer_id=job.buffer_id)).decision
         outcome = decision.route(answer, quality_threshold=self._config.quality_threshold)
         key = job.key
         if isinstance(outcome, StaySilent):
