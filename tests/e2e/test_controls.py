@@ -37,7 +37,10 @@ def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 async def test_a_flag_set_by_the_cli_changes_a_running_service_within_5_s(world: World) -> None:
     await world.say(31, "typing shows while the bot writes")
     await world.wait_for_replies(31, 1, REPLY_BOUND_S)
-    assert world.chatwoot.typing_events(ACCOUNT, 31) == ["on", "off"]
+    # Typing goes off just after the reply is posted.
+    assert await world.wait_for(
+        lambda: world.chatwoot.typing_events(ACCOUNT, 31) == ["on", "off"], REPLY_BOUND_S
+    )
 
     changed = cli(world.service.env, "flags", "set", "typing_indicators", "off")
     assert changed.returncode == 0, changed.stderr
