@@ -82,7 +82,8 @@ def postgres_url() -> Iterator[str]:
 def _empty_postgres(url: str) -> None:
     engine = create_engine(database.sync_url(url))
     with engine.begin() as conn:
-        names = ", ".join(t.name for t in metadata.sorted_tables if t.name != "feature_flags")
+        kept = {"feature_flags", "schema_compatibility"}
+        names = ", ".join(t.name for t in metadata.sorted_tables if t.name not in kept)
         conn.execute(text(f"TRUNCATE {names} CASCADE"))
         for name, (enabled, _) in DEFAULT_FLAGS.items():
             conn.execute(

@@ -24,18 +24,21 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chatbuffer.ai.openai_model import OpenAIReplyModel, OpenAISummarizer
+from chatbuffer.burst_webhook.client import BurstWebhookClient
 from chatbuffer.chatwoot.client import ChatwootClient
 from chatbuffer.chatwoot.history import ChatwootHistory
 from chatbuffer.clock import SystemClock
 from chatbuffer.domain.aggregation import Prompt
 from chatbuffer.domain.buffer import BufferPolicy
+from chatbuffer.domain.control import subject_of
 from chatbuffer.domain.flags import Flag
 from chatbuffer.domain.instructions import BotInstructions
-from chatbuffer.domain.model import ConversationKey
+from chatbuffer.domain.model import ConversationKey, InboundMessage
 from chatbuffer.domain.ports import (
     AttachmentReader,
     BufferSummary,
     BurstArchive,
+    BurstConsumer,
     ChatwootAPI,
     Clock,
     HistorySource,
@@ -47,13 +50,14 @@ from chatbuffer.domain.ports import (
 )
 from chatbuffer.domain.retry import RetryPolicy
 from chatbuffer.errors import ConfigurationError, StorageUnavailable
-from chatbuffer.flags import CachedFlags
+from chatbuffer.flags import CachedControls
 from chatbuffer.intake.webhook import IntakeRules, WebhookIntake
 from chatbuffer.observability.events import FanOut, LoggingObserver
 from chatbuffer.prompting.loading import load_instructions, load_template
 from chatbuffer.prompting.template import PromptTemplate
 from chatbuffer.settings import Settings
 from chatbuffer.storage import database, retention
+from chatbuffer.storage.controls import SqlControls
 from chatbuffer.storage.listener import PgWakeListener
 from chatbuffer.storage.repository import SqlBufferStore
 from chatbuffer.storage.transcripts import SqlBurstArchive
@@ -163,6 +167,7 @@ class Runtime:
         self._owned: list[
             ChatwootClient
             | ChatwootHistory
+            | BurstWebhookClient
             | OpenAIReplyModel
             | AttachmentFetcher
             | OpenAITranscriber
@@ -191,7 +196,7 @@ class Runtime:
             heartbeat_engine=self._heartbeat_engine,
             intake_batch=self.settings.database_intake_batch,
         )
-        self._flags = CachedFlags(self._store, self.clock)
+        self._flags = CachedControls(SqlControls(self._engine), self.clock)
         await database.check_schema(self._engine, self.settings.database_url)
         self._intake = self._build_intake()
 
@@ -216,10 +221,12 @@ class Runtime:
 
     # -- intake ---------------------------------------------------------------------------
 
-    async def buffer_policy(self, key: ConversationKey) -> BufferPolicy:
+    async def buffer_policy(self, message: InboundMessage) -> BufferPolicy:
+        """The buffered path's policy, or the immediate path's (each message answered at once)
+        when ``message_buffering`` is off for the conversation or the rollout leaves it out."""
         policy = self.settings.buffer_policy
-        buffering = await self._flags.is_enabled(Flag.MESSAGE_BUFFERING, key)
-        return policy if buffering else policy.without_waiting()
+        controls = await self._flags.current()
+        return policy if controls.buffered(subject_of(message)) else policy.without_waiting()
 
     async def handle_webhook(self, body: object) -> Mapping[str, Any]:
         if self._intake is None:
@@ -317,13 +324,14 @@ class Runtime:
             )
             self._owned.append(client)
             chatwoot = client
-        if s.openai_api_key is None:
+        if s.openai_api_key is None and s.burst_webhook_url is None:
             raise ConfigurationError("OPENAI_API_KEY is required")
         # One connection pool for the model and the transcriptions; the SDK's own retries are
-        # off because the worker owns retries.
+        # off because the worker owns retries. With a burst webhook and no key the model is never
+        # asked; transcription then needs its own key (or the local backend).
         openai_client = openai.AsyncOpenAI(
             base_url=s.openai_base_url,
-            api_key=s.openai_api_key.get_secret_value(),
+            api_key=s.openai_api_key.get_secret_value() if s.openai_api_key else "not-set",
             timeout=s.ai_processing_timeout_ms / 1000,
             max_retries=0,
         )
@@ -362,6 +370,16 @@ class Runtime:
                 image_max_bytes=s.ai_image_max_bytes,
                 text_max_chars=s.file_text_max_chars,
             )
+        consumer: BurstConsumer | None = None
+        if s.burst_webhook_url is not None and s.burst_webhook_secret is not None:
+            webhook = BurstWebhookClient(
+                url=s.burst_webhook_url,
+                secret=s.burst_webhook_secret.get_secret_value(),
+                clock=self.clock,
+                timeout_s=s.burst_webhook_timeout_ms / 1000,
+            )
+            self._owned.append(webhook)
+            consumer = webhook
         asker = Asker(
             model=model,
             template=files.template,
@@ -369,6 +387,7 @@ class Runtime:
             instructions=files.instructions,
             vision=s.ai_vision_enabled,
             attributes=s.attribute_selection,
+            consumer=consumer,
         )
         summarizer = GatedSummarizer(
             self._summarizer or OpenAISummarizer(model=s.openai_model, client=openai_client), gate

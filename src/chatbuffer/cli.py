@@ -15,6 +15,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from chatbuffer.domain.flags import Flag
 from chatbuffer.errors import ChatbufferError, ConfigurationError
 from chatbuffer.settings import Role, Settings, load_settings
 
@@ -55,7 +56,17 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--limit", type=_positive_int, default=50, help="at most (default 50)")
     replay = actions.add_parser("replay", help="answer a failed buffer again, now")
     replay.add_argument("buffer_id", help="the buffer's id, as `buffers list` shows it")
-    commands.add_parser("migrate", help="create or upgrade the database schema")
+    migrate = commands.add_parser(
+        "migrate",
+        help="create or upgrade the database schema, or move it to a given revision",
+        description="Without --to: upgrade to this release's newest revision. With --to: "
+        "upgrade or downgrade to that revision (a rollback: see docs/runbook.md).",
+    )
+    migrate.add_argument(
+        "--to",
+        metavar="REVISION",
+        help="the revision to move to, e.g. 0009 (downgrades too; `base` empties the schema)",
+    )
     prompt = commands.add_parser(
         "prompt",
         help="see the exact request the model is sent, or try new instructions on stored bursts",
@@ -88,6 +99,50 @@ def _parser() -> argparse.ArgumentParser:
     prompt_actions.add_parser(
         "template", help="print the shipped prompt template (start of a PROMPT_TEMPLATE_FILE)"
     )
+    flags = commands.add_parser(
+        "flags",
+        help="list the feature flags or turn one on or off, live (every process within 5 s)",
+        description="Acts on the database named by DATABASE_URL; running processes see a change "
+        "within 5 s, without a restart.",
+    )
+    flag_actions = flags.add_subparsers(dest="action", required=True, metavar="ACTION")
+    flag_actions.add_parser("list", help="each flag, on or off, and the inboxes that differ")
+    flag_set = flag_actions.add_parser("set", help="turn a flag on or off (for one inbox)")
+    flag_set.add_argument(
+        "name",
+        choices=[f.value for f in Flag],
+        metavar="NAME",
+        help="one of: " + ", ".join(f.value for f in Flag),
+    )
+    flag_set.add_argument(
+        "value",
+        choices=["on", "off", "default"],
+        metavar="on|off",
+        help="on or off; with --inbox, `default` removes the inbox's own value",
+    )
+    flag_set.add_argument(
+        "--inbox",
+        type=_positive_int,
+        metavar="ID",
+        help="only for this Chatwoot inbox (wins over the global value)",
+    )
+    rollout = commands.add_parser(
+        "rollout",
+        help="how many conversations take the buffered path (the rest are answered at once)",
+        description="A stable hash of each conversation picks its path, so a conversation keeps "
+        "it while the percentage stays; raising the percentage only moves conversations onto "
+        "the buffered path. Acts on DATABASE_URL; running processes follow within 5 s.",
+    )
+    rollout_actions = rollout.add_subparsers(dest="action", required=True, metavar="ACTION")
+    rollout_actions.add_parser("show", help="the percentage and the canaries")
+    rollout_set = rollout_actions.add_parser("set", help="the percentage on the buffered path")
+    rollout_set.add_argument("percent", type=_percent, metavar="PERCENT", help="0 to 100")
+    for verb, text in [
+        ("allow", "always put an inbox's or a contact's conversations on the buffered path"),
+        ("disallow", "remove a canary"),
+    ]:
+        canary = rollout_actions.add_parser(verb, help=text)
+        canary.add_argument("canary", type=_canary, metavar="inbox:ID|contact:ID")
     purge = commands.add_parser(
         "purge",
         help="delete finished buffers, their messages and replies, older than a cutoff",
@@ -149,6 +204,24 @@ def _positive_int(value: str) -> int:
     return int(value)
 
 
+def _percent(value: str) -> str:
+    from chatbuffer.domain import control
+
+    try:
+        return control.percent_value(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _canary(value: str) -> str:
+    from chatbuffer.domain import control
+
+    try:
+        return control.canary_name(value.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 _AGE = re.compile(r"([0-9]{1,6})([dh])")
 
 
@@ -204,6 +277,8 @@ def _run(args: argparse.Namespace) -> int:
             summary = client.replay(args.buffer_id)
             print(f"chatbuffer: buffer {summary['buffer_id']} is scheduled to be answered again")
         return 0
+    if args.command in {"flags", "rollout"}:
+        return _controls(settings, args)
     if args.command == "purge":
         return _purge(settings, args.older_than or settings.retention, dry_run=args.dry_run)
     role: Role = args.command
@@ -215,8 +290,8 @@ def _run(args: argparse.Namespace) -> int:
     for warning in settings.deprecations:
         logging.getLogger("chatbuffer.settings").warning("%s", warning)
     if role == "migrate":
-        revision = _migrate(settings)
-        print(f"chatbuffer: database schema is at revision {revision}")
+        revision = _migrate(settings, to=args.to)
+        print(f"chatbuffer: database schema is at revision {revision or 'base (empty)'}")
         return 0
     prompt_files = None
     if role in {"serve", "worker"}:
@@ -263,11 +338,11 @@ def _prompt(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _migrate(settings: Settings) -> str | None:
+def _migrate(settings: Settings, to: str | None = None) -> str | None:
     from chatbuffer.storage import database
 
     try:
-        return database.migrate(settings.database_url)
+        return database.migrate(settings.database_url, to)
     except ChatbufferError:
         raise
     except Exception as exc:
@@ -291,6 +366,35 @@ async def _preflight(settings: Settings) -> None:
         ) from None
     finally:
         await engine.dispose()
+
+
+def _controls(settings: Settings, args: argparse.Namespace) -> int:
+    from chatbuffer import control_tool
+    from chatbuffer.domain import control
+    from chatbuffer.domain.control import ROLLOUT_PERCENT
+
+    asyncio.run(_preflight(settings))
+    if args.command == "flags":
+        if args.action == "set":
+            flag = Flag(args.name)
+            if args.value == "default":
+                if args.inbox is None:
+                    raise ConfigurationError(
+                        "`default` needs --inbox: the global value is on or off"
+                    )
+                asyncio.run(control_tool.clear_inbox_flag(settings, flag, args.inbox))
+            else:
+                asyncio.run(control_tool.set_flag(settings, flag, args.value == "on", args.inbox))
+        print(control_tool.flags_table(asyncio.run(control_tool.read(settings))))
+        return 0
+    if args.action == "set":
+        asyncio.run(control_tool.set_values(settings, {ROLLOUT_PERCENT: args.percent}))
+    elif args.action in {"allow", "disallow"}:
+        value = "on" if args.action == "allow" else None
+        asyncio.run(control_tool.set_values(settings, {args.canary: value}))
+    stored = asyncio.run(control_tool.read(settings))
+    print(control_tool.rollout_text(control.parse(stored.flags, stored.values)))
+    return 0
 
 
 def _purge(settings: Settings, older_than: timedelta | None, *, dry_run: bool) -> int:

@@ -2,6 +2,7 @@
 
     ChatbufferError
     ├── ConfigurationError          a setting is missing or contradicts another (start-up stops)
+    │   └── UnknownRevision         `migrate --to` names a revision this release does not ship
     ├── SchemaNotReady              the database is not migrated to the version this code needs
     ├── StorageUnavailable          the database could not be reached or failed mid-transaction
     ├── WebhookRejected             a webhook request is refused; carries the HTTP status
@@ -31,8 +32,12 @@ class ConfigurationError(ChatbufferError):
     """A setting is missing or contradicts another; the message names it."""
 
 
+class UnknownRevision(ConfigurationError):
+    """``chatbuffer migrate --to`` names a revision this release does not ship."""
+
+
 class SchemaNotReady(ChatbufferError):
-    """The database schema is older than this code expects."""
+    """The database schema is not one this code can run on (older, or newer and incompatible)."""
 
 
 class StorageUnavailable(ChatbufferError):

@@ -94,7 +94,7 @@ async def try_instructions(
             inputs = await _inputs(runtime, burst, settings, asker)
             lines = [m["line"] for m in aggregation.variables(inputs)["messages"]]
             try:
-                asked = await asker.ask(inputs)
+                asked = await asker.ask(inputs, buffer_id=burst.buffer_id)
             except DependencyError as exc:
                 trials.append(Trial(burst, lines, "new: the model failed", str(exc), True))
                 continue

@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     openai_transcription_model: str | None = None
     transcription_local_threads: int = Field(2, ge=1, le=64)
     transcription_local_cache_dir: Path | None = None
+    # Bursts for any consumer: with a URL, a closed burst is POSTed there (signed with the
+    # secret) instead of asking the model; see docs/burst-webhook.md.
+    burst_webhook_url: str | None = None
+    burst_webhook_secret: SecretStr | None = None
+    burst_webhook_timeout_ms: int = Field(30_000, ge=100, le=600_000)
     attachment_max_bytes: int = Field(25 * 1024 * 1024, ge=1_024)
     attachment_timeout_ms: int = Field(15_000, ge=100)
     response_quality_threshold: float = Field(0.7, ge=0.0, le=1.0)
@@ -117,6 +122,8 @@ class Settings(BaseSettings):
         "transcription_model",
         "openai_transcription_model",
         "transcription_local_cache_dir",
+        "burst_webhook_url",
+        "burst_webhook_secret",
         mode="before",
     )
     @classmethod
@@ -159,7 +166,9 @@ class Settings(BaseSettings):
             )
         return ",".join(statuses)
 
-    @field_validator("openai_base_url", "chatwoot_base_url", "transcription_base_url")
+    @field_validator(
+        "openai_base_url", "chatwoot_base_url", "transcription_base_url", "burst_webhook_url"
+    )
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is None:
@@ -265,8 +274,12 @@ class Settings(BaseSettings):
         """Stop start-up when a setting this role needs is missing."""
         needed: list[tuple[str, object]] = []
         if role in {"serve", "worker"}:
+            if self.burst_webhook_url is None:
+                needed.append(("OPENAI_API_KEY", self.openai_api_key))
+            else:
+                # Unsigned bursts would let anyone who learns the URL answer for the business.
+                needed.append(("BURST_WEBHOOK_SECRET", self.burst_webhook_secret))
             needed += [
-                ("OPENAI_API_KEY", self.openai_api_key),
                 ("CHATWOOT_BASE_URL", self.chatwoot_base_url),
                 ("CHATWOOT_API_TOKEN", self.chatwoot_api_token),
             ]

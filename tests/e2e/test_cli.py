@@ -189,6 +189,39 @@ def test_migrate_creates_a_fresh_sqlite_database_and_can_run_again(tmp_path: Pat
     assert sqlite_revision(path) == HEAD
 
 
+def test_migrate_to_rolls_the_schema_back_and_a_worker_then_asks_for_migrate(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "chatbuffer.db"
+    env = clean_env(DATABASE_URL=f"sqlite:///{path}", **WORKER_SETTINGS)
+    assert chatbuffer("migrate", env=env, cwd=tmp_path).returncode == 0
+
+    down = chatbuffer("migrate", "--to", "0007", env=env, cwd=tmp_path)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert down.stdout.strip() == "chatbuffer: database schema is at revision 0007"
+    assert sqlite_revision(path) == "0007"
+    assert_refused(
+        chatbuffer("worker", env=env, cwd=tmp_path), "schema is at 0007", "run `chatbuffer migrate`"
+    )
+
+    up = chatbuffer("migrate", "--to", HEAD or "", env=env, cwd=tmp_path)
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert sqlite_revision(path) == HEAD
+
+
+def test_migrate_to_an_unknown_revision_is_refused_and_changes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "chatbuffer.db"
+    env = clean_env(DATABASE_URL=f"sqlite:///{path}")
+    assert chatbuffer("migrate", env=env, cwd=tmp_path).returncode == 0
+
+    assert_refused(
+        chatbuffer("migrate", "--to", "0042", env=env, cwd=tmp_path),
+        "unknown revision '0042'",
+        "base, 0001",
+    )
+    assert sqlite_revision(path) == HEAD
+
+
 # -- settings -------------------------------------------------------------------------------
 
 
@@ -204,6 +237,8 @@ def test_migrate_creates_a_fresh_sqlite_database_and_can_run_again(tmp_path: Pat
         ({"CHATWOOT_BASE_URL": "chatwoot.example.com"}, "CHATWOOT_BASE_URL"),
         ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
         ({"TRANSCRIPTION_BACKEND": "whisper"}, "TRANSCRIPTION_BACKEND"),
+        ({"BURST_WEBHOOK_URL": "http://127.0.0.1:1/bursts"}, "BURST_WEBHOOK_SECRET"),
+        ({"BURST_WEBHOOK_URL": "agent.example.com/bursts"}, "BURST_WEBHOOK_URL"),
     ],
     ids=[
         "duration-not-a-number",
@@ -215,6 +250,8 @@ def test_migrate_creates_a_fresh_sqlite_database_and_can_run_again(tmp_path: Pat
         "base-url-without-scheme",
         "unknown-log-level",
         "unknown-transcription-backend",
+        "burst-webhook-without-secret",
+        "burst-webhook-without-scheme",
     ],
 )
 def test_serve_with_a_bad_setting_names_it_in_one_line(

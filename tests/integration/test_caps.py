@@ -18,10 +18,10 @@ from chatbuffer.domain.aggregation import Prompt
 from chatbuffer.domain.buffer import BufferPolicy
 from chatbuffer.domain.model import ConversationKey, ModelDecision
 from chatbuffer.domain.retry import RetryPolicy
-from chatbuffer.flags import CachedFlags
+from chatbuffer.flags import CachedControls
 from chatbuffer.storage.repository import SqlBufferStore
 from chatbuffer.storage.tables import message_buffer
-from chatbuffer.testing import FakeClock, RecordingChatwoot, RecordingObserver
+from chatbuffer.testing import FakeClock, MemoryControls, RecordingChatwoot, RecordingObserver
 from chatbuffer.worker.pipeline import Pipeline, PipelineConfig
 from tests.integration.test_store import message
 
@@ -45,7 +45,7 @@ class Contact:
         self.pipeline = Pipeline(
             history=store,
             ledger=store,
-            flags=CachedFlags(store, self.clock),
+            flags=CachedControls(MemoryControls(), self.clock),
             chatwoot=self.chatwoot,
             model=self,
             clock=self.clock,

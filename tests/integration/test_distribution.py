@@ -37,7 +37,7 @@ from chatbuffer.storage.tables import buffer_processing_jobs as jobs
 from chatbuffer.storage.tables import message_buffer, metadata
 
 #: Replicated to every node: holds no conversation data.
-REFERENCE_TABLES = {"feature_flags", "alembic_version"}
+REFERENCE_TABLES = {"feature_flags", "bot_controls", "schema_compatibility", "alembic_version"}
 #: The distribution column of each table (the conversation key is account_id plus this).
 CONVERSATION_COLUMN = {"conversations": "chatwoot_conversation_id"}
 

@@ -23,7 +23,7 @@ from chatbuffer.domain.model import (
 from chatbuffer.domain.ports import BufferContents, ClaimedJob, HistorySource, PostedMessage
 from chatbuffer.domain.retry import RetryPolicy
 from chatbuffer.errors import ChatwootError
-from chatbuffer.flags import CachedFlags
+from chatbuffer.flags import CachedControls
 from chatbuffer.simulator.chatwoot import ChatwootSimulator
 from chatbuffer.simulator.server import serve_in_background
 from chatbuffer.storage import database
@@ -33,6 +33,7 @@ from chatbuffer.storage.transcripts import SqlBurstArchive
 from chatbuffer.testing import (
     FakeClock,
     MemoryBurstArchive,
+    MemoryControls,
     MemoryStore,
     RecordingChatwoot,
     RecordingObserver,
@@ -310,7 +311,7 @@ class Harness:
         self.pipeline = Pipeline(
             history=store,
             ledger=store,
-            flags=CachedFlags(store, self.clock),
+            flags=CachedControls(MemoryControls(), self.clock),
             chatwoot=self.chatwoot,
             model=self.model,
             clock=self.clock,

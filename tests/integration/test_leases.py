@@ -19,12 +19,12 @@ from chatbuffer.domain.buffer import BufferPolicy
 from chatbuffer.domain.model import ConversationKey, ModelDecision
 from chatbuffer.domain.ports import PostedMessage
 from chatbuffer.domain.retry import RetryPolicy
-from chatbuffer.flags import CachedFlags
+from chatbuffer.flags import CachedControls
 from chatbuffer.settings import load_settings
 from chatbuffer.storage import database
 from chatbuffer.storage.repository import SqlBufferStore
 from chatbuffer.storage.tables import buffer_processing_jobs as jobs
-from chatbuffer.testing import FakeClock, RecordingChatwoot, RecordingObserver
+from chatbuffer.testing import FakeClock, MemoryControls, RecordingChatwoot, RecordingObserver
 from chatbuffer.worker.pipeline import Pipeline, PipelineConfig
 from chatbuffer.worker.scheduler import Scheduler, SchedulerConfig
 from chatbuffer.worker.waker import Waker
@@ -54,7 +54,7 @@ def _pipeline(
     return Pipeline(
         history=store,
         ledger=store,
-        flags=CachedFlags(store, clock),
+        flags=CachedControls(MemoryControls(), clock),
         chatwoot=chatwoot,
         model=model,
         clock=clock,

@@ -16,7 +16,8 @@ from chatbuffer.domain.model import Attachment, ConversationKey, InboundMessage,
 from chatbuffer.domain.ports import PostedMessage, ReplyModel
 from chatbuffer.domain.retry import RetryPolicy
 from chatbuffer.errors import ChatwootError, ModelError, TranscriptionError
-from chatbuffer.flags import CachedFlags
+from chatbuffer.flags import CachedControls
+from chatbuffer.storage.controls import SqlControls
 from chatbuffer.storage.tables import (
     bot_replies,
     buffer_processing_jobs,
@@ -24,7 +25,12 @@ from chatbuffer.storage.tables import (
     feature_flags,
     message_buffer,
 )
-from chatbuffer.testing import FakeClock, RecordingChatwoot, RecordingObserver, ScriptedReplyModel
+from chatbuffer.testing import (
+    FakeClock,
+    RecordingChatwoot,
+    RecordingObserver,
+    ScriptedReplyModel,
+)
 from chatbuffer.worker.model_gate import GatedReplyModel, ModelGate
 from chatbuffer.worker.pipeline import Pipeline, PipelineConfig
 
@@ -71,7 +77,7 @@ class Harness:
         return Pipeline(
             history=self.store,
             ledger=self.store,
-            flags=CachedFlags(self.store, self.clock),
+            flags=CachedControls(SqlControls(self.store.engine), self.clock),
             chatwoot=self.chatwoot,
             model=model,
             clock=self.clock,

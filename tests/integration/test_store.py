@@ -293,15 +293,6 @@ async def test_transcript_update_reaches_the_buffered_message(store) -> None:
     assert loaded.attachments[0].transcript == "hello there"
 
 
-async def test_default_feature_flags_are_seeded(store) -> None:
-    assert await store.flags() == {
-        "message_buffering": True,
-        "typing_indicators": True,
-        "enhanced_ai_processing": True,
-        "response_quality_enhancement": False,
-    }
-
-
 async def test_concurrent_deliveries_for_one_conversation_share_one_buffer(store) -> None:
     clock = FakeClock()
     big = BufferPolicy(

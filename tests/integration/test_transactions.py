@@ -20,12 +20,13 @@ from chatbuffer.domain.buffer import BufferPolicy
 from chatbuffer.domain.flags import Flag
 from chatbuffer.domain.model import ConversationKey, HistoryEntry, InboundMessage, ModelDecision
 from chatbuffer.domain.retry import RetryPolicy
-from chatbuffer.flags import CachedFlags
+from chatbuffer.flags import CachedControls
 from chatbuffer.storage import database
 from chatbuffer.storage.repository import SqlBufferStore
 from chatbuffer.storage.tables import message_buffer
 from chatbuffer.testing import (
     FakeClock,
+    MemoryControls,
     RecordingChatwoot,
     RecordingObserver,
     ScriptedReplyModel,
@@ -83,7 +84,7 @@ async def counted(db_url: str) -> AsyncIterator[tuple[SqlBufferStore, Transactio
 
 
 def _pipeline(
-    store: SqlBufferStore, clock: FakeClock, chatwoot: RecordingChatwoot, flags: CachedFlags
+    store: SqlBufferStore, clock: FakeClock, chatwoot: RecordingChatwoot, flags: CachedControls
 ) -> Pipeline:
     return Pipeline(
         history=store,
@@ -127,7 +128,7 @@ async def test_an_answered_buffer_costs_at_most_four_transactions(
     store, transactions = counted
     clock = FakeClock()
     chatwoot = RecordingChatwoot()
-    flags = CachedFlags(store, clock)
+    flags = CachedControls(MemoryControls(), clock)
     pipeline = _pipeline(store, clock, chatwoot, flags)
     await _bursts(store, clock, conversations)
     clock.advance(30)
@@ -165,7 +166,7 @@ async def test_the_first_fetch_from_chatwoot_and_a_summary_each_cost_one_more(
         }
     )
     summarizer = ScriptedSummarizer()
-    flags = CachedFlags(store, clock)
+    flags = CachedControls(MemoryControls(), clock)
     pipeline = Pipeline(
         history=store,
         ledger=store,

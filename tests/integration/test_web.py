@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from chatbuffer.app import Runtime
 from chatbuffer.domain.buffer import BufferPolicy
 from chatbuffer.domain.marker import Marker
-from chatbuffer.domain.model import ConversationKey
+from chatbuffer.domain.model import InboundMessage
 from chatbuffer.domain.ports import PostedMessage
 from chatbuffer.intake.webhook import IntakeRules, WebhookIntake
 from chatbuffer.observability.events import FanOut
@@ -592,7 +592,7 @@ async def test_readiness_fails_once_the_database_is_gone(
         assert (await web.client.get("/healthz")).status_code == 200
 
 
-async def _policy(key: ConversationKey) -> BufferPolicy:
+async def _policy(message: InboundMessage) -> BufferPolicy:
     return BufferPolicy(
         quiet_period=timedelta(seconds=30), max_age=timedelta(seconds=300), max_size=50
     )

@@ -1,5 +1,5 @@
-"""What operators control while the service runs: flags (global and per inbox), the percentage
-rollout of the buffered path with its canaries, shadow mode and the kill switch.
+"""What operators control while the service runs: flags (global and per inbox) and the
+percentage rollout of the buffered path with its canaries.
 
 Stored as named text values (``bot_controls`` rows, read by every replica at most every few
 seconds); this module turns them into a typed ``Controls`` and answers, for one conversation,
@@ -14,15 +14,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from chatbuffer.domain.flags import Flag
-from chatbuffer.domain.model import ConversationKey
+from chatbuffer.domain.model import ConversationKey, InboundMessage
 
 #: Rollout buckets: a conversation's bucket is stable, so its path never flips while the
 #: percentage stays, and raising the percentage only adds buckets.
 BUCKETS = 10_000
 
 ROLLOUT_PERCENT = "rollout.percent"
-ROLLOUT_SHADOW = "rollout.shadow"
-PAUSED = "bot.paused"
 _CANARY_PREFIX = "rollout.canary."
 _INBOX_FLAG = re.compile(r"flag\.([a-z_]+)\.inbox\.([0-9]+)")
 _CANARY = re.compile(r"(inbox|contact):([0-9]{1,12})")
@@ -45,8 +43,6 @@ class Controls:
     inbox_flags: Mapping[tuple[Flag, int], bool] = field(default_factory=dict)
     rollout_percent: float = 100.0
     canaries: frozenset[str] = frozenset()
-    shadow: bool = False
-    paused: bool = False
 
     def flag(self, flag: Flag, subject: Subject) -> bool:
         """An inbox's own setting wins over the global one, which wins over the default."""
@@ -69,9 +65,18 @@ class Controls:
             subject.contact_id is not None and f"contact:{subject.contact_id}" in self.canaries
         )
 
-    def shadowed(self, subject: Subject) -> bool:
-        """In shadow mode a buffered conversation is answered into the store only."""
-        return self.shadow and self.buffered(subject)
+
+def subject_of(message: InboundMessage) -> Subject:
+    """The conversation of a webhook's message, with its inbox and contact as Chatwoot sent them."""
+    return Subject(
+        message.key,
+        inbox_id=_number(message.conversation.get("inbox_id")),
+        contact_id=_number(message.sender.get("id")),
+    )
+
+
+def _number(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def bucket(key: ConversationKey) -> int:
@@ -99,8 +104,6 @@ def parse(flag_rows: Mapping[str, bool], control_rows: Mapping[str, str]) -> Con
         inbox_flags=inbox_flags,
         rollout_percent=_percent(control_rows.get(ROLLOUT_PERCENT)),
         canaries=frozenset(canaries),
-        shadow=control_rows.get(ROLLOUT_SHADOW) == "on",
-        paused=control_rows.get(PAUSED) == "on",
     )
 
 

@@ -1,9 +1,10 @@
 """The roles the core needs from the outside world, as Protocols, one role each.
 
 The store's roles: ``IntakeStore`` (webhooks), ``JobQueue`` and ``WakeSignals`` (the scheduler),
-``ConversationHistory``, ``ConversationMemory`` and ``SendLedger`` (the pipeline), ``FlagSource`` /
-``FeatureFlags`` and ``BufferAdmin`` (operators). ``storage`` implements them over SQL,
-``chatbuffer.testing`` in memory with the same semantics; ``chatwoot.client.ChatwootClient``,
+``ConversationHistory``, ``ConversationMemory`` and ``SendLedger`` (the pipeline),
+``ControlSource`` / ``ControlWriter`` / ``LiveControls`` and ``BufferAdmin`` (operators).
+``storage`` implements them over SQL, ``chatbuffer.testing`` in memory with the same semantics;
+``chatwoot.client.ChatwootClient``,
 ``chatwoot.history.ChatwootHistory`` (``HistorySource``) and ``ai.openai_model`` (``ReplyModel``,
 ``Summarizer``) implement the rest. ``app.py`` wires them; the worker and intake see only these.
 """
@@ -16,8 +17,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
-from chatbuffer.domain.aggregation import Prompt, ReadKind
+from chatbuffer.domain.aggregation import Prompt, PromptInputs, ReadKind
 from chatbuffer.domain.buffer import BufferPolicy
+from chatbuffer.domain.control import Controls
 from chatbuffer.domain.flags import Flag
 from chatbuffer.domain.marker import Marker, ReplyKind
 from chatbuffer.domain.model import (
@@ -94,6 +96,17 @@ class ReplyModel(Protocol):
     async def decide(self, prompt: Prompt) -> ModelDecision:
         """The model's answer; ``InvalidModelAnswer`` when it is not the JSON asked for, and
         ``ImagesRefused`` when the endpoint does not take the prompt's images."""
+        ...
+
+
+class BurstConsumer(Protocol):
+    """Answers a closed burst instead of the model: the operator's own agent, over a webhook."""
+
+    async def decide(
+        self, key: ConversationKey, buffer_id: uuid.UUID, inputs: PromptInputs
+    ) -> ModelDecision:
+        """The consumer's answer, with the model's fields; ``ModelError`` (retried) when it
+        fails, times out or answers something that is not that."""
         ...
 
 
@@ -356,16 +369,43 @@ class ConversationMemory(Protocol):
         ...
 
 
-class FlagSource(Protocol):
-    """The stored flag settings, as rows (a name this version does not know is kept)."""
+@dataclass(frozen=True, slots=True)
+class StoredControls:
+    """The live controls as stored: the seed's flag rows and the named control values (names
+    this version does not know are kept; ``domain.control.parse`` ignores them)."""
 
-    async def flags(self) -> Mapping[str, bool]: ...
+    flags: Mapping[str, bool]
+    values: Mapping[str, str]
+
+
+class ControlSource(Protocol):
+    """Reads the operators' live controls."""
+
+    async def read_controls(self) -> StoredControls: ...
+
+
+class ControlWriter(Protocol):
+    """Changes the operators' live controls (the CLI and the admin API; never the hot path)."""
+
+    async def set_flag(self, flag: Flag, on: bool) -> None: ...
+
+    async def set_values(self, values: Mapping[str, str | None]) -> None:
+        """Set named control values, removing those given as None, in one transaction."""
+        ...
 
 
 class FeatureFlags(Protocol):
-    """Whether a flag is on for one conversation."""
+    """Whether a flag is on for one conversation (in its inbox, when known)."""
 
-    async def is_enabled(self, flag: Flag, key: ConversationKey) -> bool: ...
+    async def is_enabled(
+        self, flag: Flag, key: ConversationKey, *, inbox_id: int | None = None
+    ) -> bool: ...
+
+
+class LiveControls(FeatureFlags, Protocol):
+    """The controls as this process currently knows them (at most a few seconds old)."""
+
+    async def current(self) -> Controls: ...
 
 
 @dataclass(frozen=True, slots=True)

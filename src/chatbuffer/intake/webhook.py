@@ -264,7 +264,7 @@ class WebhookIntake:
         clock: Clock,
         observer: Observer,
         rules: IntakeRules,
-        policy: Callable[[ConversationKey], Awaitable[BufferPolicy]],
+        policy: Callable[[InboundMessage], Awaitable[BufferPolicy]],
         on_scheduled: Callable[[datetime], None] | None = None,
         human_pause: timedelta = timedelta(0),
     ) -> None:
@@ -316,7 +316,7 @@ class WebhookIntake:
         return await self._buffer(action.message, now)
 
     async def _buffer(self, message: InboundMessage, now: datetime) -> Mapping[str, Any]:
-        policy = await self._policy(message.key)
+        policy = await self._policy(message)
         result = await self._store.record_incoming(message, policy, now)
         key = message.key
         if result.human_active_until is not None:

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, event
+from sqlalchemy import Connection, Engine, event, pool
+from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from chatbuffer.errors import ConfigurationError, SchemaNotReady
+from chatbuffer.errors import ConfigurationError, SchemaNotReady, UnknownRevision
+from chatbuffer.storage import compatibility
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -117,6 +120,36 @@ def head_revision(url: str) -> str | None:
     return ScriptDirectory.from_config(alembic_config(url)).get_current_head()
 
 
+def chain(url: str) -> compatibility.Chain:
+    return compatibility.Chain.of(ScriptDirectory.from_config(alembic_config(url)))
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaState:
+    """Where the database's schema stands against this code's migrations."""
+
+    current: str | None
+    head: str | None
+    #: The oldest code a newer release recorded as able to run on it (None if none did).
+    floor: str | None
+
+    @property
+    def at_head(self) -> bool:
+        return self.current == self.head
+
+    def ahead(self, known: compatibility.Chain) -> bool:
+        """The schema was migrated by a newer release: its revision is not one this code ships."""
+        return self.current is not None and self.current not in known.revisions
+
+
+def _read_state(connection: Connection, head: str | None) -> SchemaState:
+    return SchemaState(
+        current=MigrationContext.configure(connection).get_current_revision(),
+        head=head,
+        floor=compatibility.read_floor(connection),
+    )
+
+
 async def current_revision(engine: AsyncEngine) -> str | None:
     async with engine.connect() as conn:
         return await conn.run_sync(
@@ -124,25 +157,78 @@ async def current_revision(engine: AsyncEngine) -> str | None:
         )
 
 
-async def check_schema(engine: AsyncEngine, url: str) -> None:
-    """Refuse to run on a schema that is not at this code's migration head."""
-    current = await current_revision(engine)
-    head = head_revision(url)
-    if current != head:
-        found = current or "an empty database"
+async def check_schema(engine: AsyncEngine, url: str) -> SchemaState:
+    """Refuse to run on a schema this code cannot use.
+
+    The schema must be at this code's head, or ahead of it by migrations that a newer release
+    recorded as leaving this code working (expand, then contract: see ``compatibility``).
+    """
+    known = chain(url)
+    async with engine.connect() as conn:
+        state = await conn.run_sync(_read_state, known.head)
+    if state.at_head:
+        return state
+    if not state.ahead(known):
+        found = state.current or "an empty database"
         raise SchemaNotReady(
-            f"the database schema is at {found}, this version needs {head}; "
+            f"the database schema is at {found}, this version needs {state.head}; "
             "run `chatbuffer migrate` first"
         )
+    if state.floor is not None and known.runs_on(state.floor):
+        return state
+    raise SchemaNotReady(
+        f"the database schema is at {state.current}, migrated by a newer release that this "
+        f"version ({state.head}) cannot run beside; start the newer release, or roll the "
+        f"schema back with its `chatbuffer migrate --to {state.head}`"
+    )
 
 
-def migrate(url: str) -> str | None:
-    """Upgrade the schema to the head revision (blocking; run before the event loop starts)."""
+def schema_state(url: str) -> SchemaState:
+    """The schema's state, read synchronously (before the event loop starts)."""
+    engine = create_sync_engine(sync_url(url), poolclass=pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            return _read_state(conn, head_revision(url))
+    finally:
+        engine.dispose()
+
+
+def migrate(url: str, to: str | None = None) -> str | None:
+    """Move the schema to ``to`` (default: this code's head), up or down (blocking; run before
+    the event loop starts). Returns the revision the schema is at afterwards.
+
+    A schema a newer release migrated ahead of this code is left as it is: this code cannot
+    downgrade migrations it does not ship, and ``check_schema`` decides whether it may run.
+    """
     from alembic import command
 
     if is_sqlite(url):
         database = make_url(url).database
         if database and database != ":memory:":
             Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    command.upgrade(alembic_config(url), "head")
-    return head_revision(url)
+    known = chain(url)
+    target = to or known.head
+    if target is None:
+        return None
+    if target != "base" and target not in known.revisions:
+        raise UnknownRevision(
+            f"unknown revision {target!r}; this version knows "
+            + ", ".join(("base", *known.revisions))
+        )
+    state = schema_state(url)
+    if state.ahead(known):
+        if to is None:
+            return state.current
+        raise SchemaNotReady(
+            f"the database schema is at {state.current}, which this version does not ship; "
+            f"run `chatbuffer migrate --to {target}` with the release that migrated it"
+        )
+    current = state.current
+    if current == target:
+        return current
+    order = ("base", *known.revisions)
+    if order.index(target) > order.index(current or "base"):
+        command.upgrade(alembic_config(url), target)
+    else:
+        command.downgrade(alembic_config(url), target)
+    return None if target == "base" else target

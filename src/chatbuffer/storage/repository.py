@@ -101,7 +101,7 @@ class SqlBufferStore:
     """The store's ports over SQLAlchemy Core, on one engine.
 
     Implements :class:`~chatbuffer.domain.ports.IntakeStore`, ``JobQueue``,
-    ``ConversationHistory``, ``ConversationMemory``, ``SendLedger``, ``FlagSource`` and
+    ``ConversationHistory``, ``ConversationMemory``, ``SendLedger`` and
     ``BufferAdmin``; the wake-ups
     (``WakeSignals``) are :class:`chatbuffer.storage.listener.PgWakeListener`.
     """
@@ -536,11 +536,6 @@ class SqlBufferStore:
                 await conn.execute(sql.BUFFER_SUMMARY, {"p_buffer_id": buffer_id, "p_limit": 1})
             ).first()
         return "scheduled", _summary(after)
-
-    async def flags(self) -> Mapping[str, bool]:
-        async with self._reading() as conn:
-            rows = (await conn.execute(sql.FLAGS)).all()
-        return {r.flag_name: bool(r.is_enabled) for r in rows}
 
 
 #: Statuses of a newer buffer that make replaying an older one answer out of order.

@@ -64,7 +64,6 @@ from chatbuffer.storage.tables import (
     bot_replies,
     conversation_memory,
     conversations,
-    feature_flags,
     history_messages,
 )
 from chatbuffer.storage.tables import (
@@ -729,7 +728,6 @@ IDLE_IF_PROCESSING = (
     .values(conversation_state="idle", updated_at=_time("p_now"))
 )
 
-FLAGS = select(feature_flags.c.flag_name, feature_flags.c.is_enabled)
 
 # -- admin (operators only; not on the hot path) -----------------------------------------------
 

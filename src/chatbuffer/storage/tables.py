@@ -20,6 +20,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    CheckConstraint,
     Column,
     DateTime,
     Dialect,
@@ -363,6 +364,28 @@ feature_flags = Table(
     Column("is_enabled", Boolean, nullable=False, server_default=text("false")),
     Column("description", Text, nullable=True),
     Column("created_at", UTCDateTime, nullable=False, server_default=_now_default()),
+)
+
+#: Not conversation data (a Citus reference table): the operators' live controls by name
+#: (``domain.control``): per-inbox flags, the rollout percentage and its canaries. A value this
+#: version does not know is kept and ignored.
+bot_controls = Table(
+    "bot_controls",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False, server_default=_now_default()),
+)
+
+#: Not conversation data (a Citus reference table): the schema's revision and the oldest code
+#: revision that runs on it, written after every migration run (``storage.compatibility``).
+schema_compatibility = Table(
+    "schema_compatibility",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("revision", Text, nullable=False),
+    Column("oldest_compatible_code", Text, nullable=False),
+    CheckConstraint("id = 1", name="ck_schema_compatibility_one_row"),
 )
 
 #: The seed, as (enabled, description) by flag name.

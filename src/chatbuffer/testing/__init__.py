@@ -1,6 +1,7 @@
 """Test doubles that are real implementations of the ports (no mocking library needed).
 
-The store's ports are :class:`chatbuffer.testing.memory.MemoryStore`.
+The store's ports are :class:`chatbuffer.testing.memory.MemoryStore`; the live controls'
+:class:`chatbuffer.testing.controls.MemoryControls`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from chatbuffer.domain.model import (
 )
 from chatbuffer.domain.ports import EventName
 from chatbuffer.errors import ChatwootError
+from chatbuffer.testing.controls import MemoryControls as MemoryControls
 from chatbuffer.testing.memory import MemoryStore as MemoryStore
 from chatbuffer.testing.transcripts import MemoryBurstArchive as MemoryBurstArchive
 

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from chatbuffer.domain import buffer
-from chatbuffer.domain.flags import Flag
 from chatbuffer.domain.marker import Marker, ReplyKind
 from chatbuffer.domain.model import (
     Attachment,
@@ -118,7 +117,7 @@ class Memory:
 @dataclass
 class MemoryStore:
     """Implements ``IntakeStore``, ``JobQueue``, ``WakeSignals``, ``ConversationHistory``,
-    ``ConversationMemory``, ``SendLedger``, ``FlagSource`` and ``BufferAdmin``; the fields are
+    ``ConversationMemory``, ``SendLedger`` and ``BufferAdmin``; the fields are
     open for assertions."""
 
     conversations: dict[ConversationKey, Conversation] = field(default_factory=dict)
@@ -128,7 +127,6 @@ class MemoryStore:
     replies: list[Reply] = field(default_factory=list)
     history_rows: list[HistoryRow] = field(default_factory=list)
     memory: dict[ConversationKey, Memory] = field(default_factory=dict)
-    flag_rows: dict[str, bool] = field(default_factory=lambda: {f.value: f.default for f in Flag})
     _listeners: list[WakeCallback] = field(default_factory=list, init=False, repr=False)
 
     # -- intake ---------------------------------------------------------------------------
@@ -611,10 +609,7 @@ class MemoryStore:
         if conversation.state == "processing":
             conversation.state = "idle"
 
-    # -- flags and admin --------------------------------------------------------------------
-
-    async def flags(self) -> Mapping[str, bool]:
-        return dict(self.flag_rows)
+    # -- admin --------------------------------------------------------------------------------
 
     async def list_buffers(
         self, status: str, limit: int, key: ConversationKey | None = None

@@ -10,7 +10,11 @@ not a decision yet:
   once; a second bad answer is an ordinary failed attempt (``InvalidModelAnswer`` is a retryable
   ``ModelError``), retried by the worker's retry policy and in the end handed to a human.
 
-Every call goes through the ``ReplyModel`` the worker was given, so the model gate counts the
+With a ``BurstConsumer`` (``BURST_WEBHOOK_URL``) the burst goes to it as one event instead of to
+the model; its answer is not repaired (a consumer that answers badly fails the attempt, which is
+retried like any other).
+
+Every model call goes through the ``ReplyModel`` the worker was given, so the model gate counts the
 second call like any other. ``chatbuffer prompt show`` and ``prompt try`` use this same class, so
 what they show and ask is what the service sends.
 """
@@ -18,6 +22,7 @@ what they show and ask is what the service sends.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -32,7 +37,7 @@ from chatbuffer.domain.model import (
     InboundMessage,
     ModelDecision,
 )
-from chatbuffer.domain.ports import AttachmentReader, ReplyModel
+from chatbuffer.domain.ports import AttachmentReader, BurstConsumer, ReplyModel
 from chatbuffer.errors import ImagesRefused, InvalidModelAnswer
 from chatbuffer.prompting.template import PromptTemplate
 
@@ -41,10 +46,11 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Asked:
-    """The model's decision and the prompt that got it (after a repair: the repair request)."""
+    """The decision and the prompt that got it (after a repair: the repair request; None when a
+    burst consumer answered)."""
 
     decision: ModelDecision
-    prompt: Prompt
+    prompt: Prompt | None
 
 
 class Asker:
@@ -57,9 +63,11 @@ class Asker:
         instructions: BotInstructions | None = None,
         vision: bool = True,
         attributes: AttributeSelection | None = None,
+        consumer: BurstConsumer | None = None,
     ) -> None:
         """``attributes``: which of the contact's and the conversation's attributes the model
         may see (``CONTACT_ATTRIBUTES_TO_MODEL``; none by default)."""
+        self._consumer = consumer
         self._model = model
         self._template = template or PromptTemplate.shipped()
         self._reader = reader
@@ -76,6 +84,7 @@ class Asker:
             instructions=instructions,
             vision=self._vision,
             attributes=self._attributes,
+            consumer=self._consumer,
         )
 
     async def inputs(
@@ -115,7 +124,12 @@ class Asker:
     def prompt(self, inputs: PromptInputs) -> Prompt:
         return self._template.render(inputs)
 
-    async def ask(self, inputs: PromptInputs) -> Asked:
+    async def ask(self, inputs: PromptInputs, *, buffer_id: uuid.UUID | None = None) -> Asked:
+        if self._consumer is not None:
+            if buffer_id is None:
+                raise ValueError("a burst consumer is asked about a stored buffer only")
+            key = inputs.messages[0].key
+            return Asked(await self._consumer.decide(key, buffer_id, inputs), None)
         prompt = self.prompt(inputs)
         try:
             return await self._decide(prompt)

@@ -199,7 +199,7 @@ class Pipeline:
         inputs = await self._asker.inputs(
             burst, shown.shown, summary=shown.summary, include_history=include_history
         )
-        answer = (await self._asker.ask(inputs)).decision
+        answer = (await self._asker.ask(inputs, buffer_id=job.buffer_id)).decision
         outcome = decision.route(answer, quality_threshold=self._config.quality_threshold)
         key = job.key
         if isinstance(outcome, StaySilent):

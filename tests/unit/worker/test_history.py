@@ -10,17 +10,16 @@ from chatbuffer.domain.aggregation import Prompt
 from chatbuffer.domain.buffer import BufferPolicy
 from chatbuffer.domain.history import SUMMARY_SYSTEM
 from chatbuffer.domain.model import (
-    ConversationKey,
     ConversationSummary,
     HistoryEntry,
     InboundMessage,
 )
 from chatbuffer.domain.retry import RetryPolicy
 from chatbuffer.errors import ChatwootError, ModelError
-from chatbuffer.flags import CachedFlags
+from chatbuffer.flags import CachedControls
 from chatbuffer.intake.webhook import IntakeRules, WebhookIntake
 from chatbuffer.simulator import payloads
-from chatbuffer.testing import ScriptedSummarizer, StaticHistorySource
+from chatbuffer.testing import MemoryControls, ScriptedSummarizer, StaticHistorySource
 from chatbuffer.worker.pipeline import Pipeline, PipelineConfig
 from tests.unit.worker.world import KEY, POLICY, QUIET, REPLY, World
 
@@ -44,7 +43,7 @@ class HistoryWorld(World):
         self.pipeline = Pipeline(
             history=self.store,
             ledger=self.store,
-            flags=CachedFlags(self.store, self.clock),
+            flags=CachedControls(MemoryControls(), self.clock),
             chatwoot=self.chatwoot,
             model=self.model,
             clock=self.clock,
@@ -71,7 +70,7 @@ class HistoryWorld(World):
             human_pause=timedelta(hours=1),
         )
 
-    async def _policy(self, _key: ConversationKey) -> BufferPolicy:
+    async def _policy(self, _message: InboundMessage) -> BufferPolicy:
         return POLICY
 
     async def burst(self, text: str) -> Prompt:

@@ -14,8 +14,14 @@ from chatbuffer.domain.buffer import BufferPolicy
 from chatbuffer.domain.model import ConversationKey, InboundMessage, ModelDecision
 from chatbuffer.domain.ports import ClaimedJob
 from chatbuffer.domain.retry import RetryPolicy
-from chatbuffer.flags import CachedFlags
-from chatbuffer.testing import FakeClock, MemoryStore, RecordingChatwoot, RecordingObserver
+from chatbuffer.flags import CachedControls
+from chatbuffer.testing import (
+    FakeClock,
+    MemoryControls,
+    MemoryStore,
+    RecordingChatwoot,
+    RecordingObserver,
+)
 from chatbuffer.worker.pipeline import Pipeline, PipelineConfig
 from chatbuffer.worker.scheduler import Scheduler, SchedulerConfig
 from chatbuffer.worker.waker import Waker
@@ -85,7 +91,7 @@ class World:
         self.pipeline = Pipeline(
             history=self.store,
             ledger=self.store,
-            flags=CachedFlags(self.store, self.clock),
+            flags=CachedControls(MemoryControls(), self.clock),
             chatwoot=self.chatwoot,
             model=self.model,
             clock=self.clock,
