@@ -233,6 +233,7 @@ async def test_300_conversations_bursting_at_once_get_exactly_one_reply_each(
             assert set(stored.superseded.values()) <= crowd.slow()
             assert stored.job_statuses == Counter(completed=CROWD + len(stored.superseded))
             assert sorted(stored.replies) == sorted((b, "reply") for b in buffer_ids)
+            assert set(stored.unposted) <= set(stored.superseded), stored.unposted
 
             # Each reply_sent line names its buffer: both workers answered, and none twice.
             sent = [
@@ -308,7 +309,11 @@ class Stored:
     job_statuses: Counter[str]
     #: Due time -> job completed (the reply posted), per answered buffer.
     reply_s: list[float]
+    #: Sends posted to Chatwoot (the ledger rows that carry Chatwoot's message id).
     replies: list[tuple[str, str]]
+    #: Intents recorded but never posted: a reply reserved while a newer buffer waited, whose
+    #: burst was then folded into that newer buffer.
+    unposted: list[str]
 
 
 def _stored(url: str) -> Stored:
@@ -333,7 +338,13 @@ def _stored(url: str) -> Stored:
                     buffer_processing_jobs.c.processed_at,
                 )
             ).all()
-            posted = conn.execute(select(bot_replies.c.buffer_id, bot_replies.c.kind)).all()
+            posted = conn.execute(
+                select(
+                    bot_replies.c.buffer_id,
+                    bot_replies.c.kind,
+                    bot_replies.c.chatwoot_message_id,
+                )
+            ).all()
     finally:
         engine.dispose()
     completed = {str(b.id) for b in buffers if b.status == "completed"}
@@ -349,5 +360,6 @@ def _stored(url: str) -> Stored:
             for j in jobs
             if str(j.buffer_id) in completed
         ],
-        replies=[(str(p.buffer_id), p.kind) for p in posted],
+        replies=[(str(p.buffer_id), p.kind) for p in posted if p.chatwoot_message_id is not None],
+        unposted=[str(p.buffer_id) for p in posted if p.chatwoot_message_id is None],
     )
