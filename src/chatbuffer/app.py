@@ -52,6 +52,7 @@ from chatbuffer.domain.retry import RetryPolicy
 from chatbuffer.errors import ConfigurationError, StorageUnavailable
 from chatbuffer.flags import CachedControls
 from chatbuffer.intake.webhook import IntakeRules, WebhookIntake
+from chatbuffer.intake.windows import SmartWindows
 from chatbuffer.observability.events import FanOut, LoggingObserver
 from chatbuffer.prompting.loading import load_instructions, load_template
 from chatbuffer.prompting.template import PromptTemplate
@@ -60,6 +61,7 @@ from chatbuffer.storage import database, retention
 from chatbuffer.storage.controls import SqlControls
 from chatbuffer.storage.listener import PgWakeListener
 from chatbuffer.storage.repository import SqlBufferStore
+from chatbuffer.storage.smart_windows import SqlWindowStates
 from chatbuffer.storage.transcripts import SqlBurstArchive
 from chatbuffer.transcription.fetch import AttachmentFetcher
 from chatbuffer.transcription.local_transcriber import (
@@ -197,6 +199,7 @@ class Runtime:
             intake_batch=self.settings.database_intake_batch,
         )
         self._flags = CachedControls(SqlControls(self._engine), self.clock)
+        self._windows = SmartWindows(SqlWindowStates(self._engine), self.settings.window_policy)
         await database.check_schema(self._engine, self.settings.database_url)
         self._intake = self._build_intake()
 
@@ -226,7 +229,9 @@ class Runtime:
         when ``message_buffering`` is off for the conversation or the rollout leaves it out."""
         policy = self.settings.buffer_policy
         controls = await self._flags.current()
-        return policy if controls.buffered(subject_of(message)) else policy.without_waiting()
+        if not controls.buffered(subject_of(message)):
+            return policy.without_waiting()
+        return await self._windows.policy(message, policy, controls)
 
     async def handle_webhook(self, body: object) -> Mapping[str, Any]:
         if self._intake is None:

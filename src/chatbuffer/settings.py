@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from chatbuffer.domain.buffer import BufferPolicy
 from chatbuffer.domain.contact import AttributeSelection
 from chatbuffer.domain.history import HistoryPolicy
+from chatbuffer.domain.smart_window import WindowPolicy
 from chatbuffer.errors import ConfigurationError
 
 CHATWOOT_STATUSES = frozenset({"open", "resolved", "pending", "snoozed"})
@@ -39,6 +40,10 @@ class Settings(BaseSettings):
     max_buffer_size: int = Field(50, ge=1, le=10_000)
     max_buffer_age_ms: int = Field(300_000, ge=0)
     buffer_processing_interval_ms: int = Field(10_000, ge=100)
+    # Smart windows (docs/smart-windows.md); each rule is a live flag, off by default.
+    smart_window_min_ms: int = Field(8_000, ge=0)
+    smart_window_fast_track_ms: int = Field(6_000, ge=0)
+    smart_window_voice_extra_ms: int = Field(15_000, ge=0, le=300_000)
 
     openai_base_url: str = "https://api.openai.com/v1"
     openai_api_key: SecretStr | None = None
@@ -242,6 +247,16 @@ class Settings(BaseSettings):
     @property
     def active_statuses(self) -> frozenset[str]:
         return frozenset(self.bot_active_statuses.split(","))
+
+    @property
+    def window_policy(self) -> WindowPolicy:
+        """The smart windows' bounds, every rule off (the live flags turn them on)."""
+        return WindowPolicy(
+            base_ms=self.message_buffer_duration_ms,
+            min_ms=min(self.smart_window_min_ms, self.message_buffer_duration_ms),
+            fast_track_ms=self.smart_window_fast_track_ms,
+            voice_extra_ms=self.smart_window_voice_extra_ms,
+        )
 
     @property
     def buffer_policy(self) -> BufferPolicy:

@@ -31,7 +31,7 @@ from sqlalchemy.sql.elements import (
 )
 from sqlalchemy.sql.selectable import CTE, Alias, CompoundSelect, Join, Select, Subquery
 
-from chatbuffer.storage import database, retention
+from chatbuffer.storage import database, retention, smart_windows
 from chatbuffer.storage import statements as hot_path
 from chatbuffer.storage.tables import buffer_processing_jobs as jobs
 from chatbuffer.storage.tables import message_buffer, metadata
@@ -52,6 +52,7 @@ CROSS_CONVERSATION = {
         "LIST_BUFFERS": "operators' listing (admin API)",
         "BUFFER_SUMMARY": "operators look a buffer up by id (admin API)",
     },
+    smart_windows: {},
     retention: {
         "FINISHED_BEFORE": "purge walks old finished buffers",
         **dict.fromkeys(
@@ -310,7 +311,7 @@ def _statements(module: ModuleType) -> Iterator[tuple[str, Any]]:
             yield name, value
 
 
-@pytest.mark.parametrize("module", [hot_path, retention], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [hot_path, retention, smart_windows], ids=lambda m: m.__name__)
 def test_every_statement_stays_in_one_conversation_or_joins_on_its_key(
     module: ModuleType,
 ) -> None:

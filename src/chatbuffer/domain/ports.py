@@ -31,6 +31,7 @@ from chatbuffer.domain.model import (
     InboundMessage,
     ModelDecision,
 )
+from chatbuffer.domain.smart_window import WindowState
 
 
 class Clock(Protocol):
@@ -406,6 +407,17 @@ class LiveControls(FeatureFlags, Protocol):
     """The controls as this process currently knows them (at most a few seconds old)."""
 
     async def current(self) -> Controls: ...
+
+
+class WindowStates(Protocol):
+    """The smart windows' memory of each conversation (``domain.smart_window``)."""
+
+    async def update(
+        self, key: ConversationKey, change: Callable[[WindowState], WindowState]
+    ) -> WindowState:
+        """Apply ``change`` to the conversation's state (a fresh one if none is kept) and keep
+        the result; concurrent updates of one conversation apply one after the other."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

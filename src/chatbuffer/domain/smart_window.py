@@ -132,3 +132,49 @@ def quiet_ms(
     if policy.voice_wait and burst and burst[-1].voice_pending:
         wait += policy.voice_extra_ms
     return wait
+
+
+@dataclass(frozen=True, slots=True)
+class WindowState:
+    """What the intake keeps per conversation for the smart windows."""
+
+    rhythm: Rhythm = Rhythm()
+    #: The contact's latest message: its Chatwoot id (a redelivery changes nothing) and arrival.
+    last_message_id: int | None = None
+    last_message_at_ms: float | None = None
+    #: The shapes of the burst still open, and when it closes unless another message comes.
+    burst: tuple[MessageShape, ...] = ()
+    closes_at_ms: float | None = None
+    #: The wait chosen after the latest message.
+    quiet_ms: int = 0
+
+
+def advance(
+    state: WindowState,
+    message_id: int,
+    at_ms: float,
+    shape: MessageShape,
+    policy: WindowPolicy,
+    urgency: int | None = None,
+) -> WindowState:
+    """The state after the contact's message ``message_id`` arrived at ``at_ms`` (epoch ms).
+
+    A message already seen (Chatwoot redelivers, and ids only grow within a conversation) leaves
+    the state as it is. A message after the open burst closed starts a new one.
+    """
+    if state.last_message_id is not None and message_id <= state.last_message_id:
+        return state
+    rhythm = state.rhythm
+    if state.last_message_at_ms is not None:
+        rhythm = rhythm.observe(at_ms - state.last_message_at_ms, policy.base_ms)
+    still_open = state.closes_at_ms is not None and at_ms < state.closes_at_ms
+    burst = (*state.burst, shape) if still_open else (shape,)
+    wait = quiet_ms(policy, rhythm, burst, urgency)
+    return WindowState(
+        rhythm=rhythm,
+        last_message_id=message_id,
+        last_message_at_ms=at_ms,
+        burst=burst,
+        closes_at_ms=at_ms + wait,
+        quiet_ms=wait,
+    )

@@ -24,6 +24,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Dialect,
+    Float,
     ForeignKeyConstraint,
     Index,
     Integer,
@@ -38,7 +39,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
-from chatbuffer.domain.flags import Flag
+from chatbuffer.domain import flags
 
 metadata = MetaData(
     naming_convention={
@@ -355,6 +356,25 @@ conversation_memory = Table(
 # What retention walks: summaries made before the cutoff.
 Index("ix_conversation_memory_summarized", conversation_memory.c.summarized_at)
 
+#: The smart windows' memory of a conversation (``domain.smart_window.WindowState``): the
+#: contact's rhythm, the open burst's shapes (lengths and marks, never text) and when it closes.
+smart_windows = Table(
+    "smart_windows",
+    metadata,
+    Column("account_id", Integer, nullable=False),
+    Column("conversation_id", Integer, nullable=False),
+    Column("gap_mean_ms", Float, nullable=False, server_default="0"),
+    Column("gap_variance", Float, nullable=False, server_default="0"),
+    Column("gap_samples", Integer, nullable=False, server_default="0"),
+    Column("last_message_id", BigInteger, nullable=True),
+    Column("last_message_at", UTCDateTime, nullable=True),
+    Column("burst", JSONType, nullable=False),
+    Column("closes_at", UTCDateTime, nullable=True),
+    Column("quiet_ms", Integer, nullable=False, server_default="0"),
+    Column("updated_at", UTCDateTime, nullable=False, server_default=_now_default()),
+    PrimaryKeyConstraint(*KEY_COLUMNS, name="pk_smart_windows"),
+)
+
 #: Not conversation data: a Citus reference table, replicated to every node.
 feature_flags = Table(
     "feature_flags",
@@ -389,4 +409,6 @@ schema_compatibility = Table(
 )
 
 #: The seed, as (enabled, description) by flag name.
-DEFAULT_FLAGS: dict[str, tuple[bool, str]] = {f.value: (f.default, f.description) for f in Flag}
+DEFAULT_FLAGS: dict[str, tuple[bool, str]] = {
+    f.value: (f.default, f.description) for f in flags.SEEDED
+}

@@ -26,6 +26,7 @@ from chatbuffer.errors import ChatwootError
 from chatbuffer.testing.controls import MemoryControls as MemoryControls
 from chatbuffer.testing.memory import MemoryStore as MemoryStore
 from chatbuffer.testing.transcripts import MemoryBurstArchive as MemoryBurstArchive
+from chatbuffer.testing.windows import MemoryWindowStates as MemoryWindowStates
 
 
 class FakeClock:

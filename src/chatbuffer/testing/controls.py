@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from chatbuffer.domain import flags
 from chatbuffer.domain.flags import Flag
 from chatbuffer.domain.ports import StoredControls
 
@@ -13,7 +14,9 @@ from chatbuffer.domain.ports import StoredControls
 class MemoryControls:
     """Implements ``ControlSource`` and ``ControlWriter``; the rows are open for tests."""
 
-    flag_rows: dict[str, bool] = field(default_factory=lambda: {f.value: f.default for f in Flag})
+    flag_rows: dict[str, bool] = field(
+        default_factory=lambda: {f.value: f.default for f in flags.SEEDED}
+    )
     values: dict[str, str] = field(default_factory=dict)
     reads: int = 0
 

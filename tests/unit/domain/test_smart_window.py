@@ -9,6 +9,8 @@ from chatbuffer.domain.smart_window import (
     MessageShape,
     Rhythm,
     WindowPolicy,
+    WindowState,
+    advance,
     looks_finished,
     quiet_ms,
     shape_of,
@@ -102,3 +104,27 @@ def test_a_policy_with_impossible_bounds_is_refused() -> None:
         WindowPolicy(base_ms=BASE, min_ms=BASE + 1)
     with pytest.raises(ValueError, match="negative"):
         WindowPolicy(base_ms=BASE, fast_track_ms=-1)
+
+
+def test_the_state_learns_from_each_new_message_and_ignores_a_redelivery() -> None:
+    policy = WindowPolicy(base_ms=BASE, min_ms=5_000, learn=True)
+    state = WindowState()
+    for n, at in enumerate([0, 2_000, 4_000, 6_000], start=1):
+        state = advance(state, n, at, shape_of("hi"), policy)
+    assert state.rhythm.samples == 3
+    assert state.burst == tuple(shape_of("hi") for _ in range(4))
+    assert state.quiet_ms < BASE
+    assert state.closes_at_ms == 6_000 + state.quiet_ms
+    assert advance(state, 4, 9_000, shape_of("hi"), policy) == state
+    assert advance(state, 2, 9_000, shape_of("hi"), policy) == state
+
+
+def test_a_message_after_the_burst_closed_starts_a_new_burst() -> None:
+    policy = WindowPolicy(base_ms=BASE, fast_track=True, fast_track_ms=6_000)
+    state = advance(WindowState(), 1, 0, shape_of("x" * 100), policy)
+    state = advance(state, 2, 2_000, shape_of("ok?"), policy)
+    assert state.quiet_ms == 6_000
+    later = advance(state, 3, 2_000 + 6_000 + 1, shape_of("and?"), policy)
+    # A new burst: a short question alone is not fast-tracked.
+    assert later.burst == (shape_of("and?"),)
+    assert later.quiet_ms == BASE
