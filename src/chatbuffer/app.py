@@ -30,7 +30,7 @@ from chatbuffer.chatwoot.history import ChatwootHistory
 from chatbuffer.clock import SystemClock
 from chatbuffer.domain.aggregation import Prompt
 from chatbuffer.domain.buffer import BufferPolicy
-from chatbuffer.domain.control import subject_of
+from chatbuffer.domain.control import Controls, subject_of
 from chatbuffer.domain.flags import Flag
 from chatbuffer.domain.instructions import BotInstructions
 from chatbuffer.domain.model import ConversationKey, InboundMessage
@@ -233,6 +233,9 @@ class Runtime:
             return policy.without_waiting()
         return await self._windows.policy(message, policy, controls)
 
+    async def current_controls(self) -> Controls:
+        return await self._flags.current()
+
     async def handle_webhook(self, body: object) -> Mapping[str, Any]:
         if self._intake is None:
             raise RuntimeError("Runtime is not open")
@@ -300,6 +303,7 @@ class Runtime:
             ),
             lifespan=lifespan,
             admin=self,
+            controls=self.current_controls,
         )
 
     # -- worker ---------------------------------------------------------------------------

@@ -196,3 +196,70 @@ async def test_a_replay_drops_a_hand_over_note_that_never_reached_chatwoot(admin
     # So the replayed buffer is answered, not handed over again.
     [again] = await store.claim_due(admin.clock.now(), "w2", LEASE, 10)
     assert (await store.load(again, "w2", 10)).posted == []
+
+
+# -- the admin page (the browser test is tests/e2e/test_admin_page.py) ---------------------
+
+
+async def test_the_admin_page_is_off_without_a_token(db_url: str) -> None:
+    runtime = Runtime(load_settings(database_url=db_url), clock=FakeClock(START))
+    async with serving(runtime.asgi(with_worker=False)) as client:
+        page = await client.get("/admin")
+        login = await client.post("/admin/login", data={"token": TOKEN})
+    assert page.status_code == login.status_code == 403
+    assert "set ADMIN_TOKEN to enable it" in page.text
+    assert 'name="token"' not in page.text
+
+
+async def test_the_page_shows_nothing_before_signing_in_and_refuses_a_wrong_token(
+    admin: Admin,
+) -> None:
+    await admin.failed_buffer(5)
+    page = await admin.client.get("/admin")
+    assert page.status_code == 200
+    assert 'name="token"' in page.text and "1/5" not in page.text
+    for path in ("/admin/panel",):
+        assert (await admin.client.get(path)).status_code == 401
+    refused = await admin.client.post("/admin/login", data={"token": "wrong-token-0000000"})
+    assert refused.status_code == 401
+    assert "That is not the admin token." in refused.text
+    assert "chatbuffer_admin" not in refused.headers.get("set-cookie", "")
+    # A forged cookie is no session.
+    admin.client.cookies.set("chatbuffer_admin", TOKEN)
+    forged = await admin.client.get("/admin/panel")
+    assert forged.status_code == 401
+    admin.client.cookies.clear()
+    replay = await admin.client.post("/admin/replay", data={"buffer_id": str(uuid.uuid4())})
+    assert replay.status_code == 401
+
+
+async def test_signed_in_the_page_lists_a_failed_buffer_and_replays_it(admin: Admin) -> None:
+    job = await admin.failed_buffer(6)
+    signed = await admin.client.post("/admin/login", data={"token": TOKEN})
+    assert signed.status_code == 303
+    cookie = signed.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
+    assert TOKEN not in cookie
+    # The client keeps the session cookie from here on, as a browser would.
+    assert admin.client.cookies.get("chatbuffer_admin")
+
+    panel = await admin.client.get("/admin/panel")
+    assert panel.status_code == 200
+    assert f'data-buffer="{job.buffer_id}"' in panel.text
+    assert "the model answered 400" in panel.text
+    assert "message_buffering" in panel.text
+
+    bad = await admin.client.post("/admin/replay", data={"buffer_id": "x"})
+    assert bad.status_code == 422
+    replayed = await admin.client.post("/admin/replay", data={"buffer_id": str(job.buffer_id)})
+    assert replayed.status_code == 303
+    assert replayed.headers["location"] == f"/admin?replayed={job.buffer_id}:scheduled"
+    async with admin.runtime.store._engine.connect() as conn:
+        status = (
+            await conn.execute(
+                select(buffer_processing_jobs.c.status).where(
+                    buffer_processing_jobs.c.buffer_id == job.buffer_id
+                )
+            )
+        ).scalar_one()
+    assert status == "scheduled"

@@ -432,6 +432,9 @@ class BufferSummary:
     error: str | None
     outcome: str | None
     updated_at: datetime
+    #: When its job is (or was) due: for a buffer still collecting, when it closes unless
+    #: another message comes.
+    due_at: datetime | None = None
 
 
 ReplayResult = Literal["scheduled", "not_found", "not_failed", "out_of_order"]

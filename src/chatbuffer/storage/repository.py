@@ -575,4 +575,5 @@ def _summary(row: Any) -> BufferSummary:
         error=row.error_message,
         outcome=row.outcome,
         updated_at=row.updated_at,
+        due_at=row.scheduled_for,
     )

@@ -742,6 +742,7 @@ _SUMMARY = (
         buffers.c.updated_at,
         jobs.c.attempts,
         jobs.c.error_message,
+        jobs.c.scheduled_for,
     )
     .select_from(
         buffers.join(jobs, and_(same_conversation(jobs, buffers), jobs.c.buffer_id == buffers.c.id))

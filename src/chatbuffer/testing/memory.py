@@ -660,6 +660,7 @@ class MemoryStore:
             error=job.error_message,
             outcome=found.outcome,
             updated_at=found.updated_at,
+            due_at=job.scheduled_for,
         )
 
     # -- lookups ----------------------------------------------------------------------------

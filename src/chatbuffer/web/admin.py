@@ -45,6 +45,7 @@ def summary_json(summary: BufferSummary) -> dict[str, Any]:
         "error": summary.error,
         "outcome": summary.outcome,
         "updated_at": summary.updated_at.isoformat(),
+        "due_at": summary.due_at.isoformat() if summary.due_at else None,
     }
 
 

@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
+from chatbuffer.domain.control import Controls
 from chatbuffer.domain.ports import BufferAdmin, Clock
 from chatbuffer.errors import (
     MalformedPayload,
@@ -31,6 +32,7 @@ from chatbuffer.errors import (
 )
 from chatbuffer.intake import signature
 from chatbuffer.web.admin import admin_router
+from chatbuffer.web.admin_page import admin_page_router
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +56,7 @@ def create_asgi_app(
     config: WebConfig,
     lifespan: Callable[[], AbstractAsyncContextManager[None]] | None = None,
     admin: BufferAdmin | None = None,
+    controls: Callable[[], Awaitable[Controls]] | None = None,
 ) -> FastAPI:
     @asynccontextmanager
     async def _lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -137,6 +140,9 @@ def create_asgi_app(
 
     if admin is not None:
         app.include_router(admin_router(admin=admin, token=config.admin_token, clock=clock))
+        app.include_router(
+            admin_page_router(admin=admin, token=config.admin_token, clock=clock, controls=controls)
+        )
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
