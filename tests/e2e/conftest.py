@@ -40,6 +40,33 @@ ACCOUNT = 1
 
 pytestmark = pytest.mark.e2e
 
+_E2E_DIR = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """End-to-end tests run on PostgreSQL, the production database, unless marked
+    ``both_databases`` (the buffering core: test_service, test_caps), which also run on SQLite.
+
+    What a feature stores is checked on both databases by the integration tests; running every
+    feature's real-process test twice would double the slowest tier for no new failure mode.
+    """
+    dropped = []
+    kept = []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        on_sqlite = callspec is not None and callspec.params.get("db_url") == "sqlite"
+        if (
+            on_sqlite
+            and item.path.is_relative_to(_E2E_DIR)
+            and item.get_closest_marker("both_databases") is None
+        ):
+            dropped.append(item)
+        else:
+            kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
 
 def free_port() -> int:
     with socket.socket() as probe:

@@ -12,7 +12,7 @@ import pytest
 
 from tests.e2e.conftest import Service, World, free_port, simulators
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.both_databases]
 
 CAP_S = 3.0
 MODEL_S = 1.5

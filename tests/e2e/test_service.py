@@ -13,6 +13,9 @@ from chatbuffer.simulator import payloads
 from chatbuffer.simulator.model import voice_note
 from tests.e2e.conftest import ACCOUNT, REPLY_BOUND_S, WINDOW_MS, World
 
+# The buffering core: also run on SQLite, the embedded default (see tests/e2e/conftest.py).
+pytestmark = [pytest.mark.e2e, pytest.mark.both_databases]
+
 QUIET_CHECK_S = WINDOW_MS / 1000 + 1.5
 
 
