@@ -201,7 +201,7 @@ async def queue_status(settings: Settings, now: datetime) -> status.QueueStatus:
 def status_text(queue: status.QueueStatus) -> str:
     oldest = "none due" if queue.oldest_due is None else _age(queue.oldest_due)
     lines = [
-        f"open buffers (collecting messages): {queue.collecting}",
+        f"open buffers (collecting messages or due): {queue.open}",
         f"due buffers (waiting for a worker): {queue.due}; oldest due for {oldest}",
         f"scheduled, not yet due: {queue.waiting - queue.due}",
         f"processing: {queue.processing}",

@@ -21,8 +21,9 @@ from chatbuffer.storage.tables import message_buffer as buffers
 
 @dataclass(frozen=True, slots=True)
 class QueueStatus:
-    #: Buffers still collecting the contact's messages (``active``).
-    collecting: int
+    #: Buffers not answered yet and not in a worker's hands: collecting the contact's messages,
+    #: or past their quiet period and waiting for a worker (``active``, ``closed``).
+    open: int
     #: Buffers whose burst has ended, waiting for their due time or for a worker.
     waiting: int
     #: Of those, the ones whose due time has passed (a worker should be on them).
@@ -44,7 +45,7 @@ async def read(engine: AsyncEngine, now: datetime) -> QueueStatus:
         counted = await conn.execute(
             select(buffers.c.status, func.count()).group_by(buffers.c.status)
         )
-        by_status: dict[str, int] = {str(s): int(n) for s, n in counted.tuples()}
+        by_status: dict[str, int] = {str(s): int(n) for s, n in counted.all()}
         scheduled = jobs.c.status == "scheduled"
         waiting, due, oldest = (
             await conn.execute(
@@ -62,7 +63,7 @@ async def read(engine: AsyncEngine, now: datetime) -> QueueStatus:
                 .where(and_(running, jobs.c.lease_expires_at > now))
                 .group_by(jobs.c.lease_owner)
             )
-        ).tuples()
+        ).all()
         workers = {str(owner): int(count) for owner, count in held}
         expired = (
             await conn.execute(
@@ -71,7 +72,7 @@ async def read(engine: AsyncEngine, now: datetime) -> QueueStatus:
         ).scalar_one()
     oldest_at = _as_utc(oldest, now)
     return QueueStatus(
-        collecting=int(by_status.get("active", 0)),
+        open=by_status.get("active", 0) + by_status.get("closed", 0),
         waiting=int(waiting),
         due=int(due),
         oldest_due=None if oldest_at is None else max(now - oldest_at, timedelta(0)),
