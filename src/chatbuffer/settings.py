@@ -132,6 +132,9 @@ class Settings(BaseSettings):
         "transcription_local_cache_dir",
         "burst_webhook_url",
         "burst_webhook_secret",
+        "chatwoot_account_id",
+        "chatwoot_webhook_secret",
+        "admin_token",
         mode="before",
     )
     @classmethod
