@@ -10,12 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import httpx2
 import openai
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from chatbuffer.chatwoot.client import call, conversation_path, http_client
+from chatbuffer.chatwoot.client import conversation_path, http_client
 from chatbuffer.domain.model import ConversationKey
-from chatbuffer.errors import ChatbufferError, ChatwootError
+from chatbuffer.errors import ChatbufferError
 from chatbuffer.settings import Settings
 from chatbuffer.storage import database, status
 
@@ -83,7 +84,11 @@ async def _chatwoot_target(engine: AsyncEngine, account: int | None) -> Conversa
         return None
 
 
-async def _chatwoot(settings: Settings, target: ConversationKey | None) -> Check:
+async def _chatwoot(
+    settings: Settings,
+    target: ConversationKey | None,
+    transport: httpx2.AsyncBaseTransport | None = None,
+) -> Check:
     name = "chatwoot"
     if settings.chatwoot_base_url is None:
         return Check(name, False, "CHATWOOT_BASE_URL is not set")
@@ -98,32 +103,63 @@ async def _chatwoot(settings: Settings, target: ConversationKey | None) -> Check
             "for its own account): pass --account ID or set CHATWOOT_ACCOUNT_ID",
         )
     # An agent bot's token reaches only a few endpoints (not GET /api/v1/profile); showing a
-    # conversation is one of them, and Chatwoot checks the token before it looks the
-    # conversation up: a good token gets the conversation or 404, a bad one 401.
+    # conversation is one of them since about 4.12, and Chatwoot checks the token, then the
+    # account, before it looks the conversation up: a good token gets the conversation or 404.
+    # Its 401s say which check failed.
     client = http_client(
         settings.chatwoot_base_url,
         token.get_secret_value(),
         min(CHECK_TIMEOUT_S, settings.chatwoot_timeout_ms / 1000),
+        transport,
     )
     account = target.account_id
+    where = f"CHATWOOT_BASE_URL {settings.chatwoot_base_url}"
     try:
-        await call(client, "GET", conversation_path(target))
-    except ChatwootError as exc:
-        if exc.status in (401, 403):
-            return Check(
-                name,
-                False,
-                f"Chatwoot refused CHATWOOT_API_TOKEN for account {account} ({exc.status}): a "
-                "wrong token, a bot of another account"
-                + (", or a Chatwoot Cloud plan without API access" if exc.status == 403 else ""),
-            )
-        if exc.status != 404:
-            return Check(name, False, f"{exc} (CHATWOOT_BASE_URL {settings.chatwoot_base_url})")
+        response = await client.get(conversation_path(target))
+    except httpx2.HTTPError as exc:
+        return Check(name, False, f"cannot reach {where}: {type(exc).__name__}")
     finally:
         await client.aclose()
-    return Check(
-        name, True, f"{settings.chatwoot_base_url} accepts CHATWOOT_API_TOKEN for account {account}"
-    )
+    status_code = response.status_code
+    said = _chatwoot_error(response)
+    accepted = f"{settings.chatwoot_base_url} accepts CHATWOOT_API_TOKEN for account {account}"
+    if status_code in (200, 404):
+        return Check(name, True, accepted)
+    if status_code == 401 and "not authorized for bots" in said:
+        # Token and account passed; this Chatwoot only keeps bots from this endpoint.
+        return Check(name, True, f"{accepted} (it does not let bots show a conversation)")
+    if status_code == 401 and "account" in said:
+        return Check(
+            name,
+            False,
+            f"CHATWOOT_API_TOKEN is valid but may not act in account {account} (401): the bot "
+            "belongs to another account, or is connected to no inbox of this one",
+        )
+    if status_code == 401:
+        return Check(
+            name,
+            False,
+            f"Chatwoot refused CHATWOOT_API_TOKEN for account {account} (401): not a token it "
+            "knows (mistyped, or reset since)",
+        )
+    if status_code == 403:
+        return Check(
+            name,
+            False,
+            f"Chatwoot refused CHATWOOT_API_TOKEN for account {account} (403): on Chatwoot "
+            "Cloud, a plan without API access",
+        )
+    return Check(name, False, f"{where} answered {status_code} to GET {conversation_path(target)}")
+
+
+def _chatwoot_error(response: httpx2.Response) -> str:
+    """Chatwoot's reason for a refusal (``{"error": ...}``), lower case; "" when none."""
+    try:
+        body = response.json()
+    except ValueError:
+        return ""
+    reason = body.get("error") if isinstance(body, dict) else None
+    return reason.lower() if isinstance(reason, str) else ""
 
 
 async def _model(settings: Settings) -> Check:

@@ -108,7 +108,9 @@ async def test_doctor_passes_a_good_setup_and_names_a_wrong_token_or_key(
     assert bad_chatwoot.code == 1, bad_chatwoot.out
     assert lines_of(bad_chatwoot)["chatwoot"] == "FAIL"
     assert lines_of(bad_chatwoot)["model"] == "ok"
-    assert "refused CHATWOOT_API_TOKEN for account 1 (401)" in bad_chatwoot.out
+    assert (
+        "refused CHATWOOT_API_TOKEN for account 1 (401): not a token it knows" in bad_chatwoot.out
+    )
     assert wrong_token not in bad_chatwoot.out
 
     wrong_key = "sk-a-wrong-model-key"
@@ -151,8 +153,8 @@ async def test_a_refused_chatwoot_token_stops_model_calls_for_the_account(
     env = sims.service_env(
         db_url,
         OPENAI_API_KEY=MODEL_KEY,
-        # A token Chatwoot refuses; no typing call, so the refusal is met first when the
-        # model's reply is posted.
+        # A token Chatwoot refuses; no typing call, so the model is asked once before the
+        # refusal of its reply is met.
         CHATWOOT_API_TOKEN="a-revoked-bot-token",
         CHATWOOT_TYPING_INDICATOR_ENABLED="false",
         CREDENTIAL_BACKOFF_MS="60000",

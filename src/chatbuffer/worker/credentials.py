@@ -1,6 +1,7 @@
 """Stop paying for answers that cannot be delivered: a refused token or key pauses model calls.
 
-When Chatwoot answers 401 or 403, the reply the model writes for that account cannot be posted;
+When Chatwoot answers 401 or 403 to a message posted for an account, the next reply the model
+writes for that account cannot be posted either;
 when the model endpoint does, no answer can be written at all. Retrying each buffer would call
 the model again and again (and log a line per attempt) until an operator fixes the token. The
 ``CredentialGuard`` remembers the refusal for ``CREDENTIAL_BACKOFF_MS``: model calls for that
@@ -145,7 +146,12 @@ class CredentialGuard:
 
 class GuardedChatwoot:
     """Implements :class:`chatbuffer.domain.ports.ChatwootAPI`: ``chatwoot``, telling ``guard``
-    which accounts' calls it refuses or accepts."""
+    for which accounts it refuses or takes the messages posted.
+
+    Only posting counts: it is what a model call is paid for. The other calls may be refused to
+    a bot whose token is good (Chatwoot before about 4.12 refuses bots the typing indicator and
+    showing a conversation with the same 401), and typing is tried before the model is asked, so
+    counting it would stop every answer on such a Chatwoot."""
 
     def __init__(self, chatwoot: ChatwootAPI, guard: CredentialGuard) -> None:
         self._chatwoot = chatwoot
@@ -162,7 +168,7 @@ class GuardedChatwoot:
         return result
 
     async def set_typing(self, key: ConversationKey, *, on: bool) -> None:
-        await self._watched(key, self._chatwoot.set_typing(key, on=on))
+        await self._chatwoot.set_typing(key, on=on)
 
     async def send_message(
         self,
@@ -180,14 +186,12 @@ class GuardedChatwoot:
         )
 
     async def set_status(self, key: ConversationKey, status: str) -> None:
-        await self._watched(key, self._chatwoot.set_status(key, status))
+        await self._chatwoot.set_status(key, status)
 
     async def find_marked(
         self, key: ConversationKey, marker: markers.Marker, *, after_message_id: int | None
     ) -> int | None:
-        return await self._watched(
-            key, self._chatwoot.find_marked(key, marker, after_message_id=after_message_id)
-        )
+        return await self._chatwoot.find_marked(key, marker, after_message_id=after_message_id)
 
 
 async def _model_call(

@@ -33,9 +33,11 @@ REFUSALS = "chatbuffer.worker.credentials"
 
 @dataclass
 class RefusingChatwoot(RecordingChatwoot):
-    """Chatwoot answering 401 to every call made for the accounts in ``refused``."""
+    """Chatwoot answering 401 to every call made for the accounts in ``refused``; with
+    ``bots_may_type`` off, to every typing call (Chatwoot before about 4.12, to a good token)."""
 
     refused: set[int] = field(default_factory=set)
+    bots_may_type: bool = True
 
     def _gate(self, key: ConversationKey) -> None:
         if key.account_id in self.refused:
@@ -43,6 +45,8 @@ class RefusingChatwoot(RecordingChatwoot):
 
     async def set_typing(self, key: ConversationKey, *, on: bool) -> None:
         self._gate(key)
+        if not self.bots_may_type:
+            raise ChatwootError("Chatwoot answered 401", retryable=False, status=401)
         await super().set_typing(key, on=on)
 
     async def send_message(self, key: ConversationKey, content: str, **kw: Any) -> int:
@@ -139,13 +143,27 @@ async def test_a_refused_chatwoot_token_stops_model_calls_for_that_account_only(
     assert job.status == "completed"
 
 
-async def test_a_refused_typing_call_spares_even_the_first_model_call() -> None:
+async def test_a_refused_token_pauses_even_with_typing_on_and_a_typing_refusal_alone_does_not(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     w = World()
     chatwoot = guarded(w, typing=True)
-    chatwoot.refused = {KEY.account_id}
+    caplog.set_level(logging.ERROR, logger=REFUSALS)
+    # A Chatwoot that refuses bots the typing indicator, to a good token: answers go on.
+    chatwoot.bots_may_type = False
     await burst(w, KEY, "hi")
-    assert w.model.prompts == []
-    assert job_of(w, KEY).status == "scheduled"
+    await burst(w, SAME_ACCOUNT, "hello")
+    assert len(w.model.prompts) == 2
+    assert [s.key for s in chatwoot.sent] == [KEY, SAME_ACCOUNT]
+    assert caplog.records == []
+
+    # The token revoked: typing and the post refused; the next burst is not asked.
+    chatwoot.bots_may_type = True
+    chatwoot.refused = {KEY.account_id}
+    await burst(w, ConversationKey(KEY.account_id, 500), "one")
+    await burst(w, ConversationKey(KEY.account_id, 501), "two")
+    assert len(w.model.prompts) == 3
+    assert len(chatwoot.sent) == 2
 
 
 async def test_a_refused_model_key_pauses_every_account_and_logs_once_a_minute(
