@@ -75,3 +75,14 @@ def test_the_secret_check(secret: str | None, ok: bool) -> None:
     assert check.ok is ok
     if secret:
         assert secret.strip() not in check.line()
+
+
+def test_version_is_the_installed_package_s(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib.metadata import version
+
+    from chatbuffer import cli
+
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.strip() == f"chatbuffer {version('chatbuffer')}"
