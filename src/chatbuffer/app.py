@@ -74,13 +74,21 @@ from chatbuffer.transcription.packaged_model import default_cache_root
 from chatbuffer.transcription.reading import ChatwootAttachmentReader
 from chatbuffer.web.asgi import WebConfig, create_asgi_app
 from chatbuffer.worker.asking import Asker
+from chatbuffer.worker.credentials import (
+    AccountScopedPipeline,
+    CredentialGuard,
+    GuardedChatwoot,
+    GuardedReplyModel,
+    GuardedSummarizer,
+    GuardedTranscriber,
+)
 from chatbuffer.worker.model_gate import (
     GatedReplyModel,
     GatedSummarizer,
     GatedTranscriber,
     ModelGate,
 )
-from chatbuffer.worker.pipeline import Pipeline, PipelineConfig
+from chatbuffer.worker.pipeline import PipelineConfig
 from chatbuffer.worker.scheduler import Scheduler, SchedulerConfig
 from chatbuffer.worker.waker import Waker
 
@@ -322,6 +330,9 @@ class Runtime:
     def _build_adapters(self) -> _Adapters:
         s = self.settings
         files = self.prompt_files
+        # One guard for the process: a token Chatwoot refuses, or a key the model endpoint
+        # refuses, pauses the model calls whose answers could not be delivered.
+        guard = CredentialGuard(self.clock, backoff=timedelta(milliseconds=s.credential_backoff_ms))
         chatwoot = self._chatwoot
         if chatwoot is None:
             if s.chatwoot_base_url is None or s.chatwoot_api_token is None:
@@ -358,7 +369,7 @@ class Runtime:
             max_concurrency=s.ai_max_concurrency,
             requests_per_minute=s.ai_requests_per_minute,
         )
-        model = GatedReplyModel(self._model or openai_model, gate)
+        model = GuardedReplyModel(GatedReplyModel(self._model or openai_model, gate), guard)
         fetcher: AttachmentFetcher | None = None
         if s.chatwoot_base_url:
             fetcher = AttachmentFetcher(
@@ -372,6 +383,8 @@ class Runtime:
             transcriber = GatedTranscriber(self._transcriber, gate)
         elif s.transcription_enabled and fetcher is not None:
             transcriber = self._build_transcriber(fetcher, openai_client, gate)
+        if transcriber is not None:
+            transcriber = GuardedTranscriber(transcriber, guard)
         reader = self._reader
         if reader is None and fetcher is not None:
             reader = ChatwootAttachmentReader(
@@ -398,8 +411,12 @@ class Runtime:
             attributes=s.attribute_selection,
             consumer=consumer,
         )
-        summarizer = GatedSummarizer(
-            self._summarizer or OpenAISummarizer(model=s.openai_model, client=openai_client), gate
+        summarizer = GuardedSummarizer(
+            GatedSummarizer(
+                self._summarizer or OpenAISummarizer(model=s.openai_model, client=openai_client),
+                gate,
+            ),
+            guard,
         )
         earlier: HistorySource | None = None
         if s.chatwoot_user_token is not None and s.chatwoot_base_url is not None:
@@ -410,7 +427,15 @@ class Runtime:
             )
             self._owned.append(history)
             earlier = history
-        return _Adapters(chatwoot, model, transcriber, asker, openai_model, summarizer, earlier)
+        return _Adapters(
+            GuardedChatwoot(chatwoot, guard),
+            model,
+            transcriber,
+            asker,
+            openai_model,
+            summarizer,
+            earlier,
+        )
 
     def _build_transcriber(
         self, fetcher: AttachmentFetcher, chat_client: openai.AsyncOpenAI, chat_gate: ModelGate
@@ -475,7 +500,7 @@ class Runtime:
     def scheduler(self) -> Scheduler:
         s = self.settings
         adapters = self._adapters()
-        pipeline = Pipeline(
+        pipeline = AccountScopedPipeline(
             history=self.store,
             ledger=self.store,
             flags=self._flags,

@@ -31,6 +31,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Answer a WhatsApp contact's burst of Chatwoot messages once they pause.",
         epilog="Settings come from environment variables; see docs/configuration.md.",
     )
+    parser.add_argument("--version", action="version", version=f"chatbuffer {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, text in [
         ("serve", "webhook API and worker in one process (SQLite: migrates by itself)"),
@@ -159,6 +160,22 @@ def _parser() -> argparse.ArgumentParser:
     purge.add_argument(
         "--dry-run", action="store_true", help="count what would be deleted, delete nothing"
     )
+    doctor = commands.add_parser(
+        "doctor",
+        help="check the database, Chatwoot token, model key and webhook secret (exit 1 on a FAIL)",
+        description="One cheap call per check, one line each; never prints a secret.",
+    )
+    doctor.add_argument(
+        "--account",
+        type=_account_id,
+        metavar="ID",
+        help="the Chatwoot account to try the token on (default: CHATWOOT_ACCOUNT_ID, else the "
+        "account of the newest stored conversation)",
+    )
+    commands.add_parser(
+        "status",
+        help="open, due and failed buffers, the oldest due one's wait, workers holding leases",
+    )
     demo = commands.add_parser(
         "demo", help="a burst of messages turning into one reply, against built-in simulators"
     )
@@ -169,6 +186,21 @@ def _parser() -> argparse.ArgumentParser:
         help="quiet period before the reply, in milliseconds (default 3000)",
     )
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("chatbuffer")
+    except PackageNotFoundError:  # pragma: no cover - running from a bare source tree
+        return "unknown (not installed)"
+
+
+def _account_id(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"not a Chatwoot account id: {value!r}")
+    return int(value)
 
 
 def _port(value: str) -> int:
@@ -281,6 +313,10 @@ def _run(args: argparse.Namespace) -> int:
         return _controls(settings, args)
     if args.command == "purge":
         return _purge(settings, args.older_than or settings.retention, dry_run=args.dry_run)
+    if args.command == "doctor":
+        return _doctor(settings, args.account)
+    if args.command == "status":
+        return _status(settings)
     role: Role = args.command
     settings.require_for(role)
 
@@ -427,6 +463,24 @@ def _purge(settings: Settings, older_than: timedelta | None, *, dry_run: bool) -
         f"chatbuffer: {verb} {report.history} human agents' or fetched messages and "
         f"{report.summaries} conversation summaries from before then"
     )
+    return 0
+
+
+def _doctor(settings: Settings, account: int | None) -> int:
+    from chatbuffer import doctor
+
+    checks = asyncio.run(doctor.run(settings, account=account))
+    for check in checks:
+        print(check.line())
+    return 0 if all(c.ok for c in checks) else 1
+
+
+def _status(settings: Settings) -> int:
+    from chatbuffer import doctor
+    from chatbuffer.clock import SystemClock
+
+    asyncio.run(_preflight(settings))
+    print(doctor.status_text(asyncio.run(doctor.queue_status(settings, SystemClock().now()))))
     return 0
 
 

@@ -78,7 +78,8 @@ class DependencyError(ChatbufferError):
 
     ``retryable`` is False for answers that will not change on a retry (a 4xx other than 408/429),
     ``retry_after`` carries a server-directed delay in seconds when one was given, and
-    ``rate_limited`` marks a 429: the service refused because of this client's request rate.
+    ``rate_limited`` marks a 429: the service refused because of this client's request rate;
+    ``status`` is the HTTP status the service answered with, if it answered.
     """
 
     def __init__(
@@ -88,11 +89,19 @@ class DependencyError(ChatbufferError):
         retryable: bool = True,
         retry_after: float | None = None,
         rate_limited: bool = False,
+        status: int | None = None,
     ) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.retry_after = retry_after
         self.rate_limited = rate_limited
+        self.status = status
+
+    @property
+    def credentials_refused(self) -> bool:
+        """The service refused who we are (401) or what we may do (403): no retry helps until
+        an operator changes a token or key."""
+        return self.status in (401, 403)
 
 
 class ChatwootError(DependencyError):
@@ -106,8 +115,7 @@ class ChatwootError(DependencyError):
         retry_after: float | None = None,
         status: int | None = None,
     ) -> None:
-        super().__init__(message, retryable=retryable, retry_after=retry_after)
-        self.status = status
+        super().__init__(message, retryable=retryable, retry_after=retry_after, status=status)
 
 
 class ModelError(DependencyError):

@@ -29,6 +29,7 @@ def translated(error: type[DependencyError], what: str) -> Iterator[None]:
             retryable=retryable_status(status),
             retry_after=parse_retry_after(exc.response.headers.get("retry-after")),
             rate_limited=status == 429,
+            status=status,
         ) from exc
     except openai.APIError as exc:
         raise error(f"could not reach the {what}: {type(exc).__name__}") from exc

@@ -94,6 +94,9 @@ class Settings(BaseSettings):
     chatwoot_webhook_secret: SecretStr | None = None
     chatwoot_typing_indicator_enabled: bool = True
     chatwoot_timeout_ms: int = Field(10_000, ge=100)
+    # After a 401/403 from Chatwoot (for that account) or the model endpoint (for all), model
+    # calls pause this long instead of writing answers that cannot be delivered; 0: never.
+    credential_backoff_ms: int = Field(300_000, ge=0, le=86_400_000)
 
     bot_active_statuses: str = "pending"
     human_takeover_pause_ms: int = Field(3_600_000, ge=0)
@@ -129,6 +132,9 @@ class Settings(BaseSettings):
         "transcription_local_cache_dir",
         "burst_webhook_url",
         "burst_webhook_secret",
+        "chatwoot_account_id",
+        "chatwoot_webhook_secret",
+        "admin_token",
         mode="before",
     )
     @classmethod

@@ -129,9 +129,15 @@ class ScriptedModelServer:
     verbatim (so tests can return invalid JSON). Serve ``.app`` with any ASGI server."""
 
     def __init__(
-        self, *, script: Script | None = None, now: Callable[[], float] = time.time
+        self,
+        *,
+        script: Script | None = None,
+        now: Callable[[], float] = time.time,
+        api_key: str | None = None,
     ) -> None:
+        """``api_key``: the only key accepted (401 for any other); None accepts any key."""
         self._script = script or support_agent
+        self._api_key = api_key
         self._now = now
         self._ids = itertools.count(1)
         self._failures: list[_Failure] = []
@@ -143,6 +149,7 @@ class ScriptedModelServer:
             routes=[
                 Route("/v1/chat/completions", self._complete, methods=["POST"]),
                 Route("/v1/audio/transcriptions", self._transcribe, methods=["POST"]),
+                Route("/v1/models", self._models, methods=["GET"]),
             ]
         )
 
@@ -154,10 +161,28 @@ class ScriptedModelServer:
         """Hold the next ``times`` completions for ``seconds`` before answering."""
         self._delays.append(_Delay(seconds, times))
 
+    def _refused(self, token: str | None) -> bool:
+        return token is None or (self._api_key is not None and token != self._api_key)
+
+    async def _models(self, request: Request) -> Response:
+        """The one model it plays, as OpenAI lists models."""
+        if self._refused(_bearer(request)):
+            return _error(
+                401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key"
+            )
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [
+                    {"id": "scripted", "object": "model", "created": 0, "owned_by": "simulator"}
+                ],
+            }
+        )
+
     async def _transcribe(self, request: Request) -> Response:
         """A deterministic speech-to-text: audio made by :func:`voice_note` says its text."""
         token = _bearer(request)
-        if token is None:
+        if token is None or self._refused(token):
             return _error(
                 401, "Missing or invalid API key.", "invalid_request_error", "invalid_api_key"
             )
@@ -175,7 +200,7 @@ class ScriptedModelServer:
         return PlainTextResponse(text)
 
     async def _complete(self, request: Request) -> Response:
-        if _bearer(request) is None:
+        if self._refused(_bearer(request)):
             return _error(
                 401, "Missing or invalid API key.", "invalid_request_error", "invalid_api_key"
             )
