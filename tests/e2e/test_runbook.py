@@ -212,8 +212,18 @@ async def test_every_runbook_command_does_what_the_page_says(db_url: str, tmp_pa
             done = await shell.run(command)
             assert revision(db_url) != PREVIOUS_REVISION
             assert revision(db_url) in done.stdout
-            # The newer release starts on it again.
-            await service.start()
+            # The newer release runs on it again: its start-up check of the schema passes.
+            listed = await asyncio.to_thread(
+                subprocess.run,
+                [sys.executable, "-m", "chatbuffer", "flags", "list"],
+                env=shell.env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+            assert listed.returncode == 0, listed.stderr
+            assert re.search(r"message_buffering +on", listed.stdout)
 
         checks: dict[str, Callable[[str], Awaitable[None]]] = {
             'chatbuffer pause --by "$OPERATOR"': pause,
