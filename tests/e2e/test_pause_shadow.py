@@ -23,7 +23,7 @@ pytestmark = pytest.mark.e2e
 ADMIN_TOKEN = "e2e-admin-token-0123456789"
 #: Small enough for the test to wait past it, large enough that a burst said shortly before the
 #: resume is still fresh when a worker sees the resume (at most CONTROLS_TTL_S later).
-STALE_AFTER_MS = 12_000
+STALE_AFTER_MS = 20_000
 
 
 @pytest.fixture
@@ -118,8 +118,11 @@ async def test_pause_stops_every_reply_and_resume_answers_fresh_bursts_and_hands
     assert "running (resumed by on-call ana" in resumed.stdout
     # The refresh, then a paused worker's next look (1 s), then the reply.
     bound = CONTROLS_TTL_S + 1 + REPLY_BOUND_S
-    replies = await world.wait_for_replies(42, 1, bound)
-    assert len(replies) == 1
+    answered = await world.wait_for(
+        lambda: bool(world.replies(42) or world.chatwoot.private_notes(ACCOUNT, 42)), bound
+    )
+    assert answered, world.service.log.read_text()[-3000:]
+    assert len(world.replies(42)) == 1, world.chatwoot.private_notes(ACCOUNT, 42)
     assert time.monotonic() - resumed_at <= bound
     # The fresh burst is answered once, as one burst.
     assert world.burst_lines(world.prompts()[-1]) == [
@@ -132,20 +135,6 @@ async def test_pause_stops_every_reply_and_resume_answers_fresh_bursts_and_hands
     assert len(notes) == 1 and "paused" in notes[0]["content"]
     assert world.replies(43) == []
     assert not any("written early in the pause" in p for p in world.prompts())
-
-
-async def test_a_pause_reaches_a_burst_already_waiting_and_typing_stays_off(
-    controlled: World, db_url: str
-) -> None:
-    world = controlled
-    # The burst is collecting when the pause is stored; the service may only learn of the pause
-    # up to 5 s later, but its due time comes after that, so nothing may reach Chatwoot.
-    paused = cli(world.service.env, "pause")
-    assert paused.returncode == 0, paused.stderr
-    await world.say(44, "said just after the pause")
-    await asyncio.sleep(CONTROLS_TTL_S + REPLY_BOUND_S)
-    assert chatwoot_calls(world, 44) == []
-    assert stored_messages(db_url, 44) == ["said just after the pause"]
 
 
 async def test_shadow_mode_asks_the_model_records_the_reply_and_sends_nothing(
