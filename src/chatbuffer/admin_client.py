@@ -33,6 +33,9 @@ class AdminClient:
         buffer: dict[str, Any] = answer["buffer"]
         return buffer
 
+    def show(self, buffer_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/admin/buffers/{buffer_id.strip()}")
+
     def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         url = self._base_url + path
         try:
@@ -76,3 +79,28 @@ def format_table(buffers: list[dict[str, Any]]) -> str:
         "  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
         for row in [header, *rows]
     )
+
+
+def format_buffer(buffer: dict[str, Any]) -> str:
+    """One buffer for an operator: its messages, then what the bot posted or, in shadow mode,
+    would have posted."""
+    lines = [
+        f"buffer {buffer['buffer_id']}  conversation {buffer['account_id']}/"
+        f"{buffer['conversation_id']}  {buffer['status']}",
+    ]
+    for message in buffer.get("messages", []):
+        lines.append(
+            f"  contact  {str(message['received_at'])[:19]}  {message.get('content') or ''}"
+        )
+    answer = buffer.get("answer")
+    if answer is None:
+        lines.append("  (nothing posted)")
+    else:
+        if answer.get("shadow"):
+            state = "SHADOW, not sent"
+        elif answer.get("sent"):
+            state = f"sent as message {answer['chatwoot_message_id']}"
+        else:
+            state = "not confirmed by Chatwoot"
+        lines.append(f"  bot {answer['kind']} ({state}): {answer['content']}")
+    return "\n".join(lines)

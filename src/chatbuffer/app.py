@@ -45,6 +45,7 @@ from chatbuffer.domain.ports import (
     Observer,
     ReplayResult,
     ReplyModel,
+    StoredBurst,
     Summarizer,
     Transcriber,
 )
@@ -62,6 +63,7 @@ from chatbuffer.storage.controls import SqlControls
 from chatbuffer.storage.listener import PgWakeListener
 from chatbuffer.storage.repository import SqlBufferStore
 from chatbuffer.storage.smart_windows import SqlWindowStates
+from chatbuffer.storage.subjects import SqlSubjects
 from chatbuffer.storage.transcripts import SqlBurstArchive
 from chatbuffer.transcription.fetch import AttachmentFetcher
 from chatbuffer.transcription.local_transcriber import (
@@ -74,6 +76,7 @@ from chatbuffer.transcription.packaged_model import default_cache_root
 from chatbuffer.transcription.reading import ChatwootAttachmentReader
 from chatbuffer.web.asgi import WebConfig, create_asgi_app
 from chatbuffer.worker.asking import Asker
+from chatbuffer.worker.controls import ControlledChatwoot, PausableQueue, StaleBursts
 from chatbuffer.worker.credentials import (
     AccountScopedPipeline,
     CredentialGuard,
@@ -269,6 +272,14 @@ class Runtime:
     ) -> tuple[ReplayResult, BufferSummary | None]:
         return await self.store.replay(buffer_id, now)
 
+    def control_access(self) -> SqlControls:
+        if self._engine is None:
+            raise RuntimeError("Runtime is not open")
+        return SqlControls(self._engine)
+
+    async def stored_burst(self, buffer_id: uuid.UUID) -> StoredBurst | None:
+        return await self.archive().burst(buffer_id, history_limit=0)
+
     def _build_intake(self) -> WebhookIntake:
         return WebhookIntake(
             store=self.store,
@@ -312,6 +323,8 @@ class Runtime:
             lifespan=lifespan,
             admin=self,
             controls=self.current_controls,
+            control_access=self.control_access,
+            buffers=self,
         )
 
     # -- worker ---------------------------------------------------------------------------
@@ -500,11 +513,15 @@ class Runtime:
     def scheduler(self) -> Scheduler:
         s = self.settings
         adapters = self._adapters()
+        # The kill switch and shadow mode: every bot action goes through the live controls.
+        chatwoot = ControlledChatwoot(
+            adapters.chatwoot, self._flags, SqlSubjects(self.store.engine)
+        )
         pipeline = AccountScopedPipeline(
             history=self.store,
             ledger=self.store,
             flags=self._flags,
-            chatwoot=adapters.chatwoot,
+            chatwoot=chatwoot,
             model=adapters.model,
             clock=self.clock,
             observer=self.observer,
@@ -513,6 +530,7 @@ class Runtime:
             memory=self.store,
             earlier=adapters.earlier,
             summarizer=adapters.summarizer,
+            stale=StaleBursts(self._flags, timedelta(milliseconds=s.pause_stale_after_ms)),
             config=PipelineConfig(
                 quality_threshold=s.response_quality_threshold,
                 typing_enabled=s.chatwoot_typing_indicator_enabled,
@@ -525,7 +543,7 @@ class Runtime:
             ),
         )
         return Scheduler(
-            queue=self.store,
+            queue=PausableQueue(self.store, self._flags),
             pipeline=pipeline,
             clock=self.clock,
             waker=self.waker,

@@ -57,6 +57,10 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--limit", type=_positive_int, default=50, help="at most (default 50)")
     replay = actions.add_parser("replay", help="answer a failed buffer again, now")
     replay.add_argument("buffer_id", help="the buffer's id, as `buffers list` shows it")
+    shown = actions.add_parser(
+        "show", help="one buffer: its messages and what the bot posted, or recorded in shadow"
+    )
+    shown.add_argument("buffer_id", help="the buffer's id, as `buffers list` shows it")
     migrate = commands.add_parser(
         "migrate",
         help="create or upgrade the database schema, or move it to a given revision",
@@ -138,12 +142,32 @@ def _parser() -> argparse.ArgumentParser:
     rollout_actions.add_parser("show", help="the percentage and the canaries")
     rollout_set = rollout_actions.add_parser("set", help="the percentage on the buffered path")
     rollout_set.add_argument("percent", type=_percent, metavar="PERCENT", help="0 to 100")
+    shadow = rollout_actions.add_parser(
+        "shadow",
+        help="shadow mode: the buffered path asks the model and records, but sends nothing",
+    )
+    shadow.add_argument("value", choices=["on", "off"], metavar="on|off")
     for verb, text in [
         ("allow", "always put an inbox's or a contact's conversations on the buffered path"),
         ("disallow", "remove a canary"),
     ]:
         canary = rollout_actions.add_parser(verb, help=text)
         canary.add_argument("canary", type=_canary, metavar="inbox:ID|contact:ID")
+    for verb, text in [
+        (
+            "pause",
+            "kill switch: every process stops answering within 5 s; messages are still stored",
+        ),
+        (
+            "resume",
+            "start answering again: fresh bursts are answered, those older than "
+            "PAUSE_STALE_AFTER_MS go to a human",
+        ),
+    ]:
+        switch = commands.add_parser(verb, help=text, description=text)
+        switch.add_argument(
+            "--by", metavar="WHO", help="who does it, for the record (default: user@host)"
+        )
     purge = commands.add_parser(
         "purge",
         help="delete finished buffers, their messages and replies, older than a cutoff",
@@ -305,12 +329,16 @@ def _run(args: argparse.Namespace) -> int:
         client = admin_client.AdminClient(args.url, token.get_secret_value())
         if args.action == "list":
             print(admin_client.format_table(client.list_buffers(args.status, args.limit)))
+        elif args.action == "show":
+            print(admin_client.format_buffer(client.show(args.buffer_id)))
         else:
             summary = client.replay(args.buffer_id)
             print(f"chatbuffer: buffer {summary['buffer_id']} is scheduled to be answered again")
         return 0
     if args.command in {"flags", "rollout"}:
         return _controls(settings, args)
+    if args.command in {"pause", "resume"}:
+        return _pause(settings, args)
     if args.command == "purge":
         return _purge(settings, args.older_than or settings.retention, dry_run=args.dry_run)
     if args.command == "doctor":
@@ -425,12 +453,51 @@ def _controls(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     if args.action == "set":
         asyncio.run(control_tool.set_values(settings, {ROLLOUT_PERCENT: args.percent}))
+    elif args.action == "shadow":
+        value = "on" if args.value == "on" else None
+        asyncio.run(control_tool.set_values(settings, {control.ROLLOUT_SHADOW: value}))
     elif args.action in {"allow", "disallow"}:
         value = "on" if args.action == "allow" else None
         asyncio.run(control_tool.set_values(settings, {args.canary: value}))
     stored = asyncio.run(control_tool.read(settings))
     print(control_tool.rollout_text(control.parse(stored.flags, stored.values)))
     return 0
+
+
+def _pause(settings: Settings, args: argparse.Namespace) -> int:
+    from chatbuffer import control_tool
+    from chatbuffer.clock import SystemClock
+    from chatbuffer.domain import control
+
+    asyncio.run(_preflight(settings))
+    by = (args.by or _operator()).strip()[:200] or _operator()
+    now = SystemClock().now()
+    values = (
+        control.pause_values(by, now) if args.command == "pause" else control.resume_values(by, now)
+    )
+    asyncio.run(control_tool.set_values(settings, values))
+    stored = asyncio.run(control_tool.read(settings))
+    print(control_tool.pause_text(control.parse(stored.flags, stored.values)))
+    print(
+        "chatbuffer: every running process follows within 5 s"
+        + (
+            "; messages are still stored, nothing is answered or sent until `chatbuffer resume`"
+            if args.command == "pause"
+            else ""
+        )
+    )
+    return 0
+
+
+def _operator() -> str:
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
 
 
 def _purge(settings: Settings, older_than: timedelta | None, *, dry_run: bool) -> int:

@@ -5,6 +5,7 @@ in the database named by ``DATABASE_URL``. Every running process sees a change w
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
+from datetime import datetime
 from typing import Any, TypeVar
 
 from chatbuffer.domain import control
@@ -77,8 +78,29 @@ def rollout_text(controls: Controls) -> str:
         f"buffered path: {controls.rollout_percent:g}% of conversations"
         + ("" if buffering else " (but message_buffering is off: every one is immediate)"),
         f"canaries (always buffered): {canaries}",
+        "shadow mode: "
+        + (
+            "on (the buffered path records its replies and sends nothing)"
+            if controls.shadow
+            else "off"
+        ),
+        pause_text(controls),
     ]
     return "\n".join(lines)
+
+
+def pause_text(controls: Controls) -> str:
+    """One line: paused or running, and who last paused or resumed the bot, when."""
+    pause = controls.pause
+    if pause.paused:
+        return f"bot: PAUSED by {pause.paused_by or '?'} at {_when(pause.paused_at)}"
+    if pause.resumed_at is not None:
+        return f"bot: running (resumed by {pause.resumed_by or '?'} at {_when(pause.resumed_at)})"
+    return "bot: running"
+
+
+def _when(at: datetime | None) -> str:
+    return at.isoformat(timespec="seconds") if at is not None else "?"
 
 
 def _word(on: bool) -> str:

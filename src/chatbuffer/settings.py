@@ -100,6 +100,8 @@ class Settings(BaseSettings):
 
     bot_active_statuses: str = "pending"
     human_takeover_pause_ms: int = Field(3_600_000, ge=0)
+    #: After `chatbuffer resume`, a burst whose last message is older than this goes to a human.
+    pause_stale_after_ms: int = Field(600_000, ge=0)
 
     # Unset: derived from AI_MAX_CONCURRENCY (see ``buffers_in_flight``).
     worker_concurrency: int | None = Field(None, ge=1, le=10_000)

@@ -12,6 +12,7 @@ import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 from chatbuffer.domain.flags import Flag
 from chatbuffer.domain.model import ConversationKey, InboundMessage
@@ -21,6 +22,14 @@ from chatbuffer.domain.model import ConversationKey, InboundMessage
 BUCKETS = 10_000
 
 ROLLOUT_PERCENT = "rollout.percent"
+#: "on" while the buffered share of conversations runs in shadow mode (nothing is sent).
+ROLLOUT_SHADOW = "rollout.shadow"
+#: The kill switch: "on" while the bot is paused; who paused or resumed it, and when (ISO 8601).
+PAUSED = "pause.on"
+PAUSED_BY = "pause.by"
+PAUSED_AT = "pause.at"
+RESUMED_BY = "pause.resumed_by"
+RESUMED_AT = "pause.resumed_at"
 _CANARY_PREFIX = "rollout.canary."
 _INBOX_FLAG = re.compile(r"flag\.([a-z_]+)\.inbox\.([0-9]+)")
 _CANARY = re.compile(r"(inbox|contact):([0-9]{1,12})")
@@ -36,6 +45,17 @@ class Subject:
 
 
 @dataclass(frozen=True, slots=True)
+class PauseState:
+    """The kill switch as stored: on or off, and the last pause and resume (who, when)."""
+
+    paused: bool = False
+    paused_by: str | None = None
+    paused_at: datetime | None = None
+    resumed_by: str | None = None
+    resumed_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Controls:
     """Every live control, as stored; a missing row means the default."""
 
@@ -43,6 +63,9 @@ class Controls:
     inbox_flags: Mapping[tuple[Flag, int], bool] = field(default_factory=dict)
     rollout_percent: float = 100.0
     canaries: frozenset[str] = frozenset()
+    #: The buffered share runs in shadow: asked, recorded, never sent.
+    shadow: bool = False
+    pause: PauseState = PauseState()
 
     def flag(self, flag: Flag, subject: Subject) -> bool:
         """An inbox's own setting wins over the global one, which wins over the default."""
@@ -60,10 +83,64 @@ class Controls:
             return True
         return bucket(subject.key) < self.rollout_percent * BUCKETS / 100
 
+    def shadowed(self, subject: Subject) -> bool:
+        """Whether what the bot would post in the conversation is recorded instead of sent."""
+        return self.shadow and self.buffered(subject)
+
     def is_canary(self, subject: Subject) -> bool:
         return (subject.inbox_id is not None and f"inbox:{subject.inbox_id}" in self.canaries) or (
             subject.contact_id is not None and f"contact:{subject.contact_id}" in self.canaries
         )
+
+
+def stale_after_pause(
+    pause: PauseState,
+    *,
+    due_at: datetime,
+    last_message_at: datetime,
+    now: datetime,
+    stale_after: timedelta,
+) -> bool:
+    """Whether a burst that waited through a pause is too old to answer now, and goes to a
+    human instead: it was due before the last resume, and its last message is older than
+    ``stale_after``. A burst due after the resume (a replay, a later retry) is answered as
+    always, however old."""
+    if pause.paused or pause.resumed_at is None:
+        return False
+    return due_at <= pause.resumed_at and now - last_message_at >= stale_after
+
+
+def pause_values(by: str, at: datetime) -> dict[str, str | None]:
+    """The rows that pause the bot; the last resume is kept, for the record."""
+    return {PAUSED: "on", PAUSED_BY: by, PAUSED_AT: at.isoformat()}
+
+
+def resume_values(by: str, at: datetime) -> dict[str, str | None]:
+    """The rows that resume the bot; the last pause is kept, for the record and for telling
+    the buffers that waited through it."""
+    return {PAUSED: None, RESUMED_BY: by, RESUMED_AT: at.isoformat()}
+
+
+def _pause_state(rows: Mapping[str, str]) -> PauseState:
+    return PauseState(
+        paused=rows.get(PAUSED) == "on",
+        paused_by=rows.get(PAUSED_BY),
+        paused_at=_instant(rows.get(PAUSED_AT)),
+        resumed_by=rows.get(RESUMED_BY),
+        resumed_at=_instant(rows.get(RESUMED_AT)),
+    )
+
+
+def _instant(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    # An instant without a zone cannot be compared with the service's: ignored, like any
+    # value this version cannot read.
+    return at if at.tzinfo is not None else None
 
 
 def subject_of(message: InboundMessage) -> Subject:
@@ -104,6 +181,8 @@ def parse(flag_rows: Mapping[str, bool], control_rows: Mapping[str, str]) -> Con
         inbox_flags=inbox_flags,
         rollout_percent=_percent(control_rows.get(ROLLOUT_PERCENT)),
         canaries=frozenset(canaries),
+        shadow=control_rows.get(ROLLOUT_SHADOW) == "on",
+        pause=_pause_state(control_rows),
     )
 
 

@@ -19,7 +19,7 @@ from typing import Any, Literal, Protocol
 
 from chatbuffer.domain.aggregation import Prompt, PromptInputs, ReadKind
 from chatbuffer.domain.buffer import BufferPolicy
-from chatbuffer.domain.control import Controls
+from chatbuffer.domain.control import Controls, Subject
 from chatbuffer.domain.flags import Flag
 from chatbuffer.domain.marker import Marker, ReplyKind
 from chatbuffer.domain.model import (
@@ -393,6 +393,13 @@ class ControlWriter(Protocol):
     async def set_values(self, values: Mapping[str, str | None]) -> None:
         """Set named control values, removing those given as None, in one transaction."""
         ...
+
+
+class ConversationSubjects(Protocol):
+    """What the live controls need to know of a conversation the worker acts in: its inbox
+    and contact, as its latest stored message gave them (canaries and per-inbox flags)."""
+
+    async def subject(self, key: ConversationKey) -> Subject: ...
 
 
 class FeatureFlags(Protocol):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
@@ -49,7 +50,9 @@ def summary_json(summary: BufferSummary) -> dict[str, Any]:
     }
 
 
-def admin_router(*, admin: BufferAdmin, token: str | None, clock: Clock) -> APIRouter:
+def authoriser(token: str | None) -> Callable[[Request], None]:
+    """The bearer-token check every admin route makes first."""
+
     def authorise(request: Request) -> None:
         if token is None:
             raise AdminRefused(
@@ -61,6 +64,12 @@ def admin_router(*, admin: BufferAdmin, token: str | None, clock: Clock) -> APIR
             given.strip().encode(), token.encode()
         ):
             raise AdminRefused("a valid admin token is required", status_code=401)
+
+    return authorise
+
+
+def admin_router(*, admin: BufferAdmin, token: str | None, clock: Clock) -> APIRouter:
+    authorise = authoriser(token)
 
     router = APIRouter(prefix=ADMIN_PREFIX, tags=["admin"])
 

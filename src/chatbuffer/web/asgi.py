@@ -32,6 +32,7 @@ from chatbuffer.errors import (
 )
 from chatbuffer.intake import signature
 from chatbuffer.web.admin import admin_router
+from chatbuffer.web.admin_controls import BufferReader, ControlAccess, controls_router
 from chatbuffer.web.admin_page import admin_page_router
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,8 @@ def create_asgi_app(
     lifespan: Callable[[], AbstractAsyncContextManager[None]] | None = None,
     admin: BufferAdmin | None = None,
     controls: Callable[[], Awaitable[Controls]] | None = None,
+    control_access: Callable[[], ControlAccess] | None = None,
+    buffers: BufferReader | None = None,
 ) -> FastAPI:
     @asynccontextmanager
     async def _lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -142,6 +145,12 @@ def create_asgi_app(
         app.include_router(admin_router(admin=admin, token=config.admin_token, clock=clock))
         app.include_router(
             admin_page_router(admin=admin, token=config.admin_token, clock=clock, controls=controls)
+        )
+    if control_access is not None:
+        app.include_router(
+            controls_router(
+                access=control_access, buffers=buffers, token=config.admin_token, clock=clock
+            )
         )
 
     @app.get("/healthz")

@@ -41,6 +41,7 @@ from chatbuffer.domain.ports import (
 from chatbuffer.domain.retry import RetryPolicy
 from chatbuffer.errors import ChatwootError, DependencyError, TranscriptionError
 from chatbuffer.worker.asking import Asker
+from chatbuffer.worker.controls import StaleBursts
 
 logger = logging.getLogger(__name__)
 
@@ -97,11 +98,13 @@ class Pipeline:
         memory: ConversationMemory | None = None,
         earlier: HistorySource | None = None,
         summarizer: Summarizer | None = None,
+        stale: StaleBursts | None = None,
     ) -> None:
         """``asker`` reads attachments, renders the prompt and asks ``model``; by default with
         the shipped template, no instructions and no attachment reader. ``memory`` keeps what
         ``earlier`` fetches from Chatwoot (a conversation's history from before chatbuffer) and
-        the summaries ``summarizer`` writes; without them neither happens."""
+        the summaries ``summarizer`` writes; without them neither happens. ``stale`` names the
+        bursts that waited through a pause too long: a human gets those."""
         self._history = history
         self._memory = memory
         self._earlier = earlier if memory is not None else None
@@ -114,6 +117,7 @@ class Pipeline:
         self._clock = clock
         self._observer = observer
         self._config = config
+        self._stale = stale
 
     async def process(self, job: ClaimedJob, owner: str) -> None:
         key = job.key
@@ -132,14 +136,24 @@ class Pipeline:
         if not contents.messages:
             await self._ledger.complete(job, owner, self._clock.now(), "empty buffer")
             return
-        typing = self._config.typing_enabled and await self._flags.is_enabled(
-            Flag.TYPING_INDICATORS, key
+        stale = (
+            self._stale is not None
+            and not contents.posted
+            and await self._stale.is_stale(job, contents.messages, self._clock.now())
+        )
+        typing = (
+            not stale
+            and self._config.typing_enabled
+            and await self._flags.is_enabled(Flag.TYPING_INDICATORS, key)
         )
         shown: HistoryWindow | None = None
         try:
             if typing:
                 await self._typing(job, on=True)
-            shown = await self._answer(job, owner, contents)
+            if stale:
+                await self._hand_over_stale(job, owner, contents)
+            else:
+                shown = await self._answer(job, owner, contents)
         except DependencyError as exc:
             await self._retry_or_fail(job, owner, str(exc), exc.retryable, exc.retry_after)
         except Exception as exc:
@@ -238,6 +252,22 @@ class Pipeline:
                 "handoff", key, buffer_id=str(job.buffer_id), reason=outcome.reason
             )
         return shown
+
+    async def _hand_over_stale(self, job: ClaimedJob, owner: str, contents: BufferContents) -> None:
+        """The burst waited through a pause for longer than ``PAUSE_STALE_AFTER_MS``: an answer
+        now would come too late, so a human gets it (private note, conversation opened)."""
+        assert self._stale is not None
+        if await self._settle(job, owner, contents.check) != "send":
+            return
+        note = self._stale.note(contents.messages, self._clock.now())
+        intent = PostedMessage("handoff_note", note)
+        if await self._reserve(job, owner, intent) != "send":
+            return
+        message_id = await self._post(job, intent)
+        await self._finish(job, owner, intent, message_id, "handed off: stale after a pause")
+        self._observer.event(
+            "handoff", job.key, buffer_id=str(job.buffer_id), reason="stale after a pause"
+        )
 
     async def _with_earlier(
         self, job: ClaimedJob, contents: BufferContents

@@ -88,3 +88,73 @@ def test_subject_reads_the_inbox_and_contact_chatwoot_sent() -> None:
         conversation={"inbox_id": 4},
     )
     assert control.subject_of(message) == Subject(ConversationKey(1, 2), 4, 77)
+
+
+def test_the_pause_and_shadow_rows_read_back_with_who_and_when() -> None:
+    from datetime import UTC, datetime
+
+    from chatbuffer.domain.control import (
+        ROLLOUT_SHADOW,
+        parse,
+        pause_values,
+        resume_values,
+    )
+
+    at = datetime(2026, 12, 3, 10, 0, tzinfo=UTC)
+    rows = {k: v for k, v in pause_values("ana", at).items() if v is not None}
+    paused = parse({}, {**rows, ROLLOUT_SHADOW: "on"})
+    assert paused.shadow and paused.pause.paused
+    assert (paused.pause.paused_by, paused.pause.paused_at) == ("ana", at)
+    later = at.replace(hour=11)
+    for name, value in resume_values("bo", later).items():
+        if value is None:
+            rows.pop(name, None)
+        else:
+            rows[name] = value
+    resumed = parse({}, rows).pause
+    assert not resumed.paused
+    assert (resumed.resumed_by, resumed.resumed_at, resumed.paused_by) == ("bo", later, "ana")
+    # Unreadable instants are ignored, as any row this version cannot read.
+    assert parse({}, {"pause.resumed_at": "yesterday"}).pause.resumed_at is None
+    assert parse({}, {"pause.resumed_at": "2026-12-03T10:00:00"}).pause.resumed_at is None
+
+
+def test_a_burst_is_stale_only_if_it_was_due_before_the_resume_and_is_old_enough() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from chatbuffer.domain.control import PauseState, stale_after_pause
+
+    resumed = datetime(2026, 12, 3, 10, 0, tzinfo=UTC)
+    pause = PauseState(resumed_at=resumed)
+    ten = timedelta(minutes=10)
+
+    def stale(state: PauseState, due: timedelta, last: timedelta, now: timedelta) -> bool:
+        return stale_after_pause(
+            state,
+            due_at=resumed + due,
+            last_message_at=resumed + last,
+            now=resumed + now,
+            stale_after=ten,
+        )
+
+    assert stale(pause, -ten, -ten - ten, timedelta(seconds=5))
+    assert not stale(pause, -ten, -ten + timedelta(seconds=10), timedelta(seconds=5))
+    # Due after the resume (a replay): answered.
+    assert not stale(pause, timedelta(seconds=1), -ten * 3, timedelta(seconds=5))
+    # Never paused, or still paused: nothing is stale.
+    assert not stale(PauseState(), -ten, -ten * 3, timedelta(0))
+    assert not stale(PauseState(paused=True, resumed_at=resumed), -ten, -ten * 3, timedelta(0))
+
+
+def test_shadow_ids_are_stable_per_buffer_and_kind_and_never_a_chatwoot_id() -> None:
+    import uuid
+
+    from chatbuffer.domain.marker import Marker
+    from chatbuffer.domain.shadow import SHADOW_IDS_FROM, is_shadow, shadow_message_id
+
+    buffer = uuid.uuid4()
+    reply = shadow_message_id(Marker(buffer, "reply"))
+    note = shadow_message_id(Marker(buffer, "handoff_note"))
+    assert reply == shadow_message_id(Marker(buffer, "reply")) and reply != note
+    assert is_shadow(reply) and is_shadow(note) and reply < 2**53
+    assert not is_shadow(None) and not is_shadow(12345) and not is_shadow(SHADOW_IDS_FROM - 1)
