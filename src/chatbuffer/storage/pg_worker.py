@@ -13,7 +13,7 @@ the lease lost, which is what the first call left behind.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -38,9 +38,9 @@ SEND_CHECK = (
     " %(p_buffer_id)s, %(p_owner)s)"
 )
 RESERVE_SEND = (
-    "SELECT chatbuffer_reserve_send(%(p_account_id)s, %(p_conversation_id)s, %(p_job_id)s,"
-    " %(p_buffer_id)s, %(p_owner)s, %(p_clock)s, %(p_hold)s, %(p_kind)s, %(p_content)s,"
-    " %(p_message_id)s, %(p_now)s)"
+    "SELECT chatbuffer_reserve_parts(%(p_account_id)s, %(p_conversation_id)s, %(p_job_id)s,"
+    " %(p_buffer_id)s, %(p_owner)s, %(p_clock)s, %(p_hold)s, %(p_kind)s, %(p_parts)s,"
+    " %(p_first_part)s, %(p_now)s)"
 )
 COMPLETE = (
     "SELECT chatbuffer_complete(%(p_account_id)s, %(p_conversation_id)s, %(p_job_id)s,"
@@ -180,7 +180,8 @@ async def load(
         elif part == "history":
             history.append((message_id, kind, author, body, attachments, at.astimezone(UTC)))
         elif part == "posted":
-            posted.append(PostedMessage(kind, body, message_id))
+            # Migration 0014: a posted row's ``turns`` is its part.
+            posted.append(PostedMessage(kind, body, message_id, turns or 0))
         elif part == "summary":
             summary = contents.summary(body, at.astimezone(UTC), turns)
         elif part == "backfill":
@@ -206,14 +207,26 @@ async def reserve_send(
     engine: AsyncEngine,
     job: ClaimedJob,
     owner: str,
-    intent: PostedMessage,
+    intent: Sequence[PostedMessage],
     now: datetime,
     clock: datetime | None,
     hold: timedelta,
 ) -> SendCheck:
+    """``chatbuffer_reserve_parts`` (migration 0014): the parts are numbered from the first
+    one's, in order, and are all of one kind; intents carry no Chatwoot id yet."""
+    ordered = sorted(intent, key=lambda p: p.part)
+    if (
+        any(p.chatwoot_message_id is not None for p in ordered)
+        or len({p.kind for p in ordered}) != 1
+    ):
+        raise ValueError("a send reservation records unsent parts of one message")
+    if [p.part for p in ordered] != list(range(ordered[0].part, ordered[0].part + len(ordered))):
+        raise ValueError("a message's parts are numbered without gaps")
     params = {
         **sql.held_job(job, owner),
-        **_posted(intent),
+        "p_kind": ordered[0].kind,
+        "p_parts": [p.content for p in ordered],
+        "p_first_part": ordered[0].part,
         "p_clock": clock,
         "p_hold": hold,
         "p_now": now,

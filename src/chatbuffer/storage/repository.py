@@ -46,6 +46,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from chatbuffer.domain import buffer
 from chatbuffer.domain.marker import Marker
 from chatbuffer.domain.model import (
+    Assessment,
     Attachment,
     ConversationKey,
     ConversationSummary,
@@ -368,7 +369,7 @@ class SqlBufferStore:
         self,
         job: ClaimedJob,
         owner: str,
-        intent: PostedMessage,
+        intent: PostedMessage | Sequence[PostedMessage],
         now: datetime,
         *,
         hold: timedelta = DEFAULT_SEND_HOLD,
@@ -377,12 +378,33 @@ class SqlBufferStore:
         Chatwoot timeout plus a margin) on the database's clock, all in one transaction: a
         ``send`` verdict means no other worker can take the buffer over before the POST has
         landed or timed out."""
+        parts = [intent] if isinstance(intent, PostedMessage) else list(intent)
         if self._sqlite_worker is not None:
             return await self._sqlite_worker.write(
-                lambda conn: sqlite_worker.reserve_send(conn, job, owner, intent, now, hold)
+                lambda conn: sqlite_worker.reserve_send(conn, job, owner, parts, now, hold)
             )
         clock = None if self._database_clock else now
-        return await pg_worker.reserve_send(self._engine, job, owner, intent, now, clock, hold)
+        return await pg_worker.reserve_send(self._engine, job, owner, parts, now, clock, hold)
+
+    async def record_assessment(
+        self, key: ConversationKey, buffer_id: uuid.UUID, assessment: Assessment
+    ) -> None:
+        params = {
+            **_key(key),
+            "p_buffer_id": buffer_id,
+            "p_urgency": assessment.urgency,
+            "p_intent": assessment.intent,
+            "p_actions": list(assessment.actions),
+            "p_confidence": assessment.confidence,
+            "p_should_respond": assessment.should_respond,
+        }
+        if self._sqlite_worker is not None:
+            await self._sqlite_worker.write(
+                lambda conn: sqlite_worker.record_assessment(conn, params)
+            )
+            return
+        async with self._engine.begin() as conn:
+            await conn.execute(sql.RECORD_ASSESSMENT, params)
 
     async def confirm_sent(
         self, key: ConversationKey, marker: Marker, chatwoot_message_id: int
@@ -394,6 +416,7 @@ class SqlBufferStore:
                     **_key(key),
                     "p_buffer_id": marker.buffer_id,
                     "p_kind": marker.kind,
+                    "p_part": marker.part,
                     "p_message_id": chatwoot_message_id,
                 },
             )
