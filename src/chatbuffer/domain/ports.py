@@ -330,13 +330,6 @@ class SendLedger(SendConfirmations, Protocol):
         no other worker takes the buffer over while the POST may still land."""
         ...
 
-    async def record_assessment(
-        self, key: ConversationKey, buffer_id: uuid.UUID, assessment: Assessment
-    ) -> None:
-        """Keep what the model said about the burst, and its urgency, with the buffer (for
-        operators: ``chatbuffer prompt try``, the ``message_buffer`` row)."""
-        ...
-
     async def supersede(
         self, job: ClaimedJob, owner: str, now: datetime, policy: BufferPolicy
     ) -> uuid.UUID | None:
@@ -350,7 +343,14 @@ class SendLedger(SendConfirmations, Protocol):
         now: datetime,
         note: str,
         posted: PostedMessage | None = None,
-    ) -> bool: ...
+        *,
+        assessment: Assessment | None = None,
+    ) -> bool:
+        """Mark the buffer answered (``note``), recording ``posted`` (which Chatwoot accepted,
+        even when the lease is lost meanwhile) and keeping ``assessment`` with the buffer, what
+        the model said of the burst and its urgency, for operators (``chatbuffer prompt try``,
+        the ``message_buffer`` row)."""
+        ...
 
     async def release_for_retry(
         self, job: ClaimedJob, owner: str, error: str, retry_at: datetime

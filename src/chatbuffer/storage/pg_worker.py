@@ -18,11 +18,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
+from psycopg.types.json import Jsonb
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import greenlet_spawn
 
-from chatbuffer.domain.model import ConversationKey, ConversationSummary, InboundMessage
+from chatbuffer.domain.model import (
+    Assessment,
+    ConversationKey,
+    ConversationSummary,
+    InboundMessage,
+)
 from chatbuffer.domain.ports import BufferContents, ClaimedJob, PostedMessage, SendCheck
 from chatbuffer.storage import contents
 from chatbuffer.storage import statements as sql
@@ -46,6 +52,12 @@ COMPLETE = (
     "SELECT chatbuffer_complete(%(p_account_id)s, %(p_conversation_id)s, %(p_job_id)s,"
     " %(p_buffer_id)s, %(p_owner)s, %(p_now)s, %(p_note)s, %(p_kind)s, %(p_content)s,"
     " %(p_message_id)s)"
+)
+COMPLETE_ASSESSED = (
+    "SELECT chatbuffer_complete_assessed(%(p_account_id)s, %(p_conversation_id)s, %(p_job_id)s,"
+    " %(p_buffer_id)s, %(p_owner)s, %(p_now)s, %(p_note)s, %(p_kind)s, %(p_content)s,"
+    " %(p_message_id)s, %(p_urgency)s, %(p_intent)s, %(p_actions)s, %(p_confidence)s,"
+    " %(p_should_respond)s)"
 )
 RELEASE = (
     "SELECT chatbuffer_release(%(p_account_id)s, %(p_conversation_id)s, %(p_job_id)s,"
@@ -242,9 +254,14 @@ async def complete(
     now: datetime,
     note: str,
     posted: PostedMessage | None,
+    assessment: Assessment | None = None,
 ) -> bool:
     params = {**sql.held_job(job, owner), **_posted(posted), "p_now": now, "p_note": note}
-    return bool((await _call(engine, COMPLETE, params))[0][0])
+    if assessment is None:
+        return bool((await _call(engine, COMPLETE, params))[0][0])
+    found = sql.assessment(assessment)
+    params.update(found, p_actions=Jsonb(found["p_actions"]))
+    return bool((await _call(engine, COMPLETE_ASSESSED, params))[0][0])
 
 
 async def release(

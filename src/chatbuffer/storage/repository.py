@@ -386,26 +386,6 @@ class SqlBufferStore:
         clock = None if self._database_clock else now
         return await pg_worker.reserve_send(self._engine, job, owner, parts, now, clock, hold)
 
-    async def record_assessment(
-        self, key: ConversationKey, buffer_id: uuid.UUID, assessment: Assessment
-    ) -> None:
-        params = {
-            **_key(key),
-            "p_buffer_id": buffer_id,
-            "p_urgency": assessment.urgency,
-            "p_intent": assessment.intent,
-            "p_actions": list(assessment.actions),
-            "p_confidence": assessment.confidence,
-            "p_should_respond": assessment.should_respond,
-        }
-        if self._sqlite_worker is not None:
-            await self._sqlite_worker.write(
-                lambda conn: sqlite_worker.record_assessment(conn, params)
-            )
-            return
-        async with self._engine.begin() as conn:
-            await conn.execute(sql.RECORD_ASSESSMENT, params)
-
     async def confirm_sent(
         self, key: ConversationKey, marker: Marker, chatwoot_message_id: int
     ) -> bool:
@@ -478,17 +458,20 @@ class SqlBufferStore:
         now: datetime,
         note: str,
         posted: PostedMessage | None = None,
+        *,
+        assessment: Assessment | None = None,
     ) -> bool:
-        """Mark the buffer answered, recording what was posted, in one transaction.
+        """Mark the buffer answered, recording what was posted and the assessment, in one
+        transaction.
 
         What Chatwoot accepted is recorded even when this worker has lost the lease meanwhile,
         so the conversation's history (and a later duplicate check) knows it was sent.
         """
         if self._sqlite_worker is not None:
             return await self._sqlite_worker.write(
-                lambda conn: sqlite_worker.complete(conn, job, owner, now, note, posted)
+                lambda conn: sqlite_worker.complete(conn, job, owner, now, note, posted, assessment)
             )
-        return await pg_worker.complete(self._engine, job, owner, now, note, posted)
+        return await pg_worker.complete(self._engine, job, owner, now, note, posted, assessment)
 
     async def _wake_waiting(self, conn: AsyncConnection, params: Mapping[str, Any]) -> None:
         """Tell other processes' workers about a buffer this one's end lets through (in this

@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, NullPool, create_engine
 
-from chatbuffer.domain.model import ConversationKey
+from chatbuffer.domain.model import Assessment, ConversationKey
 from chatbuffer.domain.ports import BufferContents, ClaimedJob, PostedMessage, SendCheck
 from chatbuffer.storage import contents, database, writer_queue
 from chatbuffer.storage import statements as sql
@@ -355,10 +355,6 @@ def reserve_send(
     return verdict
 
 
-def record_assessment(conn: Connection, params: dict[str, Any]) -> None:
-    conn.execute(sql.RECORD_ASSESSMENT, params)
-
-
 def complete(
     conn: Connection,
     job: ClaimedJob,
@@ -366,11 +362,15 @@ def complete(
     now: datetime,
     note: str,
     posted: PostedMessage | None,
+    assessment: Assessment | None = None,
 ) -> bool:
-    """What Chatwoot accepted is recorded even when the lease is lost meanwhile."""
+    """What Chatwoot accepted, and the assessment, are recorded even when the lease is lost
+    meanwhile."""
     params = {**sql.held_job(job, owner), "p_now": now, "p_note": note}
     if posted is not None:
         record_posted(conn, job, posted, now)
+    if assessment is not None:
+        conn.execute(sql.RECORD_ASSESSMENT, {**params, **sql.assessment(assessment)})
     if conn.execute(sql.COMPLETE_JOB, params).rowcount != 1:
         return False
     conn.execute(sql.COMPLETE_BUFFER, params)

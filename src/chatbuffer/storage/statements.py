@@ -28,6 +28,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from chatbuffer.domain.model import Assessment
     from chatbuffer.domain.ports import ClaimedJob
 
 from sqlalchemy import (
@@ -813,6 +814,17 @@ DROP_UNSENT_FAILURE_NOTES = delete(bot_replies).where(
     status_is(bot_replies.c.kind, "failure_note"),
     bot_replies.c.chatwoot_message_id.is_(None),
 )
+
+
+def assessment(found: Assessment) -> dict[str, Any]:
+    """The parameters of ``RECORD_ASSESSMENT`` (and of ``chatbuffer_complete_assessed``)."""
+    return {
+        "p_urgency": found.urgency,
+        "p_intent": found.intent,
+        "p_actions": list(found.actions),
+        "p_confidence": found.confidence,
+        "p_should_respond": found.should_respond,
+    }
 
 
 def held_job(job: ClaimedJob, owner: str) -> dict[str, Any]:

@@ -478,13 +478,6 @@ class MemoryStore:
                 self._record_posted(job, part, now)
         return verdict
 
-    async def record_assessment(
-        self, key: ConversationKey, buffer_id: uuid.UUID, assessment: Assessment
-    ) -> None:
-        found = self.buffers.get(buffer_id)
-        if found is not None and found.key == key:
-            self.assessments[buffer_id] = assessment
-
     async def confirm_sent(
         self, key: ConversationKey, marker: Marker, chatwoot_message_id: int
     ) -> bool:
@@ -553,9 +546,13 @@ class MemoryStore:
         now: datetime,
         note: str,
         posted: PostedMessage | None = None,
+        *,
+        assessment: Assessment | None = None,
     ) -> bool:
         if posted is not None:
             self._record_posted(job, posted, now)
+        if assessment is not None and job.buffer_id in self.buffers:
+            self.assessments[job.buffer_id] = assessment
         if not self._finish(job, owner, "completed", "completed", now, note):
             return False
         for message in self.messages:

@@ -228,13 +228,15 @@ class Pipeline:
             burst, shown.shown, summary=shown.summary, include_history=include_history
         )
         answer = (await self._asker.ask(inputs, buffer_id=job.buffer_id)).decision
-        await self._assess(job, Assessment.of(answer, urgency.score(burst)))
+        assessed = Assessment.of(answer, urgency.score(burst))
         outcome = decision.route(answer, quality_threshold=self._config.quality_threshold)
         key = job.key
         if isinstance(outcome, StaySilent):
             if await self._check(job, owner) == "send":
                 note = f"silent: {outcome.reason}"
-                await self._ledger.complete(job, owner, self._clock.now(), note)
+                await self._ledger.complete(
+                    job, owner, self._clock.now(), note, assessment=assessed
+                )
                 self._observer.event(
                     "no_reply", key, buffer_id=str(job.buffer_id), reason=outcome.reason
                 )
@@ -251,7 +253,7 @@ class Pipeline:
         if ids is None:
             return shown
         reason = "replied" if isinstance(outcome, SendReply) else f"handed off: {outcome.reason}"
-        await self._finish(job, owner, parts, ids, reason)
+        await self._finish(job, owner, parts, ids, reason, assessed)
         message_id = ids[0]
         if isinstance(outcome, SendReply):
             self._observer.event(
@@ -456,17 +458,6 @@ class Pipeline:
             await self._typing(job, on=True)
         await self._clock.sleep(seconds)
 
-    async def _assess(self, job: ClaimedJob, assessment: Assessment) -> None:
-        # For operators only: never worth failing or delaying the reply for.
-        try:
-            await self._ledger.record_assessment(job.key, job.buffer_id, assessment)
-        except Exception as exc:
-            logger.warning(
-                "could not store the assessment of buffer %s: %s",
-                job.buffer_id,
-                type(exc).__name__,
-            )
-
     async def _post(self, job: ClaimedJob, message: PostedMessage) -> int:
         return await self._chatwoot.send_message(
             job.key,
@@ -482,6 +473,7 @@ class Pipeline:
         parts: Sequence[PostedMessage],
         ids: Sequence[int],
         note: str,
+        assessment: Assessment | None = None,
     ) -> None:
         # A message in parts has had each part confirmed as it went; a single one is confirmed
         # with the completion, in its transaction.
@@ -491,7 +483,9 @@ class Pipeline:
             # the note again.
             await self._ledger.confirm_sent(job.key, Marker(job.buffer_id, parts[0].kind), ids[0])
             await self._chatwoot.set_status(job.key, "open")
-        await self._ledger.complete(job, owner, self._clock.now(), note, posted)
+        await self._ledger.complete(
+            job, owner, self._clock.now(), note, posted, assessment=assessment
+        )
 
     async def _reserve(self, job: ClaimedJob, owner: str, message: PostedMessage) -> SendCheck:
         """The last check before a POST, which also keeps the lease for the POST's duration."""

@@ -4,7 +4,8 @@
   a row of its own, recorded before the first POST, marked and confirmed on its own. The unique
   key becomes (account_id, conversation_id, buffer_id, kind, part).
 * ``message_buffer``: ``urgency`` (1-10, ``domain.urgency``) and the model's ``model_intent``,
-  ``model_actions``, ``model_confidence`` and ``model_should_respond``, set once it answered.
+  ``model_actions``, ``model_confidence`` and ``model_should_respond``, set when the buffer it
+  answered completes (``chatbuffer_complete_assessed``, in the completion's transaction).
 
 On PostgreSQL ``chatbuffer_record_posted`` takes the part (its old form records part 0, for the
 functions that call it), ``chatbuffer_reserve_parts`` records every part of a message in the
@@ -161,6 +162,47 @@ END;
 $fn$
 """
 
+#: 0007's ``chatbuffer_complete``, and in the same transaction (so at no extra cost) what the
+#: model said of the burst and its urgency, kept with the buffer.
+COMPLETE_ASSESSED = """
+CREATE OR REPLACE FUNCTION chatbuffer_complete_assessed(
+    p_account_id integer,
+    p_conversation_id integer,
+    p_job_id uuid,
+    p_buffer_id uuid,
+    p_owner text,
+    p_now timestamptz,
+    p_note text,
+    p_kind text,
+    p_content text,
+    p_message_id bigint,
+    p_urgency integer,
+    p_intent text,
+    p_actions jsonb,
+    p_confidence double precision,
+    p_should_respond boolean
+)
+RETURNS boolean
+LANGUAGE plpgsql
+VOLATILE
+SET search_path FROM CURRENT
+AS $fn$
+DECLARE
+    v_done boolean;
+BEGIN
+    -- First: it takes the conversation's lock, the first lock of every write.
+    v_done := chatbuffer_complete(p_account_id, p_conversation_id, p_job_id, p_buffer_id,
+        p_owner, p_now, p_note, p_kind, p_content, p_message_id);
+    UPDATE message_buffer AS b
+       SET urgency = p_urgency, model_intent = p_intent, model_actions = p_actions,
+           model_confidence = p_confidence, model_should_respond = p_should_respond
+     WHERE b.account_id = p_account_id AND b.conversation_id = p_conversation_id
+       AND b.id = p_buffer_id;
+    RETURN v_done;
+END;
+$fn$
+"""
+
 RECORD_PART_SIGNATURE = (
     "chatbuffer_record_posted(integer, integer, uuid, text, integer, text, bigint, timestamptz)"
 )
@@ -170,6 +212,10 @@ RECORD_FIRST_SIGNATURE = (
 RESERVE_PARTS_SIGNATURE = (
     "chatbuffer_reserve_parts(integer, integer, uuid, uuid, text, timestamptz, interval, text, "
     "text[], integer, timestamptz)"
+)
+COMPLETE_ASSESSED_SIGNATURE = (
+    "chatbuffer_complete_assessed(integer, integer, uuid, uuid, text, timestamptz, text, text, "
+    "text, bigint, integer, text, jsonb, double precision, boolean)"
 )
 LOAD_SIGNATURE = "chatbuffer_load(integer, integer, uuid, uuid, text, integer, boolean)"
 
@@ -211,6 +257,7 @@ FUNCTIONS = {
     RECORD_PART_SIGNATURE: RECORD_PART,
     RECORD_FIRST_SIGNATURE: RECORD_FIRST,
     RESERVE_PARTS_SIGNATURE: RESERVE_PARTS,
+    COMPLETE_ASSESSED_SIGNATURE: COMPLETE_ASSESSED,
     LOAD_SIGNATURE: LOAD,
 }
 
@@ -237,6 +284,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     postgres = op.get_bind().dialect.name == "postgresql"
     if postgres:
+        op.execute(f"DROP FUNCTION IF EXISTS {COMPLETE_ASSESSED_SIGNATURE}")
         op.execute(f"DROP FUNCTION IF EXISTS {RESERVE_PARTS_SIGNATURE}")
     # Only the first part of a message fits the old key.
     op.execute("DELETE FROM bot_replies WHERE part <> 0")
