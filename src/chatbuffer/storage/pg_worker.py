@@ -225,13 +225,11 @@ async def reserve_send(
     hold: timedelta,
 ) -> SendCheck:
     """``chatbuffer_reserve_parts`` (migration 0014): the parts are numbered from the first
-    one's, in order, and are all of one kind; intents carry no Chatwoot id yet."""
+    one's, in order, and are all of one kind; they are recorded as intents (a part's Chatwoot
+    id is recorded by its confirmation)."""
     ordered = sorted(intent, key=lambda p: p.part)
-    if (
-        any(p.chatwoot_message_id is not None for p in ordered)
-        or len({p.kind for p in ordered}) != 1
-    ):
-        raise ValueError("a send reservation records unsent parts of one message")
+    if len({p.kind for p in ordered}) != 1:
+        raise ValueError("a send reservation records the parts of one message")
     if [p.part for p in ordered] != list(range(ordered[0].part, ordered[0].part + len(ordered))):
         raise ValueError("a message's parts are numbered without gaps")
     params = {

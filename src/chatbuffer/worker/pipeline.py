@@ -409,6 +409,8 @@ class Pipeline:
         searching = not isinstance(resuming_after, _Fresh)
         after = None if isinstance(resuming_after, _Fresh) else resuming_after
         ids: list[int] = []
+        # Recorded as intents: a part's id is recorded by its own confirmation.
+        intents = [replace(p, chatwoot_message_id=None) for p in parts]
         for part in parts:
             marker = Marker(job.buffer_id, part.kind, part.part)
             message_id = part.chatwoot_message_id
@@ -431,7 +433,7 @@ class Pipeline:
                 if ids:
                     await self._pause(job, part, typing=typing)
                 verdict = await self._ledger.reserve_send(
-                    job, owner, list(parts), self._clock.now(), hold=self._config.send_hold
+                    job, owner, intents, self._clock.now(), hold=self._config.send_hold
                 )
                 if ids and verdict == "newer":
                     verdict = "send"
