@@ -140,6 +140,19 @@ def side_by_side(trials: Sequence[Trial], *, width: int | None = None) -> str:
 
 
 def _old(burst: StoredBurst) -> tuple[str, str]:
+    title, text = _old_answer(burst)
+    found = burst.assessment
+    if found is None:
+        return title, text
+    actions = ", ".join(found.actions) or "none"
+    return (
+        f"{title}; urgency {found.urgency}, intent {found.intent}, confidence "
+        f"{found.confidence:.2f}, actions {actions}",
+        text,
+    )
+
+
+def _old_answer(burst: StoredBurst) -> tuple[str, str]:
     answer = burst.answer
     if answer is None:
         return f"old: nothing posted (buffer {burst.status})", ""
