@@ -16,7 +16,7 @@ A contract migration: the previous release's SQLite statements name the old uniq
 ``ON CONFLICT``, which no longer exists. The downgrade keeps only the first part of each message.
 
 Revision ID: 0014
-Revises: 0012
+Revises: 0018
 Create Date: 2026-12-03
 """
 
@@ -32,7 +32,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision = "0014"
-down_revision = "0012"
+down_revision = "0018"
 branch_labels = None
 depends_on = None
 oldest_compatible_code = revision
