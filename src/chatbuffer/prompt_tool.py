@@ -145,11 +145,12 @@ def _old(burst: StoredBurst) -> tuple[str, str]:
     if found is None:
         return title, text
     actions = ", ".join(found.actions) or "none"
-    return (
-        f"{title}; urgency {found.urgency}, intent {found.intent}, confidence "
-        f"{found.confidence:.2f}, actions {actions}",
-        text,
+    # Below the answer, so the column's heading stays one line.
+    said = (
+        f"(urgency {found.urgency}, intent {found.intent}, confidence {found.confidence:.2f}, "
+        f"actions {actions})"
     )
+    return title, f"{text}\n\n{said}" if text else said
 
 
 def _old_answer(burst: StoredBurst) -> tuple[str, str]:
