@@ -158,7 +158,7 @@ async def test_once_a_part_is_out_the_rest_follow_even_if_the_contact_writes_aga
 
 async def test_markdown_becomes_whatsapp_formatting_only_in_the_inboxes_with_the_flag() -> None:
     w = World()
-    w.controls.values[inbox_flag_name(Flag.RESPONSE_QUALITY_ENHANCEMENT, 7)] = "on"
+    w.control_rows.values[inbox_flag_name(Flag.RESPONSE_QUALITY_ENHANCEMENT, 7)] = "on"
     w.model.answers = [saying("## Your order\n\n**Shipped** today, *tracking* soon.")]
     other = ConversationKey(KEY.account_id, KEY.conversation_id + 1)
     await w.say("where is my order?", inbox_id=7)

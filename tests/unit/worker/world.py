@@ -89,7 +89,7 @@ class World:
         pause_max: timedelta = timedelta(seconds=3),
     ) -> None:
         self.clock = FakeClock()
-        self.controls = MemoryControls()
+        self.control_rows = MemoryControls()
         self.store = MemoryStore()
         self.chatwoot = RecordingChatwoot()
         self.observer = RecordingObserver()
@@ -100,7 +100,7 @@ class World:
         self.pipeline = Pipeline(
             history=self.store,
             ledger=self.store,
-            flags=CachedControls(self.controls, self.clock),
+            flags=CachedControls(self.control_rows, self.clock),
             chatwoot=self.chatwoot,
             model=self.model,
             clock=self.clock,
