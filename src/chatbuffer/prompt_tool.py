@@ -140,6 +140,20 @@ def side_by_side(trials: Sequence[Trial], *, width: int | None = None) -> str:
 
 
 def _old(burst: StoredBurst) -> tuple[str, str]:
+    title, text = _old_answer(burst)
+    found = burst.assessment
+    if found is None:
+        return title, text
+    actions = ", ".join(found.actions) or "none"
+    # Below the answer, so the column's heading stays one line.
+    said = (
+        f"(urgency {found.urgency}, intent {found.intent}, confidence {found.confidence:.2f}, "
+        f"actions {actions})"
+    )
+    return title, f"{text}\n\n{said}" if text else said
+
+
+def _old_answer(burst: StoredBurst) -> tuple[str, str]:
     answer = burst.answer
     if answer is None:
         return f"old: nothing posted (buffer {burst.status})", ""

@@ -113,6 +113,11 @@ class Settings(BaseSettings):
     history_limit: int = Field(20, ge=0, le=200)
     history_max_tokens: int = Field(2_000, ge=0, le=1_000_000)
     history_summary_every: int = Field(10, ge=0, le=200)
+    # WhatsApp refuses a text over 4,096 characters; a longer reply goes out in parts.
+    reply_max_chars: int = Field(4096, ge=100, le=100_000)
+    # "typing…" before each further part: proportional to its length, capped.
+    reply_pause_ms_per_char: float = Field(1.0, ge=0.0, le=1_000.0)
+    reply_pause_max_ms: int = Field(3_000, ge=0, le=60_000)
     # Comma list of custom attribute names, "*" for all; phone_number and email only by name.
     contact_attributes_to_model: str = ""
     # Message text, sender data and replies are personal data: 0 keeps them forever.

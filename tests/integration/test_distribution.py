@@ -408,7 +408,8 @@ CONVERSATION_TABLES = {t.name for t in metadata.sorted_tables} - REFERENCE_TABLE
 
 
 @pytest.mark.parametrize(
-    ("migration", "at_least"), [("0007_worker_functions", 5), ("0008_conversation_history", 1)]
+    ("migration", "at_least"),
+    [("0007_worker_functions", 5), ("0008_conversation_history", 1), ("0014_reply_parts", 3)],
 )
 def test_every_statement_of_the_worker_functions_stays_in_one_conversation(
     migration: str, at_least: int

@@ -7,7 +7,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from chatbuffer.domain.model import ConversationKey
+from chatbuffer.domain.model import Assessment, ConversationKey
 from chatbuffer.domain.ports import PostedMessage, StoredBurst
 from chatbuffer.prompt_tool import Trial, _shorten_images, side_by_side
 
@@ -60,3 +60,31 @@ def test_old_and_new_answers_stand_side_by_side_under_the_burst() -> None:
     silent = StoredBurst(**{**burst.__dict__, "answer": None}) if False else None
     assert silent is None
     assert side_by_side([]) == "no stored bursts yet\n"
+
+
+def test_the_old_answer_shows_what_the_model_said_of_the_burst() -> None:
+    burst = StoredBurst(
+        buffer_id=uuid.UUID(int=8),
+        key=ConversationKey(1, 1533),
+        status="completed",
+        messages=[],
+        history=[],
+        answer=PostedMessage("reply", "On its way.", 10_002),
+        last_message_at=datetime(2026, 3, 2, 14, 5, 2, tzinfo=UTC),
+        assessment=Assessment(
+            urgency=7,
+            intent="order_status",
+            actions=("track_parcel",),
+            confidence=0.9,
+            should_respond=True,
+        ),
+    )
+    text = side_by_side([Trial(burst, ["where?"], "new: reply", "Soon.", False)], width=200)
+    left = [line.split(" |")[0].strip() for line in text.splitlines()[2:]]
+    assert left == [
+        "old: reply (sent)",
+        "-----------------",
+        "On its way.",
+        "",
+        "(urgency 7, intent order_status, confidence 0.90, actions track_parcel)",
+    ]

@@ -22,6 +22,7 @@ from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 from chatbuffer.domain import contact as contacts
+from chatbuffer.domain import urgency
 from chatbuffer.domain.contact import AttributeSelection
 from chatbuffer.domain.model import (
     Attachment,
@@ -219,6 +220,7 @@ def prepare(inputs: PromptInputs) -> tuple[dict[str, Any], tuple[PromptImage, ..
         "instructions": inputs.instructions.strip(),
         "message_count": len(messages),
         "time_span_ms": time_span_ms(messages),
+        "urgency": urgency.score(messages),
         "messages": [
             {"text": fence(m.content or ""), "line": line, "received_at": m.received_at.isoformat()}
             for m, line in zip(messages, described, strict=True)

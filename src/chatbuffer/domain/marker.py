@@ -24,10 +24,16 @@ REPLY_KINDS: frozenset[str] = frozenset(get_args(ReplyKind))
 class Marker:
     buffer_id: uuid.UUID
     kind: ReplyKind
+    #: Which part of a reply too long for one message (0: the first, or the only one).
+    part: int = 0
 
     def attributes(self) -> dict[str, Any]:
         """The ``content_attributes`` to post with the message."""
-        return {REPLY_MARKER: {"buffer_id": str(self.buffer_id), "kind": self.kind}}
+        found: dict[str, Any] = {"buffer_id": str(self.buffer_id), "kind": self.kind}
+        if self.part:
+            # Only when there is more than one: the markers of earlier versions stay as they were.
+            found["part"] = self.part
+        return {REPLY_MARKER: found}
 
 
 def is_marked(attributes: Mapping[str, Any] | None) -> bool:
@@ -37,7 +43,8 @@ def is_marked(attributes: Mapping[str, Any] | None) -> bool:
 def read(attributes: Mapping[str, Any] | None, *, private: bool) -> Marker | None:
     """The marker in ``attributes``, or None if absent or unreadable.
 
-    Markers written before ``kind`` existed are read by visibility: public means the reply.
+    Markers written before ``kind`` existed are read by visibility: public means the reply;
+    a marker without ``part`` is the first (or only) part.
     """
     if not attributes:
         return None
@@ -51,4 +58,7 @@ def read(attributes: Mapping[str, Any] | None, *, private: bool) -> Marker | Non
     kind = raw.get("kind", "handoff_note" if private else "reply")
     if kind not in REPLY_KINDS:
         return None
-    return Marker(buffer_id, kind)
+    part = raw.get("part", 0)
+    if not isinstance(part, int) or isinstance(part, bool) or part < 0:
+        return None
+    return Marker(buffer_id, kind, part)

@@ -180,6 +180,28 @@ class ModelDecision:
 
 
 @dataclass(frozen=True, slots=True)
+class Assessment:
+    """What is kept with a buffer about its burst: its urgency (``domain.urgency``) and what the
+    model said of it besides the reply."""
+
+    urgency: int
+    intent: str
+    actions: tuple[str, ...]
+    confidence: float
+    should_respond: bool
+
+    @classmethod
+    def of(cls, answer: ModelDecision, urgency: int) -> Assessment:
+        return cls(
+            urgency=urgency,
+            intent=answer.intent,
+            actions=tuple(answer.actions),
+            confidence=answer.confidence,
+            should_respond=answer.should_respond,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class SendReply:
     """Post ``content`` as one public reply."""
 

@@ -23,6 +23,7 @@ from chatbuffer.domain.control import Controls, Subject
 from chatbuffer.domain.flags import Flag
 from chatbuffer.domain.marker import Marker, ReplyKind
 from chatbuffer.domain.model import (
+    Assessment,
     Attachment,
     AttachmentContent,
     ConversationKey,
@@ -206,6 +207,22 @@ class PostedMessage:
     kind: ReplyKind
     content: str
     chatwoot_message_id: int | None = None
+    #: A reply longer than one message is posted as parts 0, 1, …, each recorded, marked and
+    #: confirmed on its own (``domain.whatsapp.split``).
+    part: int = 0
+
+
+def whole_message(parts: Sequence[PostedMessage]) -> PostedMessage:
+    """The parts of one message read as one (for operators): the texts in order, a blank line
+    between them, with the first part's Chatwoot id, and none until every part has one."""
+    ordered = sorted(parts, key=lambda p: p.part)
+    first = ordered[0]
+    confirmed = all(p.chatwoot_message_id is not None for p in ordered)
+    return PostedMessage(
+        first.kind,
+        "\n\n".join(p.content for p in ordered),
+        first.chatwoot_message_id if confirmed else None,
+    )
 
 
 class AttachmentUpdates(Protocol):
@@ -302,14 +319,15 @@ class SendLedger(SendConfirmations, Protocol):
         self,
         job: ClaimedJob,
         owner: str,
-        intent: PostedMessage,
+        intent: PostedMessage | Sequence[PostedMessage],
         now: datetime,
         *,
         hold: timedelta = ...,
     ) -> SendCheck:
-        """``before_send``, and unless the job is lost record ``intent`` and keep the lease for
-        at least ``hold`` in the same transaction, so a crash after the POST leaves a trace to
-        check and no other worker takes the buffer over while the POST may still land."""
+        """``before_send``, and unless the job is lost record ``intent`` (every part of a long
+        reply; a part already recorded is kept as it is) and keep the lease for at least
+        ``hold`` in the same transaction, so a crash after the POST leaves a trace to check and
+        no other worker takes the buffer over while the POST may still land."""
         ...
 
     async def supersede(
@@ -325,7 +343,14 @@ class SendLedger(SendConfirmations, Protocol):
         now: datetime,
         note: str,
         posted: PostedMessage | None = None,
-    ) -> bool: ...
+        *,
+        assessment: Assessment | None = None,
+    ) -> bool:
+        """Mark the buffer answered (``note``), recording ``posted`` (which Chatwoot accepted,
+        even when the lease is lost meanwhile) and keeping ``assessment`` with the buffer, what
+        the model said of the burst and its urgency, for operators (``chatbuffer prompt try``,
+        the ``message_buffer`` row)."""
+        ...
 
     async def release_for_retry(
         self, job: ClaimedJob, owner: str, error: str, retry_at: datetime
@@ -477,6 +502,8 @@ class StoredBurst:
     last_message_at: datetime
     #: The conversation's rolling summary as stored now; ``history`` is what came after it.
     summary: ConversationSummary | None = None
+    #: What the model said about the burst and its urgency, once it was asked.
+    assessment: Assessment | None = None
 
 
 class BurstArchive(Protocol):

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from chatbuffer.domain.model import (
+    Assessment,
     Attachment,
     ConversationKey,
     ConversationSummary,
@@ -119,3 +120,17 @@ _ROLES: dict[str, Speaker] = {"contact": "contact", "assistant": "assistant", "a
 
 def _role(stored: str) -> Speaker:
     return _ROLES.get(stored, "agent")
+
+
+def assessment(row: Any) -> Assessment | None:
+    """A ``message_buffer`` row's assessment columns, or None before the model answered."""
+    if row.urgency is None or row.model_intent is None:
+        return None
+    actions = row.model_actions if isinstance(row.model_actions, list) else []
+    return Assessment(
+        urgency=row.urgency,
+        intent=row.model_intent,
+        actions=tuple(str(a) for a in actions),
+        confidence=float(row.model_confidence or 0.0),
+        should_respond=bool(row.model_should_respond),
+    )

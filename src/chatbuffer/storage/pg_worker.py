@@ -13,16 +13,22 @@ the lease lost, which is what the first call left behind.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
+from psycopg.types.json import Jsonb
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import greenlet_spawn
 
-from chatbuffer.domain.model import ConversationKey, ConversationSummary, InboundMessage
+from chatbuffer.domain.model import (
+    Assessment,
+    ConversationKey,
+    ConversationSummary,
+    InboundMessage,
+)
 from chatbuffer.domain.ports import BufferContents, ClaimedJob, PostedMessage, SendCheck
 from chatbuffer.storage import contents
 from chatbuffer.storage import statements as sql
@@ -38,14 +44,20 @@ SEND_CHECK = (
     " %(p_buffer_id)s, %(p_owner)s)"
 )
 RESERVE_SEND = (
-    "SELECT chatbuffer_reserve_send(%(p_account_id)s, %(p_conversation_id)s, %(p_job_id)s,"
-    " %(p_buffer_id)s, %(p_owner)s, %(p_clock)s, %(p_hold)s, %(p_kind)s, %(p_content)s,"
-    " %(p_message_id)s, %(p_now)s)"
+    "SELECT chatbuffer_reserve_parts(%(p_account_id)s, %(p_conversation_id)s, %(p_job_id)s,"
+    " %(p_buffer_id)s, %(p_owner)s, %(p_clock)s, %(p_hold)s, %(p_kind)s, %(p_parts)s,"
+    " %(p_first_part)s, %(p_now)s)"
 )
 COMPLETE = (
     "SELECT chatbuffer_complete(%(p_account_id)s, %(p_conversation_id)s, %(p_job_id)s,"
     " %(p_buffer_id)s, %(p_owner)s, %(p_now)s, %(p_note)s, %(p_kind)s, %(p_content)s,"
     " %(p_message_id)s)"
+)
+COMPLETE_ASSESSED = (
+    "SELECT chatbuffer_complete_assessed(%(p_account_id)s, %(p_conversation_id)s, %(p_job_id)s,"
+    " %(p_buffer_id)s, %(p_owner)s, %(p_now)s, %(p_note)s, %(p_kind)s, %(p_content)s,"
+    " %(p_message_id)s, %(p_urgency)s, %(p_intent)s, %(p_actions)s, %(p_confidence)s,"
+    " %(p_should_respond)s)"
 )
 RELEASE = (
     "SELECT chatbuffer_release(%(p_account_id)s, %(p_conversation_id)s, %(p_job_id)s,"
@@ -180,7 +192,8 @@ async def load(
         elif part == "history":
             history.append((message_id, kind, author, body, attachments, at.astimezone(UTC)))
         elif part == "posted":
-            posted.append(PostedMessage(kind, body, message_id))
+            # Migration 0014: a posted row's ``turns`` is its part.
+            posted.append(PostedMessage(kind, body, message_id, turns or 0))
         elif part == "summary":
             summary = contents.summary(body, at.astimezone(UTC), turns)
         elif part == "backfill":
@@ -206,14 +219,24 @@ async def reserve_send(
     engine: AsyncEngine,
     job: ClaimedJob,
     owner: str,
-    intent: PostedMessage,
+    intent: Sequence[PostedMessage],
     now: datetime,
     clock: datetime | None,
     hold: timedelta,
 ) -> SendCheck:
+    """``chatbuffer_reserve_parts`` (migration 0014): the parts are numbered from the first
+    one's, in order, and are all of one kind; they are recorded as intents (a part's Chatwoot
+    id is recorded by its confirmation)."""
+    ordered = sorted(intent, key=lambda p: p.part)
+    if len({p.kind for p in ordered}) != 1:
+        raise ValueError("a send reservation records the parts of one message")
+    if [p.part for p in ordered] != list(range(ordered[0].part, ordered[0].part + len(ordered))):
+        raise ValueError("a message's parts are numbered without gaps")
     params = {
         **sql.held_job(job, owner),
-        **_posted(intent),
+        "p_kind": ordered[0].kind,
+        "p_parts": [p.content for p in ordered],
+        "p_first_part": ordered[0].part,
         "p_clock": clock,
         "p_hold": hold,
         "p_now": now,
@@ -229,9 +252,14 @@ async def complete(
     now: datetime,
     note: str,
     posted: PostedMessage | None,
+    assessment: Assessment | None = None,
 ) -> bool:
     params = {**sql.held_job(job, owner), **_posted(posted), "p_now": now, "p_note": note}
-    return bool((await _call(engine, COMPLETE, params))[0][0])
+    if assessment is None:
+        return bool((await _call(engine, COMPLETE, params))[0][0])
+    found = sql.assessment(assessment)
+    params.update(found, p_actions=Jsonb(found["p_actions"]))
+    return bool((await _call(engine, COMPLETE_ASSESSED, params))[0][0])
 
 
 async def release(

@@ -46,6 +46,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from chatbuffer.domain import buffer
 from chatbuffer.domain.marker import Marker
 from chatbuffer.domain.model import (
+    Assessment,
     Attachment,
     ConversationKey,
     ConversationSummary,
@@ -368,7 +369,7 @@ class SqlBufferStore:
         self,
         job: ClaimedJob,
         owner: str,
-        intent: PostedMessage,
+        intent: PostedMessage | Sequence[PostedMessage],
         now: datetime,
         *,
         hold: timedelta = DEFAULT_SEND_HOLD,
@@ -377,12 +378,13 @@ class SqlBufferStore:
         Chatwoot timeout plus a margin) on the database's clock, all in one transaction: a
         ``send`` verdict means no other worker can take the buffer over before the POST has
         landed or timed out."""
+        parts = [intent] if isinstance(intent, PostedMessage) else list(intent)
         if self._sqlite_worker is not None:
             return await self._sqlite_worker.write(
-                lambda conn: sqlite_worker.reserve_send(conn, job, owner, intent, now, hold)
+                lambda conn: sqlite_worker.reserve_send(conn, job, owner, parts, now, hold)
             )
         clock = None if self._database_clock else now
-        return await pg_worker.reserve_send(self._engine, job, owner, intent, now, clock, hold)
+        return await pg_worker.reserve_send(self._engine, job, owner, parts, now, clock, hold)
 
     async def confirm_sent(
         self, key: ConversationKey, marker: Marker, chatwoot_message_id: int
@@ -394,6 +396,7 @@ class SqlBufferStore:
                     **_key(key),
                     "p_buffer_id": marker.buffer_id,
                     "p_kind": marker.kind,
+                    "p_part": marker.part,
                     "p_message_id": chatwoot_message_id,
                 },
             )
@@ -455,17 +458,20 @@ class SqlBufferStore:
         now: datetime,
         note: str,
         posted: PostedMessage | None = None,
+        *,
+        assessment: Assessment | None = None,
     ) -> bool:
-        """Mark the buffer answered, recording what was posted, in one transaction.
+        """Mark the buffer answered, recording what was posted and the assessment, in one
+        transaction.
 
         What Chatwoot accepted is recorded even when this worker has lost the lease meanwhile,
         so the conversation's history (and a later duplicate check) knows it was sent.
         """
         if self._sqlite_worker is not None:
             return await self._sqlite_worker.write(
-                lambda conn: sqlite_worker.complete(conn, job, owner, now, note, posted)
+                lambda conn: sqlite_worker.complete(conn, job, owner, now, note, posted, assessment)
             )
-        return await pg_worker.complete(self._engine, job, owner, now, note, posted)
+        return await pg_worker.complete(self._engine, job, owner, now, note, posted, assessment)
 
     async def _wake_waiting(self, conn: AsyncConnection, params: Mapping[str, Any]) -> None:
         """Tell other processes' workers about a buffer this one's end lets through (in this

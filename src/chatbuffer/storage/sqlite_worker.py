@@ -25,14 +25,14 @@ import contextlib
 import queue
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, NullPool, create_engine
 
-from chatbuffer.domain.model import ConversationKey
+from chatbuffer.domain.model import Assessment, ConversationKey
 from chatbuffer.domain.ports import BufferContents, ClaimedJob, PostedMessage, SendCheck
 from chatbuffer.storage import contents, database, writer_queue
 from chatbuffer.storage import statements as sql
@@ -287,7 +287,7 @@ def load(
         first = conn.execute(sql.FIRST_STORED, params).one()
         backfill_before = min((i for i in first if i is not None), default=None)
     posted = [
-        PostedMessage(r.kind, r.content, r.chatwoot_message_id)
+        PostedMessage(r.kind, r.content, r.chatwoot_message_id, r.part)
         for r in conn.execute(sql.BUFFER_POSTED, params)
     ]
     return BufferContents(
@@ -310,12 +310,13 @@ def record_posted(conn: Connection, job: ClaimedJob, posted: PostedMessage, now:
                 "p_conversation_id": job.key.conversation_id,
                 "p_buffer_id": job.buffer_id,
                 "p_kind": posted.kind,
+                "p_part": posted.part,
                 "p_message_id": posted.chatwoot_message_id,
             },
         )
         if confirmed.rowcount:
             return
-    # A row of this kind already there is kept (the unique key of buffer and kind).
+    # A row of this kind and part already there is kept (the unique key of buffer, kind, part).
     conn.execute(
         sql.RECORD_REPLY,
         {
@@ -327,6 +328,7 @@ def record_posted(conn: Connection, job: ClaimedJob, posted: PostedMessage, now:
             "content": posted.content,
             "chatwoot_message_id": posted.chatwoot_message_id,
             "sent_at": now,
+            "part": posted.part,
         },
     )
 
@@ -335,12 +337,12 @@ def reserve_send(
     conn: Connection,
     job: ClaimedJob,
     owner: str,
-    intent: PostedMessage,
+    intent: Sequence[PostedMessage],
     now: datetime,
     hold: timedelta,
 ) -> SendCheck:
-    """Keep the lease for ``hold``, check, record the intent (BEGIN IMMEDIATE serialises
-    writers, so no conversation lock is needed)."""
+    """Keep the lease for ``hold``, check, record the intent, every part of it (BEGIN IMMEDIATE
+    serialises writers, so no conversation lock is needed)."""
     lease = {"p_clock": now, "p_lease": hold, "p_lease_end": now + hold}
     if conn.execute(sql.HOLD_LEASE, {**sql.held_job(job, owner), **lease}).first() is None:
         return "cancelled"
@@ -348,7 +350,8 @@ def reserve_send(
     # Also on "newer": if the burst cannot be folded into the newer buffer, this reply is sent
     # after all. An intent left on a superseded buffer was never posted.
     if verdict != "cancelled":
-        record_posted(conn, job, intent, now)
+        for part in intent:
+            record_posted(conn, job, part, now)
     return verdict
 
 
@@ -359,11 +362,15 @@ def complete(
     now: datetime,
     note: str,
     posted: PostedMessage | None,
+    assessment: Assessment | None = None,
 ) -> bool:
-    """What Chatwoot accepted is recorded even when the lease is lost meanwhile."""
+    """What Chatwoot accepted, and the assessment, are recorded even when the lease is lost
+    meanwhile."""
     params = {**sql.held_job(job, owner), "p_now": now, "p_note": note}
     if posted is not None:
         record_posted(conn, job, posted, now)
+    if assessment is not None:
+        conn.execute(sql.RECORD_ASSESSMENT, {**params, **sql.assessment(assessment)})
     if conn.execute(sql.COMPLETE_JOB, params).rowcount != 1:
         return False
     conn.execute(sql.COMPLETE_BUFFER, params)

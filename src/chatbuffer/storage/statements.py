@@ -28,6 +28,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from chatbuffer.domain.model import Assessment
     from chatbuffer.domain.ports import ClaimedJob
 
 from sqlalchemy import (
@@ -651,15 +652,20 @@ MARK_BACKFILLED_PG, SAVE_SUMMARY_PG = _remember(pg_insert(conversation_memory))
 
 #: What earlier attempts meant to post, or posted, for this buffer.
 BUFFER_POSTED = (
-    select(bot_replies.c.kind, bot_replies.c.content, bot_replies.c.chatwoot_message_id)
+    select(
+        bot_replies.c.kind,
+        bot_replies.c.content,
+        bot_replies.c.chatwoot_message_id,
+        bot_replies.c.part,
+    )
     .where(_key(bot_replies), bot_replies.c.buffer_id == bindparam("p_buffer_id"))
-    .order_by(bot_replies.c.sent_at)
+    .order_by(bot_replies.c.sent_at, bot_replies.c.part)
 )
 
-#: SQLite (PostgreSQL records replies in migration 0007's functions): a reply of a kind the
+#: SQLite (PostgreSQL records replies in migration 0014's functions): a part of a kind the
 #: buffer already has is not recorded again (the first intent is kept).
 RECORD_REPLY = sqlite_insert(bot_replies).on_conflict_do_nothing(
-    index_elements=["account_id", "conversation_id", "buffer_id", "kind"]
+    index_elements=["account_id", "conversation_id", "buffer_id", "kind", "part"]
 )
 
 #: Only fills a missing id: the first confirmation wins, a late echo changes nothing.
@@ -669,9 +675,23 @@ CONFIRM_SENT = (
         _key(bot_replies),
         bot_replies.c.buffer_id == bindparam("p_buffer_id"),
         bot_replies.c.kind == bindparam("p_kind"),
+        bot_replies.c.part == bindparam("p_part"),
         bot_replies.c.chatwoot_message_id.is_(None),
     )
     .values(chatwoot_message_id=bindparam("p_message_id"))
+)
+
+#: What the model said of a burst, and its urgency, kept with the buffer.
+RECORD_ASSESSMENT = (
+    update(buffers)
+    .where(_key(buffers), buffers.c.id == bindparam("p_buffer_id"))
+    .values(
+        urgency=bindparam("p_urgency"),
+        model_intent=bindparam("p_intent"),
+        model_actions=bindparam("p_actions", type_=buffers.c.model_actions.type),
+        model_confidence=bindparam("p_confidence"),
+        model_should_respond=bindparam("p_should_respond"),
+    )
 )
 
 
@@ -794,6 +814,17 @@ DROP_UNSENT_FAILURE_NOTES = delete(bot_replies).where(
     status_is(bot_replies.c.kind, "failure_note"),
     bot_replies.c.chatwoot_message_id.is_(None),
 )
+
+
+def assessment(found: Assessment) -> dict[str, Any]:
+    """The parameters of ``RECORD_ASSESSMENT`` (and of ``chatbuffer_complete_assessed``)."""
+    return {
+        "p_urgency": found.urgency,
+        "p_intent": found.intent,
+        "p_actions": list(found.actions),
+        "p_confidence": found.confidence,
+        "p_should_respond": found.should_respond,
+    }
 
 
 def held_job(job: ClaimedJob, owner: str) -> dict[str, Any]:

@@ -134,6 +134,13 @@ message_buffer = Table(
     Column("outcome", Text, nullable=True),
     Column("created_at", UTCDateTime, nullable=False, server_default=_now_default()),
     Column("updated_at", UTCDateTime, nullable=False, server_default=_now_default()),
+    # What the model said of the burst besides the reply, and how urgent it read (1-10); set
+    # once the model answered (migration 0014).
+    Column("urgency", Integer, nullable=True),
+    Column("model_intent", Text, nullable=True),
+    Column("model_actions", JSONType, nullable=True),
+    Column("model_confidence", Float, nullable=True),
+    Column("model_should_respond", Boolean, nullable=True),
     _key_pk("message_buffer"),
 )
 
@@ -282,15 +289,18 @@ bot_replies = Table(
     Column("content", Text, nullable=False),
     Column("chatwoot_message_id", BigInteger, nullable=True),
     Column("sent_at", UTCDateTime, nullable=False),
+    # A reply longer than one message is posted in parts 0, 1, … (migration 0014).
+    Column("part", Integer, nullable=False, server_default="0"),
     _key_pk("bot_replies"),
     _buffer_fk("buffer_id", "fk_bot_replies_buffer_id_message_buffer", ondelete="CASCADE"),
 )
 Index(
-    "uq_bot_replies_buffer_kind",
+    "uq_bot_replies_buffer_kind_part",
     bot_replies.c.account_id,
     bot_replies.c.conversation_id,
     bot_replies.c.buffer_id,
     bot_replies.c.kind,
+    bot_replies.c.part,
     unique=True,
 )
 # The conversation's history, newest first (EARLIER_REPLIES).

@@ -24,7 +24,7 @@ from chatbuffer.domain.model import (
     HistoryEntry,
     InboundMessage,
 )
-from chatbuffer.domain.ports import PostedMessage, StoredBurst
+from chatbuffer.domain.ports import PostedMessage, StoredBurst, whole_message
 from chatbuffer.storage import contents
 from chatbuffer.storage import statements as sql
 from chatbuffer.storage.tables import bot_replies, buffered_messages, message_buffer
@@ -85,17 +85,26 @@ async def _read(conn: AsyncConnection, row: Any, history_limit: int) -> StoredBu
     messages = [_inbound(key, r) for r in rows]
     answers = (
         await conn.execute(
-            select(bot_replies.c.kind, bot_replies.c.content, bot_replies.c.chatwoot_message_id)
+            select(
+                bot_replies.c.kind,
+                bot_replies.c.content,
+                bot_replies.c.chatwoot_message_id,
+                bot_replies.c.part,
+            )
             .where(
                 _same_conversation(bot_replies, key),
                 bot_replies.c.buffer_id == row.id,
                 bot_replies.c.kind.in_(_ANSWER_KINDS),
             )
-            .order_by(bot_replies.c.sent_at)
+            .order_by(bot_replies.c.sent_at, bot_replies.c.part)
         )
     ).all()
-    by_kind = {a.kind: PostedMessage(a.kind, a.content, a.chatwoot_message_id) for a in answers}
-    answer = next((by_kind[k] for k in _ANSWER_KINDS if k in by_kind), None)
+    by_kind: dict[str, list[PostedMessage]] = {}
+    for a in answers:
+        by_kind.setdefault(a.kind, []).append(
+            PostedMessage(a.kind, a.content, a.chatwoot_message_id, a.part)
+        )
+    answer = next((whole_message(by_kind[k]) for k in _ANSWER_KINDS if k in by_kind), None)
     history, summary = await _history(conn, key, row.id, messages, history_limit)
     return StoredBurst(
         buffer_id=row.id,
@@ -106,6 +115,7 @@ async def _read(conn: AsyncConnection, row: Any, history_limit: int) -> StoredBu
         answer=answer,
         last_message_at=row.last_message_time,
         summary=summary,
+        assessment=contents.assessment(row),
     )
 
 

@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from chatbuffer.domain import buffer
 from chatbuffer.domain.marker import Marker, ReplyKind
 from chatbuffer.domain.model import (
+    Assessment,
     Attachment,
     ConversationKey,
     ConversationSummary,
@@ -95,6 +96,7 @@ class Reply:
     content: str
     chatwoot_message_id: int | None
     sent_at: datetime
+    part: int = 0
 
 
 @dataclass
@@ -127,6 +129,8 @@ class MemoryStore:
     replies: list[Reply] = field(default_factory=list)
     history_rows: list[HistoryRow] = field(default_factory=list)
     memory: dict[ConversationKey, Memory] = field(default_factory=dict)
+    #: The ``message_buffer`` columns of an assessed burst, by buffer id.
+    assessments: dict[uuid.UUID, Assessment] = field(default_factory=dict)
     _listeners: list[WakeCallback] = field(default_factory=list, init=False, repr=False)
 
     # -- intake ---------------------------------------------------------------------------
@@ -358,8 +362,8 @@ class MemoryStore:
                 default=None,
             )
         posted = [
-            PostedMessage(r.kind, r.content, r.chatwoot_message_id)
-            for r in self._posted(job.buffer_id)
+            PostedMessage(r.kind, r.content, r.chatwoot_message_id, r.part)
+            for r in sorted(self._posted(job.buffer_id), key=lambda r: (r.sent_at, r.part))
         ]
         check = await self.before_send(job, owner)
         return BufferContents(
@@ -459,7 +463,7 @@ class MemoryStore:
         self,
         job: ClaimedJob,
         owner: str,
-        intent: PostedMessage,
+        intent: PostedMessage | Sequence[PostedMessage],
         now: datetime,
         *,
         hold: timedelta = DEFAULT_SEND_HOLD,
@@ -470,14 +474,20 @@ class MemoryStore:
         self._keep_lease(held, now + hold)
         verdict = await self.before_send(job, owner)
         if verdict != "cancelled":
-            self._record_posted(job, intent, now)
+            for part in [intent] if isinstance(intent, PostedMessage) else intent:
+                self._record_posted(job, part, now)
         return verdict
 
     async def confirm_sent(
         self, key: ConversationKey, marker: Marker, chatwoot_message_id: int
     ) -> bool:
         for reply in self._posted(marker.buffer_id):
-            if reply.key == key and reply.kind == marker.kind and reply.chatwoot_message_id is None:
+            if (
+                reply.key == key
+                and reply.kind == marker.kind
+                and reply.part == marker.part
+                and reply.chatwoot_message_id is None
+            ):
                 reply.chatwoot_message_id = chatwoot_message_id
                 return True
         return False
@@ -485,7 +495,7 @@ class MemoryStore:
     def _record_posted(self, job: ClaimedJob, posted: PostedMessage, now: datetime) -> None:
         """Record an intent, or fill in the id of one; a row that already has an id is kept."""
         for reply in self._posted(job.buffer_id):
-            if reply.kind == posted.kind:
+            if reply.kind == posted.kind and reply.part == posted.part:
                 if reply.chatwoot_message_id is None:
                     reply.chatwoot_message_id = posted.chatwoot_message_id
                 return
@@ -497,6 +507,7 @@ class MemoryStore:
                 posted.content,
                 posted.chatwoot_message_id,
                 now,
+                posted.part,
             )
         )
 
@@ -535,9 +546,13 @@ class MemoryStore:
         now: datetime,
         note: str,
         posted: PostedMessage | None = None,
+        *,
+        assessment: Assessment | None = None,
     ) -> bool:
         if posted is not None:
             self._record_posted(job, posted, now)
+        if assessment is not None and job.buffer_id in self.buffers:
+            self.assessments[job.buffer_id] = assessment
         if not self._finish(job, owner, "completed", "completed", now, note):
             return False
         for message in self.messages:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from chatbuffer.domain.ports import PostedMessage, StoredBurst
+from chatbuffer.domain.ports import PostedMessage, StoredBurst, whole_message
 from chatbuffer.testing.memory import Buffer, MemoryStore
 
 _ANSWER_KINDS = ("reply", "handoff_note")
@@ -37,11 +37,13 @@ class MemoryBurstArchive:
             (m.message for m in store.messages if m.buffer_id == found.id),
             key=lambda m: m.chatwoot_message_id,
         )
-        answers = {
-            r.kind: PostedMessage(r.kind, r.content, r.chatwoot_message_id)
-            for r in sorted(store.replies, key=lambda r: r.sent_at)
-            if r.buffer_id == found.id and r.kind in _ANSWER_KINDS
-        }
+        by_kind: dict[str, list[PostedMessage]] = {}
+        for r in sorted(store.replies, key=lambda r: (r.sent_at, r.part)):
+            if r.buffer_id == found.id and r.kind in _ANSWER_KINDS:
+                by_kind.setdefault(r.kind, []).append(
+                    PostedMessage(r.kind, r.content, r.chatwoot_message_id, r.part)
+                )
+        answers = {kind: whole_message(parts) for kind, parts in by_kind.items()}
         memory = store.memory.get(found.key)
         summary = memory.summary if memory is not None else None
         history = store.turns(found.key, found.id, burst, summary, history_limit)
@@ -54,4 +56,5 @@ class MemoryBurstArchive:
             answer=next((answers[k] for k in _ANSWER_KINDS if k in answers), None),
             last_message_at=found.window.last_message_at,
             summary=summary,
+            assessment=store.assessments.get(found.id),
         )

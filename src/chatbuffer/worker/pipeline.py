@@ -8,12 +8,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
-from chatbuffer.domain import decision, history
+from chatbuffer.domain import decision, history, urgency, whatsapp
 from chatbuffer.domain.buffer import BufferPolicy
 from chatbuffer.domain.flags import Flag
 from chatbuffer.domain.history import HistoryPolicy, HistoryWindow
 from chatbuffer.domain.marker import Marker
 from chatbuffer.domain.model import (
+    Assessment,
     ConversationKey,
     HandOff,
     HistoryEntry,
@@ -52,6 +53,13 @@ DEFAULT_POLICY = BufferPolicy(
 )
 
 
+class _Fresh:
+    """A first delivery: nothing can have been posted yet, so nothing is looked for."""
+
+
+_FRESH = _Fresh()
+
+
 @dataclass(frozen=True, slots=True)
 class PipelineConfig:
     quality_threshold: float
@@ -69,6 +77,12 @@ class PipelineConfig:
     #: Refresh the rolling summary once this many turns fell out of the window since it was
     #: made (``HISTORY_SUMMARY_EVERY``; 0: no summary).
     summary_every: int = 10
+    #: A longer reply is posted in parts of at most this many characters (``REPLY_MAX_CHARS``).
+    reply_max_chars: int = whatsapp.WHATSAPP_MAX_CHARS
+    #: "typing…" before each part after the first, this long per character, at most
+    #: ``pause_max`` (``REPLY_PAUSE_MS_PER_CHAR``, ``REPLY_PAUSE_MAX_MS``).
+    pause_per_char: timedelta = timedelta(milliseconds=1)
+    pause_max: timedelta = timedelta(seconds=3)
 
     @property
     def history(self) -> HistoryPolicy:
@@ -153,7 +167,7 @@ class Pipeline:
             if stale:
                 await self._hand_over_stale(job, owner, contents)
             else:
-                shown = await self._answer(job, owner, contents)
+                shown = await self._answer(job, owner, contents, typing=typing)
         except DependencyError as exc:
             await self._retry_or_fail(job, owner, str(exc), exc.retryable, exc.retry_after)
         except Exception as exc:
@@ -177,7 +191,7 @@ class Pipeline:
         await self._ledger.release_for_retry(job, owner, reason, self._clock.now())
 
     async def _answer(
-        self, job: ClaimedJob, owner: str, contents: BufferContents
+        self, job: ClaimedJob, owner: str, contents: BufferContents, *, typing: bool
     ) -> HistoryWindow | None:
         """Answer the burst; the history window the model was shown, if it was asked."""
         handover = next(
@@ -197,7 +211,7 @@ class Pipeline:
         if earlier is not None:
             # An earlier attempt decided what to post and may have posted it: finish that
             # instead of asking the model again.
-            await self._resume(job, owner, contents, earlier)
+            await self._resume(job, owner, contents, earlier, typing=typing)
             return None
         # The contact may have written again between the due time and the load (which read
         # this check with the burst): fold this burst into the newer one before paying for a
@@ -214,29 +228,33 @@ class Pipeline:
             burst, shown.shown, summary=shown.summary, include_history=include_history
         )
         answer = (await self._asker.ask(inputs, buffer_id=job.buffer_id)).decision
+        assessed = Assessment.of(answer, urgency.score(burst))
         outcome = decision.route(answer, quality_threshold=self._config.quality_threshold)
         key = job.key
         if isinstance(outcome, StaySilent):
             if await self._check(job, owner) == "send":
                 note = f"silent: {outcome.reason}"
-                await self._ledger.complete(job, owner, self._clock.now(), note)
+                await self._ledger.complete(
+                    job, owner, self._clock.now(), note, assessment=assessed
+                )
                 self._observer.event(
                     "no_reply", key, buffer_id=str(job.buffer_id), reason=outcome.reason
                 )
             return shown
         if isinstance(outcome, SendReply):
-            intent = PostedMessage("reply", outcome.content)
+            parts = await self._reply_parts(outcome.content, contents)
         else:
             assert isinstance(outcome, HandOff)
-            intent = PostedMessage("handoff_note", decision.handoff_note(outcome))
+            parts = [PostedMessage("handoff_note", decision.handoff_note(outcome))]
         # While the model wrote, a person may have taken over (never answer over them) or the
         # contact may have written again (then this reply is stale: answer the whole burst once).
-        # The intent is recorded in the same transaction as that check.
-        if await self._reserve(job, owner, intent) != "send":
+        # The intent, every part of it, is recorded in the same transaction as that check.
+        ids = await self._deliver(job, owner, parts, typing=typing)
+        if ids is None:
             return shown
-        message_id = await self._post(job, intent)
         reason = "replied" if isinstance(outcome, SendReply) else f"handed off: {outcome.reason}"
-        await self._finish(job, owner, intent, message_id, reason)
+        await self._finish(job, owner, parts, ids, reason, assessed)
+        message_id = ids[0]
         if isinstance(outcome, SendReply):
             self._observer.event(
                 "reply_sent",
@@ -246,6 +264,7 @@ class Pipeline:
                 confidence=answer.confidence,
                 intent=answer.intent,
                 reply=outcome.content,
+                parts=len(parts),
             )
         else:
             self._observer.event(
@@ -264,7 +283,7 @@ class Pipeline:
         if await self._reserve(job, owner, intent) != "send":
             return
         message_id = await self._post(job, intent)
-        await self._finish(job, owner, intent, message_id, "handed off: stale after a pause")
+        await self._finish(job, owner, [intent], [message_id], "handed off: stale after a pause")
         self._observer.event(
             "handoff", job.key, buffer_id=str(job.buffer_id), reason="stale after a pause"
         )
@@ -325,61 +344,150 @@ class Pipeline:
         self._observer.event("summary_refreshed", key, turns=summary.turns)
 
     async def _resume(
-        self, job: ClaimedJob, owner: str, contents: BufferContents, earlier: PostedMessage
+        self,
+        job: ClaimedJob,
+        owner: str,
+        contents: BufferContents,
+        earlier: PostedMessage,
+        *,
+        typing: bool,
     ) -> None:
-        """Finish what an earlier attempt started, posting its message at most once more.
-
-        Chatwoot has no idempotency key, so when the earlier attempt's POST is unconfirmed
-        (it crashed, or Chatwoot timed out after accepting it) the conversation is searched for
-        the message's marker first; only if it is not there is the same text posted again.
-        """
-        message_id = earlier.chatwoot_message_id
-        marker = Marker(job.buffer_id, earlier.kind)
-        if message_id is None:
-            message_id = await self._chatwoot.find_marked(
-                job.key, marker, after_message_id=_last_incoming(contents)
-            )
-            self._observer.event(
-                "send_reconciled",
-                job.key,
-                buffer_id=str(job.buffer_id),
-                kind=earlier.kind,
-                found=message_id is not None,
-            )
-        if message_id is None:
-            if await self._reserve(job, owner, earlier) != "send":
-                return
-            message_id = await self._post(job, earlier)
+        """Finish what an earlier attempt started, posting each part of its message at most once
+        more (``_deliver``), in order, never those already confirmed."""
+        parts = sorted((p for p in contents.posted if p.kind == earlier.kind), key=lambda p: p.part)
+        ids = await self._deliver(
+            job, owner, parts, typing=typing, resuming_after=_last_incoming(contents)
+        )
+        if ids is None:
+            return
         reason = "replied" if earlier.kind == "reply" else "handed off"
-        await self._finish(job, owner, earlier, message_id, f"{reason} (resumed)")
+        await self._finish(job, owner, parts, ids, f"{reason} (resumed)")
         self._observer.event(
             "reply_sent" if earlier.kind == "reply" else "handoff",
             job.key,
             buffer_id=str(job.buffer_id),
-            chatwoot_message_id=message_id,
+            chatwoot_message_id=ids[0],
             resumed=True,
+            parts=len(parts),
         )
+
+    async def _reply_parts(self, content: str, contents: BufferContents) -> list[PostedMessage]:
+        """The reply as it is posted: in WhatsApp's formatting when the inbox's
+        ``response_quality_enhancement`` flag is on, and cut into parts WhatsApp accepts."""
+        inbox = contents.messages[-1].conversation.get("inbox_id") if contents.messages else None
+        if await self._flags.is_enabled(
+            Flag.RESPONSE_QUALITY_ENHANCEMENT,
+            contents.messages[-1].key,
+            inbox_id=inbox if isinstance(inbox, int) and not isinstance(inbox, bool) else None,
+        ):
+            content = whatsapp.to_whatsapp(content) or content
+        pieces = whatsapp.split(content, self._config.reply_max_chars) or [content]
+        return [PostedMessage("reply", text, part=i) for i, text in enumerate(pieces)]
+
+    async def _deliver(
+        self,
+        job: ClaimedJob,
+        owner: str,
+        parts: Sequence[PostedMessage],
+        *,
+        typing: bool,
+        resuming_after: int | _Fresh | None = _FRESH,
+    ) -> list[int] | None:
+        """Post each part not confirmed yet, in order; the Chatwoot ids of all of them, or None
+        when the buffer is not to be answered (after all, or any more).
+
+        Every reservation records all the parts (the first one does; later ones find them), so
+        a crash at any point leaves the whole message to finish. Chatwoot has no idempotency
+        key: when resuming, a part recorded without an id (the attempt crashed, or Chatwoot
+        timed out after accepting it) is looked for in the conversation by its marker before it
+        is posted again. Parts go out one after the other, so once one is not found none after
+        it can have been posted. Once a part has reached the contact the rest follow even if
+        the contact wrote again meanwhile (half an answer would be worse than an answer to a
+        slightly stale burst); a person taking over, or a lost lease, stops them.
+        """
+        multipart = len(parts) > 1
+        searching = not isinstance(resuming_after, _Fresh)
+        after = None if isinstance(resuming_after, _Fresh) else resuming_after
+        ids: list[int] = []
+        # Recorded as intents: a part's id is recorded by its own confirmation.
+        intents = [replace(p, chatwoot_message_id=None) for p in parts]
+        for part in parts:
+            marker = Marker(job.buffer_id, part.kind, part.part)
+            message_id = part.chatwoot_message_id
+            if message_id is None and searching:
+                message_id = await self._chatwoot.find_marked(
+                    job.key, marker, after_message_id=after
+                )
+                self._observer.event(
+                    "send_reconciled",
+                    job.key,
+                    buffer_id=str(job.buffer_id),
+                    kind=part.kind,
+                    part=part.part,
+                    found=message_id is not None,
+                )
+                searching = message_id is not None
+                if message_id is not None and multipart:
+                    await self._ledger.confirm_sent(job.key, marker, message_id)
+            if message_id is None:
+                if ids:
+                    await self._pause(job, part, typing=typing)
+                verdict = await self._ledger.reserve_send(
+                    job, owner, intents, self._clock.now(), hold=self._config.send_hold
+                )
+                if ids and verdict == "newer":
+                    verdict = "send"
+                if await self._settle(job, owner, verdict) != "send":
+                    return None
+                message_id = await self._post(job, part)
+                if multipart:
+                    # Each part's id as soon as it is known: a crash before the next part must
+                    # not post this one again.
+                    await self._ledger.confirm_sent(job.key, marker, message_id)
+            ids.append(message_id)
+        return ids
+
+    async def _pause(self, job: ClaimedJob, part: PostedMessage, *, typing: bool) -> None:
+        """A person takes a moment to type the next part; "typing…" shows meanwhile."""
+        seconds = whatsapp.typing_pause(
+            part.content,
+            per_char_s=self._config.pause_per_char.total_seconds(),
+            cap_s=self._config.pause_max.total_seconds(),
+        )
+        if seconds <= 0:
+            return
+        if typing:
+            await self._typing(job, on=True)
+        await self._clock.sleep(seconds)
 
     async def _post(self, job: ClaimedJob, message: PostedMessage) -> int:
         return await self._chatwoot.send_message(
             job.key,
             message.content,
             private=message.kind != "reply",
-            content_attributes=Marker(job.buffer_id, message.kind).attributes(),
+            content_attributes=Marker(job.buffer_id, message.kind, message.part).attributes(),
         )
 
     async def _finish(
-        self, job: ClaimedJob, owner: str, message: PostedMessage, message_id: int, note: str
+        self,
+        job: ClaimedJob,
+        owner: str,
+        parts: Sequence[PostedMessage],
+        ids: Sequence[int],
+        note: str,
+        assessment: Assessment | None = None,
     ) -> None:
-        posted = replace(message, chatwoot_message_id=message_id)
-        if message.kind == "handoff_note":
+        # A message in parts has had each part confirmed as it went; a single one is confirmed
+        # with the completion, in its transaction.
+        posted = replace(parts[0], chatwoot_message_id=ids[0]) if len(parts) == 1 else None
+        if parts[0].kind == "handoff_note":
             # Recorded before the status change, so a retry after a failed toggle does not post
             # the note again.
-            await self._ledger.confirm_sent(
-                job.key, Marker(job.buffer_id, message.kind), message_id
-            )
+            await self._ledger.confirm_sent(job.key, Marker(job.buffer_id, parts[0].kind), ids[0])
             await self._chatwoot.set_status(job.key, "open")
-        await self._ledger.complete(job, owner, self._clock.now(), note, posted)
+        await self._ledger.complete(
+            job, owner, self._clock.now(), note, posted, assessment=assessment
+        )
 
     async def _reserve(self, job: ClaimedJob, owner: str, message: PostedMessage) -> SendCheck:
         """The last check before a POST, which also keeps the lease for the POST's duration."""

@@ -79,8 +79,17 @@ class Model:
 
 
 class World:
-    def __init__(self, *, concurrency: int = 4, wake_on_finish: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        concurrency: int = 4,
+        wake_on_finish: bool = True,
+        reply_max_chars: int = 4096,
+        pause_per_char: timedelta = timedelta(milliseconds=1),
+        pause_max: timedelta = timedelta(seconds=3),
+    ) -> None:
         self.clock = FakeClock()
+        self.control_rows = MemoryControls()
         self.store = MemoryStore()
         self.chatwoot = RecordingChatwoot()
         self.observer = RecordingObserver()
@@ -91,7 +100,7 @@ class World:
         self.pipeline = Pipeline(
             history=self.store,
             ledger=self.store,
-            flags=CachedControls(MemoryControls(), self.clock),
+            flags=CachedControls(self.control_rows, self.clock),
             chatwoot=self.chatwoot,
             model=self.model,
             clock=self.clock,
@@ -102,11 +111,21 @@ class World:
                 history_limit=10,
                 retry=RetryPolicy(max_attempts=3, base_delay=timedelta(seconds=2)),
                 policy=POLICY,
+                reply_max_chars=reply_max_chars,
+                pause_per_char=pause_per_char,
+                pause_max=pause_max,
             ),
         )
 
-    async def say(self, *texts: str, every: float = 2.0, key: ConversationKey = KEY) -> None:
-        """The contact sends ``texts``, ``every`` seconds apart (the clock ends after the last)."""
+    async def say(
+        self,
+        *texts: str,
+        every: float = 2.0,
+        key: ConversationKey = KEY,
+        inbox_id: int | None = None,
+    ) -> None:
+        """The contact sends ``texts``, ``every`` seconds apart (the clock ends after the last),
+        in the inbox ``inbox_id`` if given."""
         for i, text in enumerate(texts):
             if i:
                 self.clock.advance(every)
@@ -119,6 +138,7 @@ class World:
                     kind="text",
                     content_type="text",
                     received_at=self.clock.now(),
+                    conversation={} if inbox_id is None else {"inbox_id": inbox_id},
                 ),
                 POLICY,
                 self.clock.now(),
