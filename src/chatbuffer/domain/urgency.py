@@ -4,8 +4,8 @@
 A heuristic over what the contact wrote (and said, in voice-note transcripts) and how fast: words
 that ask for speed, words that report a problem, shouting, insistent punctuation, and many
 messages in a short time. It is shown to the model (the prompt's ``urgency``) and stored with the
-buffer; nothing in chatbuffer acts on it by itself. Words are matched in English, Portuguese and
-Spanish, accents and case ignored.
+buffer; the smart windows' fast track (a flag, off by default) also reads a message's own score.
+Words are matched in English, Portuguese and Spanish, accents and case ignored.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from chatbuffer.domain.flags import Flag
 from chatbuffer.domain.model import InboundMessage
 from chatbuffer.domain.ports import WindowStates
 from chatbuffer.domain.smart_window import WindowPolicy, advance, shape_of
+from chatbuffer.domain.urgency import score
 
 
 class SmartWindows:
@@ -43,8 +44,13 @@ class SmartWindows:
             ),
         )
         at_ms = message.received_at.timestamp() * 1000
+        # The message's own urgency: the fast track needs only whether the question that may
+        # end the burst is pressing, and the earlier messages' text is not kept.
+        urgency = score([message]) if rules.fast_track else None
         state = await self._states.update(
             message.key,
-            lambda current: advance(current, message.chatwoot_message_id, at_ms, shape, rules),
+            lambda current: advance(
+                current, message.chatwoot_message_id, at_ms, shape, rules, urgency
+            ),
         )
         return replace(base, quiet_period=timedelta(milliseconds=state.quiet_ms))
