@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import re
 import signal
@@ -40,7 +41,18 @@ def _parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=text, description=text)
         sub.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
         sub.add_argument("--port", type=_port, default=8000, help="port to bind (default 8000)")
-    commands.add_parser("worker", help="only the worker that answers due buffers")
+    worker = commands.add_parser("worker", help="only the worker that answers due buffers")
+    worker.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address of the worker's /metrics and /healthz (default 127.0.0.1)",
+    )
+    worker.add_argument(
+        "--metrics-port",
+        type=_port_or_off,
+        default=9464,
+        help="port of the worker's /metrics and /healthz (default 9464; 0: none)",
+    )
     buffers = commands.add_parser(
         "buffers",
         help="list failed buffers or replay one, through a running api (needs ADMIN_TOKEN)",
@@ -237,6 +249,10 @@ def _port(value: str) -> int:
     return port
 
 
+def _port_or_off(value: str) -> int:
+    return 0 if value.strip() == "0" else _port(value)
+
+
 def _positive_ms(value: str) -> int:
     try:
         ms = int(value)
@@ -350,7 +366,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from chatbuffer.observability import logging as log_setup
 
-    log_setup.configure(settings.log_level)
+    log_setup.configure(settings.log_level, settings.log_format)
     for warning in settings.deprecations:
         logging.getLogger("chatbuffer.settings").warning("%s", warning)
     if role == "migrate":
@@ -369,7 +385,7 @@ def _run(args: argparse.Namespace) -> int:
         _migrate(settings)
     asyncio.run(_preflight(settings))
     if role == "worker":
-        asyncio.run(_worker(settings, prompt_files))
+        asyncio.run(_worker(settings, prompt_files, host=args.metrics_host, port=args.metrics_port))
         return 0
     _serve_http(
         settings,
@@ -388,7 +404,7 @@ def _prompt(settings: Settings, args: argparse.Namespace) -> int:
     # The worker's code runs here: it needs what a worker needs. Logs go to stderr, so stdout
     # holds only the answer.
     settings.require_for("worker")
-    log_setup.configure("WARNING")
+    log_setup.configure("WARNING", settings.log_format)
     asyncio.run(_preflight(settings))
     if args.action == "show":
         print(
@@ -589,15 +605,22 @@ def _serve_http(
     _Server(config).run()
 
 
-async def _worker(settings: Settings, prompt_files: PromptFiles | None) -> None:
+async def _worker(
+    settings: Settings, prompt_files: PromptFiles | None, *, host: str, port: int
+) -> None:
     from chatbuffer.app import Runtime
+    from chatbuffer.observability.server import metrics_listener
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     runtime = Runtime(settings, prompt_files=prompt_files)
-    async with runtime.opened(), runtime.worker_running():
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(runtime.opened())
+        if port:
+            await stack.enter_async_context(metrics_listener(runtime.metrics_page, host, port))
+        await stack.enter_async_context(runtime.worker_running())
         await stop.wait()
 
 

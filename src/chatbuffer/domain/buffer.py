@@ -118,3 +118,16 @@ def merged(older: BufferWindow, newer: BufferWindow) -> BufferWindow:
         last_message_at=max(older.last_message_at, newer.last_message_at),
         message_count=older.message_count + newer.message_count,
     )
+
+
+def close_reason(window: BufferWindow, due: datetime, policy: BufferPolicy) -> str:
+    """Why a buffer closed: ``max_size``, ``quiet`` or ``max_age`` (for the operators' metrics).
+
+    A buffer whose conversation is not on the buffered path closes with its one message, as a
+    full buffer does.
+    """
+    if window.message_count >= policy.max_size or due <= window.last_message_at:
+        return "max_size"
+    if closed_by_quiet(window, due, policy):
+        return "quiet"
+    return "max_age"
