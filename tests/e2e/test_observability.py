@@ -20,8 +20,8 @@ from tests.e2e.conftest import (
     ACCOUNT,
     REPLY_BOUND_S,
     Service,
-    World,
     Worker,
+    World,
     free_port,
     simulators,
 )
@@ -92,6 +92,8 @@ def assert_burst_answered_once(worker_side: Samples) -> None:
     # Closed by the 1 s quiet period and taken at once: the lateness is far below a second.
     assert value(worker_side, "chatbuffer_processing_lateness_seconds_sum") < 1
     assert value(worker_side, "chatbuffer_llm_confidence_count") == 1
+    assert value(worker_side, "chatbuffer_answer_delay_seconds_count") == 1
+    assert value(worker_side, "chatbuffer_answer_delay_seconds_sum") < REPLY_BOUND_S
     assert 0 < value(worker_side, "chatbuffer_llm_confidence_sum") <= 1
     assert value(worker_side, "chatbuffer_llm_tokens_total", kind="prompt") > 0
     assert value(worker_side, "chatbuffer_llm_tokens_total", kind="completion") > 0
@@ -127,9 +129,7 @@ def json_lines(log: Path) -> list[dict[str, Any]]:
     return parsed
 
 
-async def test_serve_reports_a_burst_in_metrics_and_json_logs(
-    db_url: str, tmp_path: Path
-) -> None:
+async def test_serve_reports_a_burst_in_metrics_and_json_logs(db_url: str, tmp_path: Path) -> None:
     port = free_port()
     async with simulators(port) as sims:
         env = sims.service_env(db_url, LOG_FORMAT="json", LOG_LEVEL="info")
@@ -201,7 +201,7 @@ async def test_api_and_worker_each_serve_their_metrics(postgres_url: str, tmp_pa
     # The gauges are the database's: both processes see the same numbers.
     for gauge in ("chatbuffer_open_buffers", "chatbuffer_due_buffers"):
         assert value(api_side, gauge) == value(worker_side, gauge) == 0
-    processed = [line for line in worker.log_lines("buffer_processed")]
+    processed = worker.log_lines("buffer_processed")
     assert len(processed) == 1, processed
     assert "messageCount=3" in processed[0]
     assert "responseGenerated=True" in processed[0]

@@ -140,6 +140,7 @@ async def test_a_burst_is_counted_from_its_messages_to_its_reply(
     assert sample(after, "chatbuffer_processing_lateness_seconds_count") == 1
     assert sample(after, "chatbuffer_processing_lateness_seconds_sum") == pytest.approx(0.25)
     assert sample(after, "chatbuffer_llm_request_duration_seconds_count", outcome="ok") == 1
+    assert sample(after, "chatbuffer_answer_delay_seconds_count") == 1
     assert sample(after, "chatbuffer_llm_confidence_count") == 1
     assert sample(after, "chatbuffer_llm_confidence_sum") == pytest.approx(0.9)
     assert sample(after, "chatbuffer_replies_sent_total") == 1

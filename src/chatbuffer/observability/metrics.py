@@ -158,6 +158,13 @@ class Metrics:
             buckets=(0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60),
             registry=r,
         )
+        self.answer_delay = Histogram(
+            "chatbuffer_answer_delay_seconds",
+            "From a buffer's closing to its outcome, on its first attempt: the seed's "
+            "processing latency after the buffer timeout.",
+            buckets=(0.1, 0.25, 0.5, 1, 2, 3, 4, 5, 7.5, 10, 20, 30, 60),
+            registry=r,
+        )
         self.llm_duration = Histogram(
             "chatbuffer_llm_request_duration_seconds",
             "One model request, from sending to the parsed answer.",

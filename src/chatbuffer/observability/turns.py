@@ -109,6 +109,9 @@ class BufferLogObserver:
         processing = seconds_between(turn.claimed_at, now)
         if self._metrics is not None:
             self._metrics.processing.observe(processing)
+            # A retry's due time is its retry time, not the buffer's closing.
+            if turn.attempt == 1 and turn.due_at is not None:
+                self._metrics.answer_delay.observe(seconds_between(turn.due_at, now))
         duration = (
             seconds_between(turn.first_message_at, turn.due_at)
             if turn.first_message_at is not None and turn.due_at is not None
