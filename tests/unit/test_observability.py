@@ -6,7 +6,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx2
 import pytest
@@ -183,3 +185,22 @@ async def test_the_worker_listener_serves_metrics_and_health_and_refuses_a_taken
     assert metrics.headers["content-type"].startswith("text/plain")
     assert (health.status_code, health.json()) == (200, {"status": "ok"})
     assert missing.status_code == 404
+
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+#: Named by the shipped rules for a counter another change adds (a credential refusal).
+ELSEWHERE = {"chatbuffer_credential_refused_total"}
+
+
+def test_the_shipped_rules_and_dashboard_name_only_exported_metrics() -> None:
+    exported = set()
+    for family in Metrics(FakeClock(T0)).registry.collect():
+        suffixes = {"histogram": ("_bucket", "_sum", "_count"), "counter": ("_total",)}
+        exported |= {family.name + end for end in suffixes.get(family.type, ("",))}
+    named = set()
+    for path in [*DEPLOY.glob("prometheus/*.yml"), *DEPLOY.glob("grafana/*.json")]:
+        named |= set(re.findall(r"\b(chatbuffer_[a-z_]+)", path.read_text()))
+    # The gauges are the database's: read at scrape time, absent until a database is connected.
+    exported |= {"chatbuffer_open_buffers", "chatbuffer_due_buffers"}
+    assert named, "the deploy folder lost its rules"
+    assert named - exported - ELSEWHERE == set()
