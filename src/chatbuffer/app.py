@@ -54,6 +54,7 @@ from chatbuffer.errors import ConfigurationError, StorageUnavailable
 from chatbuffer.flags import CachedControls
 from chatbuffer.intake.webhook import IntakeRules, WebhookIntake
 from chatbuffer.intake.windows import SmartWindows
+from chatbuffer.observability import turns
 from chatbuffer.observability.events import FanOut, LoggingObserver
 from chatbuffer.observability.measured import (
     MeasuredChatwoot,
@@ -64,6 +65,7 @@ from chatbuffer.observability.measured import (
     token_counter,
 )
 from chatbuffer.observability.metrics import CONTENT_TYPE, Metrics, MetricsObserver
+from chatbuffer.observability.tracing import TracedReplyModel
 from chatbuffer.observability.turns import BufferLogObserver
 from chatbuffer.prompting.loading import load_instructions, load_template
 from chatbuffer.prompting.template import PromptTemplate
@@ -74,6 +76,7 @@ from chatbuffer.storage.listener import PgWakeListener
 from chatbuffer.storage.repository import SqlBufferStore
 from chatbuffer.storage.smart_windows import SqlWindowStates
 from chatbuffer.storage.subjects import SqlSubjects
+from chatbuffer.storage.traces import SqlTraceLog
 from chatbuffer.storage.transcripts import SqlBurstArchive
 from chatbuffer.transcription.fetch import AttachmentFetcher
 from chatbuffer.transcription.local_transcriber import (
@@ -412,6 +415,7 @@ class Runtime:
             temperature=s.ai_temperature,
             max_tokens=s.ai_max_tokens,
             on_usage=token_counter(self.metrics),
+            on_answer=turns.note_raw_answer,
         )
         self._owned.append(openai_model)
         # One gate for the whole process, shared by replies and transcriptions: both spend the
@@ -422,11 +426,12 @@ class Runtime:
             requests_per_minute=s.ai_requests_per_minute,
         )
         # Measured inside the gate: the request's own duration, not its wait for a turn.
+        model: ReplyModel = self._model or openai_model
+        if s.buffer_trace_enabled and self._engine is not None:
+            request_of = openai_model.request if self._model is None else None
+            model = TracedReplyModel(model, SqlTraceLog(self._engine), self.clock, request_of)
         model = GuardedReplyModel(
-            GatedReplyModel(
-                MeasuredReplyModel(self._model or openai_model, self.metrics, self.clock), gate
-            ),
-            guard,
+            GatedReplyModel(MeasuredReplyModel(model, self.metrics, self.clock), gate), guard
         )
         fetcher: AttachmentFetcher | None = None
         if s.chatwoot_base_url:

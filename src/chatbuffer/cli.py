@@ -73,6 +73,12 @@ def _parser() -> argparse.ArgumentParser:
         "show", help="one buffer: its messages and what the bot posted, or recorded in shadow"
     )
     shown.add_argument("buffer_id", help="the buffer's id, as `buffers list` shows it")
+    traced = actions.add_parser(
+        "trace",
+        help="one buffer's turn as JSON: messages, window, close reason, model requests, sends "
+        "(reads DATABASE_URL; no api or token needed)",
+    )
+    traced.add_argument("buffer_id", type=_buffer_id, help="the buffer's id")
     migrate = commands.add_parser(
         "migrate",
         help="create or upgrade the database schema, or move it to a given revision",
@@ -336,6 +342,12 @@ def _run(args: argparse.Namespace) -> int:
     settings = load_settings()
     if args.command == "prompt":
         return _prompt(settings, args)
+    if args.command == "buffers" and args.action == "trace":
+        from chatbuffer import trace_tool
+
+        asyncio.run(_preflight(settings))
+        print(asyncio.run(trace_tool.show(settings, args.buffer_id)))
+        return 0
     if args.command == "buffers":
         from chatbuffer import admin_client
 

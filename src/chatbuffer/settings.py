@@ -125,6 +125,8 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
+    # Keep each buffer's model requests and answers (`chatbuffer buffers trace`).
+    buffer_trace_enabled: bool = True
 
     @field_validator(
         "ai_max_tokens",

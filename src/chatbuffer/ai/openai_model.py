@@ -63,12 +63,15 @@ class OpenAIReplyModel:
         temperature: float = DEFAULT_TEMPERATURE,
         max_tokens: int | None = None,
         on_usage: UsageHook | None = None,
+        on_answer: Callable[[str], None] | None = None,
     ) -> None:
         self._model = model
         self._client = client
         self._temperature = temperature
         self._max_tokens = max_tokens
         self._on_usage = on_usage
+        #: Told the model's text exactly as it answered (the buffer's trace).
+        self._on_answer = on_answer
 
     async def aclose(self) -> None:
         await self._client.close()
@@ -117,7 +120,10 @@ class OpenAIReplyModel:
         _report_usage(completion, self._on_usage)
         if not completion.choices:
             raise ModelError("the model returned no choices")
-        return parse_decision(completion.choices[0].message.content)
+        content = completion.choices[0].message.content
+        if self._on_answer is not None:
+            self._on_answer(content or "")
+        return parse_decision(content)
 
 
 def _report_usage(completion: Any, hook: UsageHook | None) -> None:

@@ -35,6 +35,8 @@ class Turn:
     due_at: datetime | None
     confidence: float | None = None
     model_requests: int = 0
+    #: The model's text for the request in flight (``note_raw_answer``).
+    raw_answer: str | None = None
 
 
 _current: ContextVar[Turn | None] = ContextVar("chatbuffer_turn", default=None)
@@ -48,6 +50,12 @@ def note_model_request() -> None:
     turn = _current.get()
     if turn is not None:
         turn.model_requests += 1
+
+
+def note_raw_answer(text: str) -> None:
+    turn = _current.get()
+    if turn is not None:
+        turn.raw_answer = text
 
 
 def note_decision(answer: ModelDecision) -> None:
