@@ -39,6 +39,8 @@ def window(last_s: float, count: int) -> BufferWindow:
     ("last_s", "count", "due_s", "reason"),
     [
         (10, 3, 40, "quiet"),
+        # A shorter quiet period chosen for the conversation (smart windows) is still quiet.
+        (10, 2, 18, "quiet"),
         (290, 4, 300, "max_age"),
         (12, 5, 12, "max_size"),
         # Outside the buffered path: the message closes its own buffer at once.

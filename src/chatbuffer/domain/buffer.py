@@ -121,13 +121,14 @@ def merged(older: BufferWindow, newer: BufferWindow) -> BufferWindow:
 
 
 def close_reason(window: BufferWindow, due: datetime, policy: BufferPolicy) -> str:
-    """Why a buffer closed: ``max_size``, ``quiet`` or ``max_age`` (for the operators' metrics).
+    """Why a buffer closed: ``max_size``, ``max_age`` or ``quiet`` (for the operators' metrics).
 
-    A buffer whose conversation is not on the buffered path closes with its one message, as a
-    full buffer does.
+    Read from the caps only, so a quiet period chosen per conversation (smart windows) still
+    reads as ``quiet``. A buffer closed with its last message (a conversation outside the
+    buffered path, whose every message closes its own buffer) counts as full.
     """
     if window.message_count >= policy.max_size or due <= window.last_message_at:
         return "max_size"
-    if closed_by_quiet(window, due, policy):
-        return "quiet"
-    return "max_age"
+    if due >= window.started_at + policy.max_age:
+        return "max_age"
+    return "quiet"
