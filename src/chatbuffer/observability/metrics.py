@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 CLOSE_REASONS = ("quiet", "max_age", "max_size", "control_word", "cancelled")
-HANDOFF_REASONS = ("low_confidence", "empty_reply", "failed", "resumed", "other")
+HANDOFF_REASONS = ("low_confidence", "empty_reply", "failed", "stale", "resumed", "other")
 
 #: How long the database gauges are reused: every replica may be scraped every few seconds, and
 #: two counts per scrape per replica are cheap, but not free under a scrape storm.
@@ -74,6 +74,8 @@ def handoff_slug(reason: str | None) -> str:
         return "empty_reply"
     if reason == "failed":
         return "failed"
+    if reason.startswith("stale"):
+        return "stale"
     return "other"
 
 

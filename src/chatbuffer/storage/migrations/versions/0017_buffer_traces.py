@@ -8,7 +8,7 @@ along), and denying rows to every role but the owner on PostgreSQL (migration 00
 An expand migration: the release before it never reads or writes the table.
 
 Revision ID: 0017
-Revises: 0018
+Revises: 0014
 Create Date: 2026-12-03
 """
 
@@ -21,7 +21,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision = "0017"
-down_revision = "0018"
+down_revision = "0014"
 branch_labels = None
 depends_on = None
 oldest_compatible_code = down_revision
