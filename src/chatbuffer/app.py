@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import openai
 from fastapi import FastAPI
@@ -54,16 +54,29 @@ from chatbuffer.errors import ConfigurationError, StorageUnavailable
 from chatbuffer.flags import CachedControls
 from chatbuffer.intake.webhook import IntakeRules, WebhookIntake
 from chatbuffer.intake.windows import SmartWindows
+from chatbuffer.observability import turns
 from chatbuffer.observability.events import FanOut, LoggingObserver
+from chatbuffer.observability.measured import (
+    MeasuredChatwoot,
+    MeasuredHistory,
+    MeasuredIntake,
+    MeasuredReplyModel,
+    MeasuredStore,
+    token_counter,
+)
+from chatbuffer.observability.metrics import CONTENT_TYPE, Metrics, MetricsObserver
+from chatbuffer.observability.tracing import TracedReplyModel
+from chatbuffer.observability.turns import BufferLogObserver
 from chatbuffer.prompting.loading import load_instructions, load_template
 from chatbuffer.prompting.template import PromptTemplate
 from chatbuffer.settings import Settings
-from chatbuffer.storage import database, retention
+from chatbuffer.storage import database, gauges, retention
 from chatbuffer.storage.controls import SqlControls
 from chatbuffer.storage.listener import PgWakeListener
 from chatbuffer.storage.repository import SqlBufferStore
 from chatbuffer.storage.smart_windows import SqlWindowStates
 from chatbuffer.storage.subjects import SqlSubjects
+from chatbuffer.storage.traces import SqlTraceLog
 from chatbuffer.storage.transcripts import SqlBurstArchive
 from chatbuffer.transcription.fetch import AttachmentFetcher
 from chatbuffer.transcription.local_transcriber import (
@@ -166,7 +179,16 @@ class Runtime:
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
         self._clock_injected = clock is not None
-        self.observer = FanOut([LoggingObserver(), *observers])
+        self.metrics = Metrics(self.clock)
+        self.observer = FanOut(
+            [
+                LoggingObserver(),
+                MetricsObserver(self.metrics, settings.buffer_policy),
+                BufferLogObserver(self.clock, self.metrics),
+                *observers,
+            ]
+        )
+        self._measured_intake = MeasuredIntake(self._handle_webhook, self.metrics)
         self._chatwoot = chatwoot
         self._model = model
         self._transcriber = transcriber
@@ -177,6 +199,7 @@ class Runtime:
         self._engine: AsyncEngine | None = None
         self._heartbeat_engine: AsyncEngine | None = None
         self._store: SqlBufferStore | None = None
+        self._measured_store: SqlBufferStore | None = None
         self._owned: list[
             ChatwootClient
             | ChatwootHistory
@@ -190,9 +213,10 @@ class Runtime:
 
     @property
     def store(self) -> SqlBufferStore:
-        if self._store is None:
+        """The store; each of its operations is timed (``chatbuffer_db_statement_duration``)."""
+        if self._measured_store is None:
             raise RuntimeError("Runtime is not open")
-        return self._store
+        return self._measured_store
 
     async def open(self) -> None:
         self._engine = database.create_engine(
@@ -209,6 +233,12 @@ class Runtime:
             heartbeat_engine=self._heartbeat_engine,
             intake_batch=self.settings.database_intake_batch,
         )
+        # The measured store has every method of the real one (it forwards them).
+        self._measured_store = cast(
+            SqlBufferStore, MeasuredStore(self._store, self.metrics, self.clock)
+        )
+        engine = self._engine
+        self.metrics.gauges.connect(lambda now: gauges.buffer_counts(engine, now))
         self._flags = CachedControls(SqlControls(self._engine), self.clock)
         self._windows = SmartWindows(SqlWindowStates(self._engine), self.settings.window_policy)
         await database.check_schema(self._engine, self.settings.database_url)
@@ -224,6 +254,7 @@ class Runtime:
             if engine is not None:
                 await engine.dispose()
         self._engine = self._heartbeat_engine = None
+        self.metrics.gauges.connect(None)
 
     @asynccontextmanager
     async def opened(self) -> AsyncIterator[Runtime]:
@@ -248,6 +279,13 @@ class Runtime:
         return await self._flags.current()
 
     async def handle_webhook(self, body: object) -> Mapping[str, Any]:
+        return await self._measured_intake(body)
+
+    async def metrics_page(self) -> tuple[bytes, str]:
+        """``GET /metrics``: this process's metrics and the database's buffer counts."""
+        return await self.metrics.render(), CONTENT_TYPE
+
+    async def _handle_webhook(self, body: object) -> Mapping[str, Any]:
         if self._intake is None:
             raise RuntimeError("Runtime is not open")
         try:
@@ -325,6 +363,8 @@ class Runtime:
             controls=self.current_controls,
             control_access=self.control_access,
             buffers=self,
+            metrics=self.metrics_page,
+            on_rejected=self._measured_intake.rejected,
         )
 
     # -- worker ---------------------------------------------------------------------------
@@ -357,6 +397,7 @@ class Runtime:
             )
             self._owned.append(client)
             chatwoot = client
+        chatwoot = MeasuredChatwoot(chatwoot, self.metrics, self.clock)
         if s.openai_api_key is None and s.burst_webhook_url is None:
             raise ConfigurationError("OPENAI_API_KEY is required")
         # One connection pool for the model and the transcriptions; the SDK's own retries are
@@ -373,6 +414,8 @@ class Runtime:
             client=openai_client,
             temperature=s.ai_temperature,
             max_tokens=s.ai_max_tokens,
+            on_usage=token_counter(self.metrics),
+            on_answer=turns.note_raw_answer,
         )
         self._owned.append(openai_model)
         # One gate for the whole process, shared by replies and transcriptions: both spend the
@@ -382,7 +425,14 @@ class Runtime:
             max_concurrency=s.ai_max_concurrency,
             requests_per_minute=s.ai_requests_per_minute,
         )
-        model = GuardedReplyModel(GatedReplyModel(self._model or openai_model, gate), guard)
+        # Measured inside the gate: the request's own duration, not its wait for a turn.
+        model: ReplyModel = self._model or openai_model
+        if s.buffer_trace_enabled and self._engine is not None:
+            request_of = openai_model.request if self._model is None else None
+            model = TracedReplyModel(model, SqlTraceLog(self._engine), self.clock, request_of)
+        model = GuardedReplyModel(
+            GatedReplyModel(MeasuredReplyModel(model, self.metrics, self.clock), gate), guard
+        )
         fetcher: AttachmentFetcher | None = None
         if s.chatwoot_base_url:
             fetcher = AttachmentFetcher(
@@ -426,7 +476,12 @@ class Runtime:
         )
         summarizer = GuardedSummarizer(
             GatedSummarizer(
-                self._summarizer or OpenAISummarizer(model=s.openai_model, client=openai_client),
+                self._summarizer
+                or OpenAISummarizer(
+                    model=s.openai_model,
+                    client=openai_client,
+                    on_usage=token_counter(self.metrics),
+                ),
                 gate,
             ),
             guard,
@@ -439,7 +494,7 @@ class Runtime:
                 timeout_s=s.chatwoot_timeout_ms / 1000,
             )
             self._owned.append(history)
-            earlier = history
+            earlier = MeasuredHistory(history, self.metrics, self.clock)
         return _Adapters(
             GuardedChatwoot(chatwoot, guard),
             model,

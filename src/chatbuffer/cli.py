@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import re
 import signal
@@ -40,7 +41,18 @@ def _parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=text, description=text)
         sub.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
         sub.add_argument("--port", type=_port, default=8000, help="port to bind (default 8000)")
-    commands.add_parser("worker", help="only the worker that answers due buffers")
+    worker = commands.add_parser("worker", help="only the worker that answers due buffers")
+    worker.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address of the worker's /metrics and /healthz (default 127.0.0.1)",
+    )
+    worker.add_argument(
+        "--metrics-port",
+        type=_port_or_off,
+        default=9464,
+        help="port of the worker's /metrics and /healthz (default 9464; 0: none)",
+    )
     buffers = commands.add_parser(
         "buffers",
         help="list failed buffers or replay one, through a running api (needs ADMIN_TOKEN)",
@@ -61,6 +73,12 @@ def _parser() -> argparse.ArgumentParser:
         "show", help="one buffer: its messages and what the bot posted, or recorded in shadow"
     )
     shown.add_argument("buffer_id", help="the buffer's id, as `buffers list` shows it")
+    traced = actions.add_parser(
+        "trace",
+        help="one buffer's turn as JSON: messages, window, close reason, model requests, sends "
+        "(reads DATABASE_URL; no api or token needed)",
+    )
+    traced.add_argument("buffer_id", type=_buffer_id, help="the buffer's id")
     migrate = commands.add_parser(
         "migrate",
         help="create or upgrade the database schema, or move it to a given revision",
@@ -237,6 +255,10 @@ def _port(value: str) -> int:
     return port
 
 
+def _port_or_off(value: str) -> int:
+    return 0 if value.strip() == "0" else _port(value)
+
+
 def _positive_ms(value: str) -> int:
     try:
         ms = int(value)
@@ -320,6 +342,12 @@ def _run(args: argparse.Namespace) -> int:
     settings = load_settings()
     if args.command == "prompt":
         return _prompt(settings, args)
+    if args.command == "buffers" and args.action == "trace":
+        from chatbuffer import trace_tool
+
+        asyncio.run(_preflight(settings))
+        print(asyncio.run(trace_tool.show(settings, args.buffer_id)))
+        return 0
     if args.command == "buffers":
         from chatbuffer import admin_client
 
@@ -350,7 +378,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from chatbuffer.observability import logging as log_setup
 
-    log_setup.configure(settings.log_level)
+    log_setup.configure(settings.log_level, settings.log_format)
     for warning in settings.deprecations:
         logging.getLogger("chatbuffer.settings").warning("%s", warning)
     if role == "migrate":
@@ -369,7 +397,7 @@ def _run(args: argparse.Namespace) -> int:
         _migrate(settings)
     asyncio.run(_preflight(settings))
     if role == "worker":
-        asyncio.run(_worker(settings, prompt_files))
+        asyncio.run(_worker(settings, prompt_files, host=args.metrics_host, port=args.metrics_port))
         return 0
     _serve_http(
         settings,
@@ -388,7 +416,7 @@ def _prompt(settings: Settings, args: argparse.Namespace) -> int:
     # The worker's code runs here: it needs what a worker needs. Logs go to stderr, so stdout
     # holds only the answer.
     settings.require_for("worker")
-    log_setup.configure("WARNING")
+    log_setup.configure("WARNING", settings.log_format)
     asyncio.run(_preflight(settings))
     if args.action == "show":
         print(
@@ -589,15 +617,22 @@ def _serve_http(
     _Server(config).run()
 
 
-async def _worker(settings: Settings, prompt_files: PromptFiles | None) -> None:
+async def _worker(
+    settings: Settings, prompt_files: PromptFiles | None, *, host: str, port: int
+) -> None:
     from chatbuffer.app import Runtime
+    from chatbuffer.observability.server import metrics_listener
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     runtime = Runtime(settings, prompt_files=prompt_files)
-    async with runtime.opened(), runtime.worker_running():
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(runtime.opened())
+        if port:
+            await stack.enter_async_context(metrics_listener(runtime.metrics_page, host, port))
+        await stack.enter_async_context(runtime.worker_running())
         await stop.wait()
 
 

@@ -124,6 +124,9 @@ class Settings(BaseSettings):
     data_retention_days: int = Field(0, ge=0, le=36_500)
     admin_token: SecretStr | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    # Keep each buffer's model requests and answers (`chatbuffer buffers trace`).
+    buffer_trace_enabled: bool = True
 
     @field_validator(
         "ai_max_tokens",
@@ -151,10 +154,15 @@ class Settings(BaseSettings):
             return None
         return value
 
-    @field_validator("transcription_backend", mode="before")
+    @field_validator("transcription_backend", "log_format", mode="before")
     @classmethod
     def _lower_backend(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
 
     @field_validator("database_url")
     @classmethod

@@ -158,12 +158,25 @@ class Worker:
     log: Path
     process: subprocess.Popen[bytes] | None = None
     owner: str | None = None
+    #: Where its ``/metrics`` and ``/healthz`` answer (a free port, never the default 9464).
+    metrics_port: int = field(default_factory=free_port)
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     async def start(self) -> None:
         offset = self.log.stat().st_size if self.log.exists() else 0
         with self.log.open("ab") as handle:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "chatbuffer", "worker"],
+                [
+                    sys.executable,
+                    "-m",
+                    "chatbuffer",
+                    "worker",
+                    "--metrics-port",
+                    str(self.metrics_port),
+                ],
                 env=self.env,
                 stdout=handle,
                 stderr=subprocess.STDOUT,

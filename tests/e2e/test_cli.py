@@ -93,7 +93,9 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = cwd / f"{command}-{self.port}.log"
-        args = [] if command == "worker" else ["--port", str(self.port)]
+        # A worker serves only its metrics, on this port (never the shared default 9464).
+        port_option = "--metrics-port" if command == "worker" else "--port"
+        args = [port_option, str(self.port)]
         with self.log.open("wb") as handle:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "chatbuffer", command, *args],

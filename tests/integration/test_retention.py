@@ -19,6 +19,7 @@ from chatbuffer.storage.retention import PURGE_INTERVAL, PurgeReport, purge, pur
 from chatbuffer.storage.tables import (
     bot_replies,
     buffer_processing_jobs,
+    buffer_traces,
     buffered_messages,
     conversation_memory,
     conversations,
@@ -141,6 +142,19 @@ class Stored:
                         sent_at=updated_at,
                     )
                 )
+                # The model request behind the reply quotes the customer too.
+                await conn.execute(
+                    insert(buffer_traces).values(
+                        id=uuid.uuid4(),
+                        buffer_id=buffer_id,
+                        **owner,
+                        attempt=1,
+                        requested_at=at,
+                        duration_ms=800,
+                        request={"messages": [{"role": "user", "content": "12 Rua Augusta"}]},
+                        answer='{"content": "We deliver there tomorrow."}',
+                    )
+                )
             # The service leaves the conversation naming its last buffer after it is answered.
             await conn.execute(
                 update(conversations)
@@ -162,6 +176,7 @@ class Stored:
                     (buffered_messages, buffered_messages.c.buffer_id),
                     (buffer_processing_jobs, buffer_processing_jobs.c.buffer_id),
                     (bot_replies, bot_replies.c.buffer_id),
+                    (buffer_traces, buffer_traces.c.buffer_id),
                 ]
             }
 
@@ -195,6 +210,7 @@ async def test_purge_deletes_old_finished_buffers_with_what_they_own_and_nothing
     assert left["buffered_messages"] == set(kept)
     assert left["buffer_processing_jobs"] == set(kept)
     assert left["bot_replies"] == {kept[0], kept[3]}
+    assert left["buffer_traces"] == {kept[0], kept[3]}
     assert not set(old_done) & set().union(*left.values())
     async with engine.connect() as conn:
         active = dict(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import Any, cast
 
 import openai
@@ -43,6 +44,10 @@ class DecisionSchema(BaseModel):
     actions: list[str] = Field(default_factory=list)
 
 
+#: Told each answer's prompt and completion tokens, as the endpoint counted them (metrics).
+UsageHook = Callable[[int, int], None]
+
+
 class OpenAIReplyModel:
     """Implements :class:`chatbuffer.domain.ports.ReplyModel`.
 
@@ -57,11 +62,16 @@ class OpenAIReplyModel:
         client: openai.AsyncOpenAI,
         temperature: float = DEFAULT_TEMPERATURE,
         max_tokens: int | None = None,
+        on_usage: UsageHook | None = None,
+        on_answer: Callable[[str], None] | None = None,
     ) -> None:
         self._model = model
         self._client = client
         self._temperature = temperature
         self._max_tokens = max_tokens
+        self._on_usage = on_usage
+        #: Told the model's text exactly as it answered (the buffer's trace).
+        self._on_answer = on_answer
 
     async def aclose(self) -> None:
         await self._client.close()
@@ -107,9 +117,19 @@ class OpenAIReplyModel:
                         f"the model endpoint answered {exc.status_code}: it does not take images"
                     ) from exc
                 raise
+        _report_usage(completion, self._on_usage)
         if not completion.choices:
             raise ModelError("the model returned no choices")
-        return parse_decision(completion.choices[0].message.content)
+        content = completion.choices[0].message.content
+        if self._on_answer is not None:
+            self._on_answer(content or "")
+        return parse_decision(content)
+
+
+def _report_usage(completion: Any, hook: UsageHook | None) -> None:
+    usage = getattr(completion, "usage", None)
+    if hook is not None and usage is not None:
+        hook(usage.prompt_tokens or 0, usage.completion_tokens or 0)
 
 
 def _refuses_images(exc: openai.APIStatusError) -> bool:
@@ -159,11 +179,17 @@ class OpenAISummarizer:
     (``domain.history.summary_prompt``) on the reply model's endpoint and client."""
 
     def __init__(
-        self, *, model: str, client: openai.AsyncOpenAI, max_tokens: int = SUMMARY_MAX_TOKENS
+        self,
+        *,
+        model: str,
+        client: openai.AsyncOpenAI,
+        max_tokens: int = SUMMARY_MAX_TOKENS,
+        on_usage: UsageHook | None = None,
     ) -> None:
         self._model = model
         self._client = client
         self._max_tokens = max_tokens
+        self._on_usage = on_usage
 
     def request(self, prompt: Prompt) -> dict[str, Any]:
         """The body of the chat-completions request, exactly as it is sent."""
@@ -187,6 +213,7 @@ class OpenAISummarizer:
                 temperature=body["temperature"],
                 max_tokens=body["max_tokens"],
             )
+        _report_usage(completion, self._on_usage)
         if not completion.choices:
             raise ModelError("the model returned no choices")
         return (completion.choices[0].message.content or "").strip()

@@ -118,3 +118,17 @@ def merged(older: BufferWindow, newer: BufferWindow) -> BufferWindow:
         last_message_at=max(older.last_message_at, newer.last_message_at),
         message_count=older.message_count + newer.message_count,
     )
+
+
+def close_reason(window: BufferWindow, due: datetime, policy: BufferPolicy) -> str:
+    """Why a buffer closed: ``max_size``, ``max_age`` or ``quiet`` (for the operators' metrics).
+
+    Read from the caps only, so a quiet period chosen per conversation (smart windows) still
+    reads as ``quiet``. A buffer closed with its last message (a conversation outside the
+    buffered path, whose every message closes its own buffer) counts as full.
+    """
+    if window.message_count >= policy.max_size or due <= window.last_message_at:
+        return "max_size"
+    if due >= window.started_at + policy.max_age:
+        return "max_age"
+    return "quiet"

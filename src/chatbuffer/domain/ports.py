@@ -515,3 +515,28 @@ class BurstArchive(Protocol):
         """The ``limit`` bursts whose last message is newest, newest first; buffers without
         messages (folded into a newer one) are skipped."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class ModelExchange:
+    """One request the worker made to the model for a buffer, and how it ended."""
+
+    key: ConversationKey
+    buffer_id: uuid.UUID
+    attempt: int
+    requested_at: datetime
+    duration_ms: int
+    #: The request body as sent (images' data: URLs shortened), when the model is an endpoint.
+    request: Mapping[str, Any] | None
+    #: The model's text exactly as it answered, when it answered.
+    answer: str | None
+    #: The parsed decision's fields, when the answer was one.
+    decision: Mapping[str, Any] | None
+    error: str | None = None
+
+
+class TraceLog(Protocol):
+    """Keeps each buffer's model requests for ``chatbuffer buffers trace``; never needed for a
+    reply to be correct, so a failed write costs only the trace."""
+
+    async def record_exchange(self, exchange: ModelExchange) -> None: ...

@@ -422,3 +422,33 @@ schema_compatibility = Table(
 DEFAULT_FLAGS: dict[str, tuple[bool, str]] = {
     f.value: (f.default, f.description) for f in flags.SEEDED
 }
+
+#: What the worker asked the model about a buffer and what it answered, one row per request
+#: (``chatbuffer buffers trace``). Holds the customer's words inside ``request``: it goes with its
+#: buffer (ON DELETE CASCADE), so retention purges it with the buffer.
+buffer_traces = Table(
+    "buffer_traces",
+    metadata,
+    Column("account_id", Integer, nullable=False),
+    Column("conversation_id", Integer, nullable=False),
+    Column("id", Uuid, nullable=False),
+    Column("buffer_id", Uuid, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("requested_at", UTCDateTime, nullable=False),
+    Column("duration_ms", Integer, nullable=False),
+    # The request body as sent (images' data: URLs shortened to their type and size).
+    Column("request", JSONType, nullable=True),
+    # The model's text, exactly as it answered (None when it did not answer).
+    Column("answer", Text, nullable=True),
+    # The parsed decision, or the error the request ended with.
+    Column("decision", JSONType, nullable=True),
+    Column("error", Text, nullable=True),
+    _key_pk("buffer_traces"),
+    _buffer_fk("buffer_id", "fk_buffer_traces_buffer_id_message_buffer", ondelete="CASCADE"),
+)
+Index(
+    "ix_buffer_traces_buffer",
+    buffer_traces.c.account_id,
+    buffer_traces.c.conversation_id,
+    buffer_traces.c.buffer_id,
+)

@@ -21,7 +21,7 @@ from chatbuffer.domain.model import (
     HistoryEntry,
     ModelDecision,
 )
-from chatbuffer.domain.ports import EventName
+from chatbuffer.domain.ports import EventName, ModelExchange
 from chatbuffer.errors import ChatwootError
 from chatbuffer.testing.controls import MemoryControls as MemoryControls
 from chatbuffer.testing.memory import MemoryStore as MemoryStore
@@ -208,3 +208,13 @@ class RecordingObserver:
 
     def names(self) -> list[str]:
         return [name for name, _, _ in self.events]
+
+
+@dataclass
+class MemoryTraceLog:
+    """Implements ``TraceLog`` in memory."""
+
+    exchanges: list[ModelExchange] = field(default_factory=list)
+
+    async def record_exchange(self, exchange: ModelExchange) -> None:
+        self.exchanges.append(exchange)

@@ -41,6 +41,10 @@ WEBHOOK_PATH = "/webhooks/chatwoot"
 NOT_STORED = "the service could not store the event; try again"
 
 
+#: ``GET /metrics``: the exposition's bytes and content type.
+MetricsPage = Callable[[], Awaitable[tuple[bytes, str]]]
+
+
 @dataclass(frozen=True, slots=True)
 class WebConfig:
     webhook_secret: str | None
@@ -60,6 +64,8 @@ def create_asgi_app(
     controls: Callable[[], Awaitable[Controls]] | None = None,
     control_access: Callable[[], ControlAccess] | None = None,
     buffers: BufferReader | None = None,
+    metrics: MetricsPage | None = None,
+    on_rejected: Callable[[WebhookRejected], None] | None = None,
 ) -> FastAPI:
     @asynccontextmanager
     async def _lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -69,7 +75,7 @@ def create_asgi_app(
         async with lifespan():
             yield
 
-    webhook = _Webhook(handle=handle, clock=clock, config=config)
+    webhook = _Webhook(handle=handle, clock=clock, config=config, on_rejected=on_rejected)
     app = _App(
         webhook,
         title="chatbuffer",
@@ -153,6 +159,14 @@ def create_asgi_app(
             )
         )
 
+    if metrics is not None:
+
+        @app.get("/metrics", include_in_schema=False)
+        async def prometheus() -> Response:
+            """The process's Prometheus metrics (docs/observability.md)."""
+            body, content_type = await metrics()
+            return Response(body, media_type=content_type)
+
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         """The process is up."""
@@ -203,10 +217,12 @@ class _Webhook:
         handle: Callable[[Any], Awaitable[Mapping[str, Any]]],
         clock: Clock,
         config: WebConfig,
+        on_rejected: Callable[[WebhookRejected], None] | None = None,
     ) -> None:
         self._handle = handle
         self._clock = clock
         self._config = config
+        self._on_rejected = on_rejected
 
     async def serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         wanted = {b"content-length", b"x-chatwoot-timestamp", b"x-chatwoot-signature"}
@@ -237,6 +253,8 @@ class _Webhook:
         try:
             return 200, orjson.dumps(dict(await self._accept(header, chunks)))
         except WebhookRejected as exc:
+            if self._on_rejected is not None:
+                self._on_rejected(exc)
             return exc.status_code, orjson.dumps({"error": str(exc)})
         except _Disconnected:
             raise

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
+from typing import Any
 
 from chatbuffer.domain import decision, history, urgency, whatsapp
 from chatbuffer.domain.buffer import BufferPolicy
@@ -146,6 +147,7 @@ class Pipeline:
             messages=len(contents.messages),
             attempt=job.attempts,
             lateness_ms=round(lateness_ms, 1),
+            **_window_fields(job, contents),
         )
         if not contents.messages:
             await self._ledger.complete(job, owner, self._clock.now(), "empty buffer")
@@ -653,3 +655,16 @@ class Pipeline:
 def _last_incoming(contents: BufferContents) -> int | None:
     """The burst's newest Chatwoot message id: anything the bot posted for it comes after."""
     return max((m.chatwoot_message_id for m in contents.messages), default=None)
+
+
+def _window_fields(job: ClaimedJob, contents: BufferContents) -> dict[str, Any]:
+    """The buffer's timing and contact, for the metrics and the ``buffer_processed`` log."""
+    if not contents.messages:
+        return {}
+    times = [m.received_at for m in contents.messages]
+    return {
+        "first_message_at": min(times),
+        "last_message_at": max(times),
+        "scheduled_for": job.scheduled_for,
+        "contact_id": contents.messages[0].sender.get("id"),
+    }
