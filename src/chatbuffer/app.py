@@ -385,7 +385,14 @@ class Runtime:
         files = self.prompt_files
         # One guard for the process: a token Chatwoot refuses, or a key the model endpoint
         # refuses, pauses the model calls whose answers could not be delivered.
-        guard = CredentialGuard(self.clock, backoff=timedelta(milliseconds=s.credential_backoff_ms))
+        refused = self.metrics.credential_refused
+        guard = CredentialGuard(
+            self.clock,
+            backoff=timedelta(milliseconds=s.credential_backoff_ms),
+            on_refused=lambda source: refused.labels(
+                service="chatwoot" if source == "Chatwoot" else "model"
+            ).inc(),
+        )
         chatwoot = self._chatwoot
         if chatwoot is None:
             if s.chatwoot_base_url is None or s.chatwoot_api_token is None:

@@ -130,6 +130,12 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.credential_refused = Counter(
+            "chatbuffer_credential_refused",
+            "Calls refused for their credentials (401/403), by service: chatwoot or model.",
+            ["service"],
+            registry=r,
+        )
         self.buffers_closed = Counter(
             "chatbuffer_buffers_closed",
             "Buffers closed, by why they closed.",

@@ -74,9 +74,17 @@ class CredentialGuard:
     account, since every account's answers are written with that key.
     """
 
-    def __init__(self, clock: Clock, *, backoff: timedelta) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        backoff: timedelta,
+        on_refused: Callable[[Source], None] | None = None,
+    ) -> None:
         self._clock = clock
         self._backoff = backoff
+        #: Told of every refusal, paused or not (the credential metric counts them all).
+        self._on_refused = on_refused
         #: Keyed by account id; None holds the model endpoint's refusal, for every account.
         self._refused: dict[int | None, _Refusal] = {}
 
@@ -86,6 +94,8 @@ class CredentialGuard:
 
     def refused(self, source: Source, status: int, account: int | None) -> None:
         """``source`` answered ``status`` (401/403) to a call for ``account`` (None: all)."""
+        if self._on_refused is not None:
+            self._on_refused(source)
         if not self.enabled:
             return
         now = self._clock.now()

@@ -15,7 +15,8 @@ from chatbuffer.domain.model import ConversationKey
 from chatbuffer.domain.retry import RetryPolicy
 from chatbuffer.errors import ChatwootError, ModelError
 from chatbuffer.flags import CachedControls
-from chatbuffer.testing import MemoryControls, RecordingChatwoot
+from chatbuffer.observability.metrics import Metrics
+from chatbuffer.testing import FakeClock, MemoryControls, RecordingChatwoot
 from chatbuffer.worker.credentials import (
     AccountScopedPipeline,
     CredentialGuard,
@@ -192,3 +193,28 @@ async def test_a_refused_model_key_pauses_every_account_and_logs_once_a_minute(
     assert "(2 skipped since the last report)" in lines[1]
     assert "OPENAI_API_KEY" in lines[1]
     assert len(w.model.prompts) == 1
+
+
+def test_every_refusal_is_counted_by_service_even_with_the_pause_off() -> None:
+    clock = FakeClock()
+    metrics = Metrics(clock)
+    counted = metrics.credential_refused
+
+    def sample(service: str) -> float:
+        value = metrics.registry.get_sample_value(
+            "chatbuffer_credential_refused_total", {"service": service}
+        )
+        return value or 0.0
+
+    for backoff in (BACKOFF, timedelta(0)):
+        guard = CredentialGuard(
+            clock,
+            backoff=backoff,
+            on_refused=lambda source: counted.labels(
+                service="chatwoot" if source == "Chatwoot" else "model"
+            ).inc(),
+        )
+        guard.refused("Chatwoot", 401, 1)
+        guard.refused("Chatwoot", 401, 1)
+        guard.refused("the model endpoint", 403, None)
+    assert (sample("chatwoot"), sample("model")) == (4.0, 2.0)
