@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
-from chatbuffer.domain import control_words, decision, history, urgency, whatsapp
+from chatbuffer.domain import control_words, decision, history, shadow, urgency, whatsapp
 from chatbuffer.domain.buffer import BufferPolicy
 from chatbuffer.domain.flags import Flag
 from chatbuffer.domain.history import HistoryPolicy, HistoryWindow
@@ -507,7 +507,7 @@ class Pipeline:
             # Recorded before the status change, so a retry after a failed toggle does not post
             # the note again.
             await self._ledger.confirm_sent(job.key, Marker(job.buffer_id, parts[0].kind), ids[0])
-            await self._mark_handed_off(job.key, note)
+            await self._mark_handed_off(job.key, note, ids[0])
             await self._chatwoot.set_status(job.key, "open")
         await self._ledger.complete(
             job, owner, self._clock.now(), note, posted, assessment=assessment
@@ -615,7 +615,7 @@ class Pipeline:
             if message_id is None:
                 message_id = await self._post(job, note)
             await self._ledger.confirm_sent(job.key, marker, message_id)
-            await self._mark_handed_off(job.key, f"the bot could not answer: {error}")
+            await self._mark_handed_off(job.key, f"the bot could not answer: {error}", message_id)
             await self._chatwoot.set_status(job.key, "open")
             handed_over = True
         except ChatwootError as exc:
@@ -717,10 +717,12 @@ class Pipeline:
         await self._finish(job, owner, [note], [note_id], why, assessed)
         self._observer.event("handoff", job.key, buffer_id=buffer_id, reason=outcome.reason)
 
-    async def _mark_handed_off(self, key: ConversationKey, reason: str) -> None:
+    async def _mark_handed_off(self, key: ConversationKey, reason: str, note_id: int) -> None:
         """Recorded before the conversation is opened: a message arriving meanwhile is kept
-        but not answered. Failing to record it must not stop the hand-off itself."""
-        if self._bot_states is None:
+        but not answered. Failing to record it must not stop the hand-off itself. In shadow
+        mode nothing reached Chatwoot (the conversation stays pending there, and no status
+        change would ever hand it back), so nothing is recorded."""
+        if self._bot_states is None or shadow.is_shadow(note_id):
             return
         try:
             await self._bot_states.hand_off(key, reason, self._clock.now())

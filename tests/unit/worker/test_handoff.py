@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
-from chatbuffer.domain import control_words
+from chatbuffer.domain import control_words, shadow
 from chatbuffer.domain.model import ConversationKey, ModelDecision
 from chatbuffer.domain.retry import RetryPolicy
 from chatbuffer.errors import ChatwootError
@@ -156,3 +157,22 @@ async def test_low_confidence_is_recorded_as_a_hand_off_with_the_burst() -> None
     assert note.private and "The contact wrote: does the warranty cover water?" in note.content
     state = await states.state(KEY, w.clock.now())
     assert state.mode == "handed_off" and "below the threshold" in (state.reason or "")
+
+
+@dataclass
+class ShadowChatwoot(RecordingChatwoot):
+    """Answers as shadow mode does: a recorded id from the shadow range, nothing sent."""
+
+    async def send_message(self, *args: Any, **kwargs: Any) -> int:
+        await super().send_message(*args, **kwargs)
+        return shadow.SHADOW_IDS_FROM + len(self.sent)
+
+
+async def test_a_hand_off_in_shadow_mode_leaves_the_bot_state_active() -> None:
+    # Chatwoot never saw the note nor a status change: nothing would ever hand it back.
+    w, states = world(ShadowChatwoot())
+    await w.say("humano")
+    w.clock.advance(QUIET)
+    await w.pipeline.process(await w.claim(), "w1")
+    assert len(w.chatwoot.sent) == 1
+    assert (await states.state(KEY, w.clock.now())).mode == "active"
