@@ -71,6 +71,7 @@ from chatbuffer.prompting.loading import load_instructions, load_template
 from chatbuffer.prompting.template import PromptTemplate
 from chatbuffer.settings import Settings
 from chatbuffer.storage import database, gauges, retention
+from chatbuffer.storage.bot_states import SqlBotStates
 from chatbuffer.storage.controls import SqlControls
 from chatbuffer.storage.listener import PgWakeListener
 from chatbuffer.storage.repository import SqlBufferStore
@@ -200,6 +201,7 @@ class Runtime:
         self._heartbeat_engine: AsyncEngine | None = None
         self._store: SqlBufferStore | None = None
         self._measured_store: SqlBufferStore | None = None
+        self._bot_states: SqlBotStates | None = None
         self._owned: list[
             ChatwootClient
             | ChatwootHistory
@@ -210,6 +212,12 @@ class Runtime:
         ] = []
         self.waker = Waker(self.clock)
         self._intake: WebhookIntake | None = None
+
+    @property
+    def bot_states(self) -> SqlBotStates:
+        if self._bot_states is None:
+            raise RuntimeError("Runtime is not open")
+        return self._bot_states
 
     @property
     def store(self) -> SqlBufferStore:
@@ -241,6 +249,7 @@ class Runtime:
         self.metrics.gauges.connect(lambda now: gauges.buffer_counts(engine, now))
         self._flags = CachedControls(SqlControls(self._engine), self.clock)
         self._windows = SmartWindows(SqlWindowStates(self._engine), self.settings.window_policy)
+        self._bot_states = SqlBotStates(self._engine)
         await database.check_schema(self._engine, self.settings.database_url)
         self._intake = self._build_intake()
 
@@ -328,10 +337,12 @@ class Runtime:
                 active_statuses=self.settings.active_statuses,
                 account_id=self.settings.chatwoot_account_id,
                 attributes=self.settings.attribute_selection,
+                handoff_keywords=self.settings.handoff_words,
             ),
             policy=self.buffer_policy,
             on_scheduled=self.waker.poke,
             human_pause=timedelta(milliseconds=self.settings.human_takeover_pause_ms),
+            bot_states=self.bot_states,
         )
 
     def asgi(self, *, with_worker: bool) -> FastAPI:
@@ -593,6 +604,7 @@ class Runtime:
             earlier=adapters.earlier,
             summarizer=adapters.summarizer,
             stale=StaleBursts(self._flags, timedelta(milliseconds=s.pause_stale_after_ms)),
+            bot_states=self.bot_states,
             config=PipelineConfig(
                 quality_threshold=s.response_quality_threshold,
                 typing_enabled=s.chatwoot_typing_indicator_enabled,
@@ -605,6 +617,7 @@ class Runtime:
                 retry=RetryPolicy(max_attempts=s.max_processing_attempts),
                 policy=s.buffer_policy,
                 send_hold=timedelta(milliseconds=s.chatwoot_timeout_ms) + SEND_MARGIN,
+                handoff_keywords=s.handoff_words,
             ),
         )
         return Scheduler(

@@ -186,6 +186,27 @@ def _parser() -> argparse.ArgumentParser:
         switch.add_argument(
             "--by", metavar="WHO", help="who does it, for the record (default: user@host)"
         )
+    conversation = commands.add_parser(
+        "conversation",
+        help="one conversation's bot state: show it, resume the bot, or turn it off",
+        description="Acts on the database named by DATABASE_URL. The ids are Chatwoot's: the "
+        "account id and the conversation's number as the dashboard shows it.",
+    )
+    conversation_actions = conversation.add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    for verb, text in [
+        ("show", "whether the bot answers there: active, paused (until), handed off, off"),
+        ("resume", "let the bot answer again (ends a hand-off, a human's pause or an off)"),
+        ("off", "keep the bot out of the conversation until `resume`"),
+    ]:
+        sub = conversation_actions.add_parser(verb, help=text, description=text)
+        sub.add_argument("account_id", type=_conversation_account, metavar="ACCOUNT_ID")
+        sub.add_argument("conversation_id", type=_conversation_id, metavar="CONVERSATION_ID")
+        if verb == "off":
+            sub.add_argument(
+                "--reason", default="turned off by an operator", help="shown by `show`"
+            )
     purge = commands.add_parser(
         "purge",
         help="delete finished buffers, their messages and replies, older than a cutoff",
@@ -274,6 +295,23 @@ def _buffer_id(value: str) -> uuid.UUID:
         return uuid.UUID(value.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a buffer id: {value!r}") from None
+
+
+def _conversation_account(value: str) -> int:
+    return _chatwoot_id(value, "ACCOUNT_ID")
+
+
+def _conversation_id(value: str) -> int:
+    return _chatwoot_id(value, "CONVERSATION_ID")
+
+
+def _chatwoot_id(value: str, what: str) -> int:
+    from chatbuffer import conversation_tool
+
+    try:
+        return conversation_tool.parse_id(value, what)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive_int(value: str) -> int:
@@ -367,6 +405,8 @@ def _run(args: argparse.Namespace) -> int:
         return _controls(settings, args)
     if args.command in {"pause", "resume"}:
         return _pause(settings, args)
+    if args.command == "conversation":
+        return _conversation(settings, args)
     if args.command == "purge":
         return _purge(settings, args.older_than or settings.retention, dry_run=args.dry_run)
     if args.command == "doctor":
@@ -526,6 +566,24 @@ def _operator() -> str:
     except (KeyError, OSError):
         user = "unknown"
     return f"{user}@{socket.gethostname()}"
+
+
+def _conversation(settings: Settings, args: argparse.Namespace) -> int:
+    from chatbuffer import conversation_tool
+    from chatbuffer.domain.model import ConversationKey
+
+    asyncio.run(_preflight(settings))
+    key = ConversationKey(args.account_id, args.conversation_id)
+    if args.action == "show":
+        print(asyncio.run(conversation_tool.show(settings, key)))
+    elif args.action == "resume":
+        changed, shown = asyncio.run(conversation_tool.resume(settings, key))
+        if not changed:
+            print("chatbuffer: the bot was already active there; nothing changed")
+        print(shown)
+    else:
+        print(asyncio.run(conversation_tool.turn_off(settings, key, args.reason)))
+    return 0
 
 
 def _purge(settings: Settings, older_than: timedelta | None, *, dry_run: bool) -> int:

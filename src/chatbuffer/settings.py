@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from chatbuffer.domain import control_words
 from chatbuffer.domain.buffer import BufferPolicy
 from chatbuffer.domain.contact import AttributeSelection
 from chatbuffer.domain.history import HistoryPolicy
@@ -102,6 +103,7 @@ class Settings(BaseSettings):
     human_takeover_pause_ms: int = Field(3_600_000, ge=0)
     #: After `chatbuffer resume`, a burst whose last message is older than this goes to a human.
     pause_stale_after_ms: int = Field(600_000, ge=0)
+    handoff_keywords: str = ", ".join(control_words.DEFAULT_KEYWORDS)
 
     # Unset: derived from AI_MAX_CONCURRENCY (see ``buffers_in_flight``).
     worker_concurrency: int | None = Field(None, ge=1, le=10_000)
@@ -177,6 +179,12 @@ class Settings(BaseSettings):
     def _strong_token(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and len(value.get_secret_value()) < 16:
             raise ValueError("must be at least 16 characters (e.g. openssl rand -hex 32)")
+        return value
+
+    @field_validator("handoff_keywords")
+    @classmethod
+    def _control_words(cls, value: str) -> str:
+        control_words.keywords(value)
         return value
 
     @field_validator("bot_active_statuses")
@@ -278,6 +286,11 @@ class Settings(BaseSettings):
             fast_track_ms=self.smart_window_fast_track_ms,
             voice_extra_ms=self.smart_window_voice_extra_ms,
         )
+
+    @property
+    def handoff_words(self) -> frozenset[str]:
+        """``HANDOFF_KEYWORDS`` as compared (empty: control words are off)."""
+        return control_words.keywords(self.handoff_keywords)
 
     @property
     def buffer_policy(self) -> BufferPolicy:

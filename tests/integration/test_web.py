@@ -445,10 +445,6 @@ IGNORED: dict[str, tuple[Callable[[Web], dict[str, Any]], str]] = {
         ),
         "private note",
     ),
-    "resolved-conversation": (
-        lambda web: web.incoming(message_id=8701, status="resolved"),
-        "conversation is resolved",
-    ),
     "unknown-event": (
         lambda _web: {"event": "contact_created", "id": 77, "name": "Ana", "account": {"id": 1}},
         "event contact_created is not handled",
@@ -484,6 +480,25 @@ async def test_an_event_that_needs_nothing_is_ignored(
     assert response.json() == {"status": "ignored", "reason": reason}
     assert await web.rows() == before
     assert data_rows(before) == dict.fromkeys(data_rows(before), 0)
+
+
+async def test_a_message_in_a_resolved_conversation_is_only_kept_for_the_history(
+    web: Web,
+) -> None:
+    before = await web.rows()
+
+    body = web.incoming(message_id=8701, content="thanks, all good now", status="resolved")
+    response = await web.deliver(body)
+    again = await web.deliver(body)
+
+    assert response.json() == {"status": "kept", "reason": "conversation is resolved"}
+    assert again.json() == response.json()
+    after = await web.rows()
+    # No buffer, no job: the bot never answers it; one history row, even when redelivered.
+    assert data_rows(after) == data_rows(before)
+    kept = after["history_messages"]
+    assert len(kept) == 1
+    assert "thanks, all good now" in kept[0] and "contact" in kept[0]
 
 
 async def test_a_redelivered_message_is_a_duplicate_and_changes_nothing(web: Web) -> None:

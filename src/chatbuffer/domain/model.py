@@ -210,10 +210,12 @@ class SendReply:
 
 @dataclass(frozen=True, slots=True)
 class HandOff:
-    """Leave the draft as a private note for a human and open the conversation."""
+    """Leave the draft as a private note for a human and open the conversation; with ``reply``,
+    post it to the contact first (the model answered and asked for a person too)."""
 
     draft: str
     reason: str
+    reply: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,8 @@
 """The roles the core needs from the outside world, as Protocols, one role each.
 
 The store's roles: ``IntakeStore`` (webhooks), ``JobQueue`` and ``WakeSignals`` (the scheduler),
-``ConversationHistory``, ``ConversationMemory`` and ``SendLedger`` (the pipeline),
+``ConversationHistory``, ``ConversationMemory`` and ``SendLedger`` (the pipeline), ``BotStates``
+(a conversation's hand-off, pause or off, for the pipeline, the webhooks and operators),
 ``ControlSource`` / ``ControlWriter`` / ``LiveControls`` and ``BufferAdmin`` (operators).
 ``storage`` implements them over SQL, ``chatbuffer.testing`` in memory with the same semantics;
 ``chatwoot.client.ChatwootClient``,
@@ -18,6 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
 from chatbuffer.domain.aggregation import Prompt, PromptInputs, ReadKind
+from chatbuffer.domain.bot_state import BotState
 from chatbuffer.domain.buffer import BufferPolicy
 from chatbuffer.domain.control import Controls, Subject
 from chatbuffer.domain.flags import Flag
@@ -251,7 +253,21 @@ class IntakeStore(AttachmentUpdates, Protocol):
         out of the conversation until then (a person is answering instead)."""
         ...
 
+    async def keep_contact_message(
+        self, key: ConversationKey, message: HistoryEntry, now: datetime
+    ) -> None:
+        """Keep a contact's message the bot does not answer (paused, handed off) for the
+        conversation's history, once per Chatwoot message id; no buffer is touched."""
+        ...
+
     async def resume_bot(self, key: ConversationKey, now: datetime) -> bool: ...
+
+    async def close_now(
+        self, key: ConversationKey, buffer_id: uuid.UUID, now: datetime, reason: str
+    ) -> bool:
+        """Close a collecting buffer and make it due now (a control word: no waiting for the
+        rest of the burst); whether it was still collecting."""
+        ...
 
     async def record_agent_message(
         self,
@@ -263,6 +279,24 @@ class IntakeStore(AttachmentUpdates, Protocol):
     ) -> int:
         """A human agent's public message: keep it for the conversation's history (once per
         Chatwoot message id) and, in the same transaction, ``cancel_open``."""
+        ...
+
+
+class BotStates(Protocol):
+    """Whether the bot may act in a conversation (``domain.bot_state``), and the changes to it:
+    a hand-off, an operator's off, a resume. One row per conversation, apart from the buffers."""
+
+    async def state(self, key: ConversationKey, now: datetime) -> BotState: ...
+
+    async def hand_off(self, key: ConversationKey, reason: str, now: datetime) -> None:
+        """The bot gave the conversation to a person (unless an operator turned it off)."""
+        ...
+
+    async def turn_off(self, key: ConversationKey, reason: str, now: datetime) -> None: ...
+
+    async def resume(self, key: ConversationKey, now: datetime, *, by_operator: bool) -> bool:
+        """Make the bot active again: end a hand-off and a human's pause; ``off`` ends only
+        ``by_operator``. Whether anything changed."""
         ...
 
 

@@ -157,3 +157,19 @@ class ConversationEvent(_Wire):
     id: int = ChatwootSmallId
     status: str | None = None
     account: Account | None = None
+    #: ``[{"status": {"previous_value": ..., "current_value": ...}}, ...]`` or null.
+    changed_attributes: Any = None
+
+    def status_change(self) -> str | None:
+        """The status ``changed_attributes`` says the conversation moved to, if it says so."""
+        if not isinstance(self.changed_attributes, list):
+            return None
+        for change in self.changed_attributes:
+            status = change.get("status") if isinstance(change, dict) else None
+            if (
+                isinstance(status, dict)
+                and isinstance(status.get("current_value"), str)
+                and status.get("previous_value") != status["current_value"]
+            ):
+                return str(status["current_value"])
+        return None

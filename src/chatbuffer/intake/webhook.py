@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from chatbuffer.domain import contact
+from chatbuffer.domain import contact, control_words
 from chatbuffer.domain import marker as markers
 from chatbuffer.domain.buffer import BufferPolicy
 from chatbuffer.domain.contact import AttributeSelection
@@ -24,7 +24,7 @@ from chatbuffer.domain.model import (
     InboundMessage,
     MessageKind,
 )
-from chatbuffer.domain.ports import Clock, IntakeStore, Observer, SendConfirmations
+from chatbuffer.domain.ports import BotStates, Clock, IntakeStore, Observer, SendConfirmations
 from chatbuffer.errors import MalformedPayload
 from chatbuffer.intake.payloads import ConversationEvent, MessageEvent
 
@@ -87,6 +87,25 @@ class ConfirmSent:
 
 
 @dataclass(frozen=True, slots=True)
+class ControlWord:
+    """The contact asked for a person (``HANDOFF_KEYWORDS``): store the message, then close its
+    burst at once, to be handed off unanswered."""
+
+    message: InboundMessage
+    word: str
+
+
+@dataclass(frozen=True, slots=True)
+class KeepContactMessage:
+    """The contact wrote in a conversation the bot does not answer in (not in
+    ``BOT_ACTIVE_STATUSES``: handed off, with a person): keep it for the history only."""
+
+    key: ConversationKey
+    message: HistoryEntry
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class ResumeBot:
     """The conversation was handed back to the bot: end a human takeover pause."""
 
@@ -102,6 +121,8 @@ Action = (
     | RecordAgentMessage
     | ResumeBot
     | ConfirmSent
+    | ControlWord
+    | KeepContactMessage
 )
 
 
@@ -113,6 +134,8 @@ class IntakeRules:
     account_id: int | None = None
     #: What of the contact's data is kept with a message (``CONTACT_ATTRIBUTES_TO_MODEL``).
     attributes: AttributeSelection = field(default_factory=AttributeSelection)
+    #: Normalized control words (``HANDOFF_KEYWORDS``, ``domain.control_words``).
+    handoff_keywords: frozenset[str] = frozenset()
 
 
 def parse(body: Any) -> MessageEvent | ConversationEvent | str:
@@ -156,9 +179,13 @@ def classify(
         if parsed.status and parsed.status not in rules.active_statuses:
             return CancelBuffers(key, f"conversation became {parsed.status}")
         # Only a real status change hands a conversation back; conversation_updated also fires
-        # for a human's reply (first_reply_created_at, waiting_since) with the status unchanged.
+        # for a human's reply (first_reply_created_at, waiting_since) with the status unchanged,
+        # so it counts only when its changed_attributes name the status.
         if parsed.event == "conversation_status_changed" and parsed.status:
             return ResumeBot(key, parsed.status)
+        changed = parsed.status_change()
+        if parsed.event == "conversation_updated" and changed in rules.active_statuses:
+            return ResumeBot(key, changed)
         return Ignore("conversation change needs no action")
     key = ConversationKey(account_id, parsed.conversation.id)
     return _classify_message(parsed, key, rules, now)
@@ -203,26 +230,33 @@ def _classify_message(
         return UpdateAttachments(key, event.id, attachments)
     status = event.conversation.status
     if status not in rules.active_statuses:
-        return Ignore(f"conversation is {status or 'of unknown status'}")
+        kept = HistoryEntry(
+            role="contact",
+            content=event.content,
+            at=now,
+            attachments=attachments,
+            chatwoot_message_id=event.id,
+        )
+        return KeepContactMessage(key, kept, f"conversation is {status or 'of unknown status'}")
     conversation = event.conversation.model_dump(exclude_none=True)
     if event.inbox is not None and event.inbox.name:
         conversation["inbox_name"] = event.inbox.name
-    return Buffer(
-        InboundMessage(
-            key=key,
-            chatwoot_message_id=event.id,
-            content=event.content,
-            kind=_kind(attachments),
-            content_type=event.content_type or "text",
-            received_at=now,
-            attachments=attachments,
-            sender=contact.sender_facts(
-                event.sender.model_dump(exclude_none=True) if event.sender else {},
-                rules.attributes,
-            ),
-            conversation=contact.conversation_facts(conversation, rules.attributes),
-        )
+    message = InboundMessage(
+        key=key,
+        chatwoot_message_id=event.id,
+        content=event.content,
+        kind=_kind(attachments),
+        content_type=event.content_type or "text",
+        received_at=now,
+        attachments=attachments,
+        sender=contact.sender_facts(
+            event.sender.model_dump(exclude_none=True) if event.sender else {},
+            rules.attributes,
+        ),
+        conversation=contact.conversation_facts(conversation, rules.attributes),
     )
+    word = control_words.matches(event.content, rules.handoff_keywords)
+    return Buffer(message) if word is None else ControlWord(message, word)
 
 
 def _attachments(event: MessageEvent) -> tuple[Attachment, ...]:
@@ -267,8 +301,12 @@ class WebhookIntake:
         policy: Callable[[InboundMessage], Awaitable[BufferPolicy]],
         on_scheduled: Callable[[datetime], None] | None = None,
         human_pause: timedelta = timedelta(0),
+        bot_states: BotStates | None = None,
     ) -> None:
+        """``bot_states``: a status change back into ``BOT_ACTIVE_STATUSES`` also ends a
+        hand-off (without it, only a human's pause)."""
         self._human_pause = human_pause
+        self._bot_states = bot_states
         self._store = store
         self._sends = sends
         self._clock = clock
@@ -287,7 +325,10 @@ class WebhookIntake:
             await self._sends.confirm_sent(action.key, action.marker, action.chatwoot_message_id)
             return {"status": "ignored", "reason": "the bot's own reply"}
         if isinstance(action, ResumeBot):
-            resumed = await self._store.resume_bot(action.key, now)
+            if self._bot_states is not None:
+                resumed = await self._bot_states.resume(action.key, now, by_operator=False)
+            else:
+                resumed = await self._store.resume_bot(action.key, now)
             return {
                 "status": "resumed" if resumed else "ignored",
                 "reason": f"conversation became {action.status}",
@@ -308,6 +349,11 @@ class WebhookIntake:
                     "buffer_cancelled", action.key, reason=action.reason, buffers=cancelled
                 )
             return {"status": "cancelled", "buffers": cancelled, "reason": action.reason}
+        if isinstance(action, KeepContactMessage):
+            await self._store.keep_contact_message(action.key, action.message, now)
+            return {"status": "kept", "reason": action.reason}
+        if isinstance(action, ControlWord):
+            return await self._buffer(action.message, now, control_word=action.word)
         if isinstance(action, UpdateAttachments):
             found = await self._store.update_attachments(
                 action.key, action.chatwoot_message_id, action.attachments
@@ -315,11 +361,14 @@ class WebhookIntake:
             return {"status": "updated" if found else "ignored", "reason": "attachments"}
         return await self._buffer(action.message, now)
 
-    async def _buffer(self, message: InboundMessage, now: datetime) -> Mapping[str, Any]:
+    async def _buffer(
+        self, message: InboundMessage, now: datetime, *, control_word: str | None = None
+    ) -> Mapping[str, Any]:
         policy = await self._policy(message)
         result = await self._store.record_incoming(message, policy, now)
         key = message.key
         if result.human_active_until is not None:
+            await self._store.keep_contact_message(key, _as_history(message, now), now)
             return {
                 "status": "ignored",
                 "reason": "a human agent is handling this conversation",
@@ -336,11 +385,36 @@ class WebhookIntake:
             messages=result.message_count,
             due_at=result.due_at,
         )
-        if self._on_scheduled is not None and result.due_at is not None:
-            self._on_scheduled(result.due_at)
+        due_at = result.due_at
+        # The burst is over: the worker hands it off now instead of after the quiet period.
+        if (
+            control_word is not None
+            and result.buffer_id is not None
+            and not result.closed
+            and await self._store.close_now(key, result.buffer_id, now, "control_word")
+        ):
+            due_at = now
+        if self._on_scheduled is not None and due_at is not None:
+            self._on_scheduled(due_at)
+        if control_word is not None:
+            return {
+                "status": "handing_off",
+                "reason": "control_word",
+                "buffer_id": str(result.buffer_id),
+            }
         return {
             "status": "buffered",
             "buffer_id": str(result.buffer_id),
             "messages": result.message_count,
             "due_at": result.due_at.isoformat() if result.due_at else None,
         }
+
+
+def _as_history(message: InboundMessage, now: datetime) -> HistoryEntry:
+    return HistoryEntry(
+        role="contact",
+        content=message.content,
+        at=now,
+        attachments=message.attachments,
+        chatwoot_message_id=message.chatwoot_message_id,
+    )

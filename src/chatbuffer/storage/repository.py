@@ -257,11 +257,37 @@ class SqlBufferStore:
             )
             return await self._cancel(conn, key, now, reason, pause_until, locked=True)
 
+    async def keep_contact_message(
+        self, key: ConversationKey, message: HistoryEntry, now: datetime
+    ) -> None:
+        """Keep a contact's message the bot will not answer, for the history only."""
+        row = contents.history_row(key, message, "webhook", now)
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                sql.RECORD_HISTORY_PG if self._postgres else sql.RECORD_HISTORY_SQLITE, row
+            )
+
     async def resume_bot(self, key: ConversationKey, now: datetime) -> bool:
         """End a human takeover pause early (the conversation was handed back to the bot)."""
         async with self._engine.begin() as conn:
             result = await conn.execute(sql.RESUME_BOT, {**_key(key), "p_now": now})
             return bool(result.rowcount)
+
+    async def close_now(
+        self, key: ConversationKey, buffer_id: uuid.UUID, now: datetime, reason: str
+    ) -> bool:
+        """Stop a collecting buffer collecting and make it due now, waking the workers."""
+        params = {**_key(key), "p_buffer_id": buffer_id, "p_now": now, "p_reason": reason}
+        async with self._engine.begin() as conn:
+            await self._lock(conn, key)
+            closed = await conn.execute(sql.CLOSE_BUFFER_NOW, params)
+            if not closed.rowcount:
+                return False
+            await conn.execute(sql.DUE_NOW, params)
+            await conn.execute(sql.CONVERSATION_IDLE, params)
+            if self._postgres:
+                await conn.execute(sql.NOTIFY, {"p_payload": now.isoformat()})
+        return True
 
     # -- worker ---------------------------------------------------------------------------
 

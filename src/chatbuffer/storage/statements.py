@@ -274,6 +274,30 @@ RESUME_BOT = (
     .values(human_active_until=None, updated_at=_time("p_now"))
 )
 
+#: A control word: the collecting buffer stops collecting and is due now (``close_now``).
+CLOSE_BUFFER_NOW = (
+    update(buffers)
+    .where(
+        _key(buffers),
+        buffers.c.id == bindparam("p_buffer_id"),
+        status_is(buffers.c.status, "active"),
+    )
+    .values(
+        status="closed",
+        buffer_end_time=_time("p_now"),
+        outcome=bindparam("p_reason"),
+        updated_at=_time("p_now"),
+    )
+)
+DUE_NOW = (
+    update(jobs)
+    .where(
+        _key(jobs),
+        jobs.c.buffer_id == bindparam("p_buffer_id"),
+        status_is(jobs.c.status, "scheduled"),
+    )
+    .values(scheduled_for=_time("p_now"), updated_at=_time("p_now"))
+)
 CONVERSATION_IDLE = (
     update(conversations)
     .where(CONVERSATION)

@@ -385,6 +385,22 @@ smart_windows = Table(
     PrimaryKeyConstraint(*KEY_COLUMNS, name="pk_smart_windows"),
 )
 
+#: Whether the bot may act in a conversation (``domain.bot_state``), one row per conversation
+#: once its state first changed: handed off (why, since when), turned off by an operator, or
+#: active again after a resume. The human takeover pause stays on ``conversations``.
+conversation_bot_state = Table(
+    "conversation_bot_state",
+    metadata,
+    Column("account_id", Integer, nullable=False),
+    Column("conversation_id", Integer, nullable=False),
+    # active | handed_off | off
+    Column("state", Text, nullable=False),
+    Column("reason", Text, nullable=True),
+    Column("since", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False, server_default=_now_default()),
+    PrimaryKeyConstraint(*KEY_COLUMNS, name="pk_conversation_bot_state"),
+)
+
 #: Not conversation data: a Citus reference table, replicated to every node.
 feature_flags = Table(
     "feature_flags",

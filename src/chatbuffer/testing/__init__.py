@@ -23,6 +23,7 @@ from chatbuffer.domain.model import (
 )
 from chatbuffer.domain.ports import EventName, ModelExchange
 from chatbuffer.errors import ChatwootError
+from chatbuffer.testing.controls import MemoryBotStates as MemoryBotStates
 from chatbuffer.testing.controls import MemoryControls as MemoryControls
 from chatbuffer.testing.memory import MemoryStore as MemoryStore
 from chatbuffer.testing.transcripts import MemoryBurstArchive as MemoryBurstArchive

@@ -234,11 +234,35 @@ class MemoryStore:
         ):
             self.history_rows.append(HistoryRow(key, entry, source))
 
+    async def keep_contact_message(
+        self,
+        key: ConversationKey,
+        message: HistoryEntry,
+        now: datetime,  # noqa: ARG002
+    ) -> None:
+        self._keep(key, message, "webhook")
+
     async def resume_bot(self, key: ConversationKey, now: datetime) -> bool:  # noqa: ARG002
         conversation = self.conversations.get(key)
         if conversation is None or conversation.human_active_until is None:
             return False
         conversation.human_active_until = None
+        return True
+
+    async def close_now(
+        self, key: ConversationKey, buffer_id: uuid.UUID, now: datetime, reason: str
+    ) -> bool:
+        target = self.buffers.get(buffer_id)
+        if target is None or target.key != key or target.status != "active":
+            return False
+        target.status, target.outcome, target.updated_at = "closed", reason, now
+        target.due = now
+        job = self.jobs[buffer_id]
+        if job.status == "scheduled":
+            job.scheduled_for = now
+        conversation = self._conversation(key)
+        conversation.state, conversation.active_buffer_id = "idle", None
+        self._notify(now)
         return True
 
     # -- job queue --------------------------------------------------------------------------

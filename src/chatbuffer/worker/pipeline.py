@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
-from chatbuffer.domain import decision, history, urgency, whatsapp
+from chatbuffer.domain import control_words, decision, history, shadow, urgency, whatsapp
 from chatbuffer.domain.buffer import BufferPolicy
 from chatbuffer.domain.flags import Flag
 from chatbuffer.domain.history import HistoryPolicy, HistoryWindow
@@ -20,10 +20,12 @@ from chatbuffer.domain.model import (
     HandOff,
     HistoryEntry,
     InboundMessage,
+    ModelDecision,
     SendReply,
     StaySilent,
 )
 from chatbuffer.domain.ports import (
+    BotStates,
     BufferContents,
     ChatwootAPI,
     ClaimedJob,
@@ -84,6 +86,8 @@ class PipelineConfig:
     #: ``pause_max`` (``REPLY_PAUSE_MS_PER_CHAR``, ``REPLY_PAUSE_MAX_MS``).
     pause_per_char: timedelta = timedelta(milliseconds=1)
     pause_max: timedelta = timedelta(seconds=3)
+    #: Normalized control words (``HANDOFF_KEYWORDS``): a burst with one is handed off unanswered.
+    handoff_keywords: frozenset[str] = frozenset()
 
     @property
     def history(self) -> HistoryPolicy:
@@ -114,12 +118,15 @@ class Pipeline:
         earlier: HistorySource | None = None,
         summarizer: Summarizer | None = None,
         stale: StaleBursts | None = None,
+        bot_states: BotStates | None = None,
     ) -> None:
         """``asker`` reads attachments, renders the prompt and asks ``model``; by default with
         the shipped template, no instructions and no attachment reader. ``memory`` keeps what
         ``earlier`` fetches from Chatwoot (a conversation's history from before chatbuffer) and
         the summaries ``summarizer`` writes; without them neither happens. ``stale`` names the
-        bursts that waited through a pause too long: a human gets those."""
+        bursts that waited through a pause too long: a human gets those. ``bot_states``
+        keeps the bot out of conversations handed off or turned off, and records hand-offs."""
+        self._bot_states = bot_states
         self._history = history
         self._memory = memory
         self._earlier = earlier if memory is not None else None
@@ -152,13 +159,16 @@ class Pipeline:
         if not contents.messages:
             await self._ledger.complete(job, owner, self._clock.now(), "empty buffer")
             return
+        aside = await self._stays_out(job, contents)
         stale = (
-            self._stale is not None
+            aside is None
+            and self._stale is not None
             and not contents.posted
             and await self._stale.is_stale(job, contents.messages, self._clock.now())
         )
         typing = (
             not stale
+            and aside is None
             and self._config.typing_enabled
             and await self._flags.is_enabled(Flag.TYPING_INDICATORS, key)
         )
@@ -166,7 +176,9 @@ class Pipeline:
         try:
             if typing:
                 await self._typing(job, on=True)
-            if stale:
+            if aside is not None:
+                await self._step_aside(job, owner, contents, aside)
+            elif stale:
                 await self._hand_over_stale(job, owner, contents)
             else:
                 shown = await self._answer(job, owner, contents, typing=typing)
@@ -209,7 +221,10 @@ class Pipeline:
             error = job.last_error or "gave up"
             await self._hand_over(job, owner, handover, error, after=_last_incoming(contents))
             return None
-        earlier = next((p for p in contents.posted if p.kind != "failure_note"), None)
+        # A reply followed by a hand-off note: the note is what is left to finish.
+        earlier = next((p for p in contents.posted if p.kind == "handoff_note"), None) or next(
+            (p for p in contents.posted if p.kind != "failure_note"), None
+        )
         if earlier is not None:
             # An earlier attempt decided what to post and may have posted it: finish that
             # instead of asking the model again.
@@ -243,11 +258,17 @@ class Pipeline:
                     "no_reply", key, buffer_id=str(job.buffer_id), reason=outcome.reason
                 )
             return shown
+        summary = decision.burst_summary(burst)
+        if isinstance(outcome, HandOff) and outcome.reply is not None:
+            await self._reply_then_hand_off(
+                job, owner, contents, outcome, summary, answer, assessed, typing=typing
+            )
+            return shown
         if isinstance(outcome, SendReply):
             parts = await self._reply_parts(outcome.content, contents)
         else:
             assert isinstance(outcome, HandOff)
-            parts = [PostedMessage("handoff_note", decision.handoff_note(outcome))]
+            parts = [PostedMessage("handoff_note", decision.handoff_note(outcome, summary))]
         # While the model wrote, a person may have taken over (never answer over them) or the
         # contact may have written again (then this reply is stale: answer the whole burst once).
         # The intent, every part of it, is recorded in the same transaction as that check.
@@ -486,6 +507,7 @@ class Pipeline:
             # Recorded before the status change, so a retry after a failed toggle does not post
             # the note again.
             await self._ledger.confirm_sent(job.key, Marker(job.buffer_id, parts[0].kind), ids[0])
+            await self._mark_handed_off(job.key, note, ids[0])
             await self._chatwoot.set_status(job.key, "open")
         await self._ledger.complete(
             job, owner, self._clock.now(), note, posted, assessment=assessment
@@ -593,6 +615,7 @@ class Pipeline:
             if message_id is None:
                 message_id = await self._post(job, note)
             await self._ledger.confirm_sent(job.key, marker, message_id)
+            await self._mark_handed_off(job.key, f"the bot could not answer: {error}", message_id)
             await self._chatwoot.set_status(job.key, "open")
             handed_over = True
         except ChatwootError as exc:
@@ -610,6 +633,101 @@ class Pipeline:
         )
         if handed_over:
             self._observer.event("handoff", job.key, buffer_id=buffer_id, reason="failed")
+
+    # -- stepping aside: hand-offs, an operator's off, control words -------------------------
+
+    async def _stays_out(self, job: ClaimedJob, contents: BufferContents) -> str | None:
+        """Why the bot neither types nor asks the model about this burst: ``handed_off`` or
+        ``off`` (the conversation's bot state), or the control word the contact wrote; None
+        to answer. An earlier attempt's send is always finished as it started."""
+        if contents.posted:
+            return None
+        if self._bot_states is not None:
+            state = await self._bot_states.state(job.key, self._clock.now())
+            if state.mode in ("handed_off", "off"):
+                return state.mode
+        word = control_words.in_burst(contents.messages, self._config.handoff_keywords)
+        return None if word is None else f"word:{word}"
+
+    async def _step_aside(
+        self, job: ClaimedJob, owner: str, contents: BufferContents, why: str
+    ) -> None:
+        buffer_id = str(job.buffer_id)
+        if not why.startswith("word:"):
+            # The messages stay stored (the history when the bot is back); nothing is sent.
+            outcome = f"not answered: the bot is {why.replace('_', ' ')}"
+            await self._ledger.complete(job, owner, self._clock.now(), outcome)
+            self._observer.event("no_reply", job.key, buffer_id=buffer_id, reason=outcome)
+            return
+        word = why.removeprefix("word:")
+        text = decision.control_word_note(word, decision.burst_summary(contents.messages))
+        note = PostedMessage("handoff_note", text)
+        verdict = await self._ledger.reserve_send(
+            job, owner, note, self._clock.now(), hold=self._config.send_hold
+        )
+        # A newer burst does not stop it: the contact asked for a person, whatever came next.
+        if verdict == "cancelled":
+            self._observer.event("no_reply", job.key, buffer_id=buffer_id, reason="cancelled")
+            return
+        message_id = await self._post(job, note)
+        await self._finish(job, owner, [note], [message_id], "handed off: control_word")
+        self._observer.event("handoff", job.key, buffer_id=buffer_id, reason="control_word")
+
+    async def _reply_then_hand_off(
+        self,
+        job: ClaimedJob,
+        owner: str,
+        contents: BufferContents,
+        outcome: HandOff,
+        summary: str,
+        answer: ModelDecision,
+        assessed: Assessment,
+        *,
+        typing: bool,
+    ) -> None:
+        """The model answered and asked for a person: the contact gets the answer first (in
+        parts, like any reply), then a human gets the note and the conversation."""
+        assert outcome.reply is not None
+        parts = await self._reply_parts(outcome.reply, contents)
+        ids = await self._deliver(job, owner, parts, typing=typing)
+        if ids is None:
+            return
+        if len(parts) == 1:
+            # A single part is otherwise confirmed by the completion, which here is the note's.
+            await self._ledger.confirm_sent(job.key, Marker(job.buffer_id, "reply"), ids[0])
+        buffer_id = str(job.buffer_id)
+        self._observer.event(
+            "reply_sent",
+            job.key,
+            buffer_id=buffer_id,
+            chatwoot_message_id=ids[0],
+            confidence=answer.confidence,
+            intent=answer.intent,
+            reply=outcome.reply,
+            parts=len(parts),
+        )
+        note = PostedMessage("handoff_note", decision.handoff_note(outcome, summary))
+        verdict = await self._ledger.reserve_send(
+            job, owner, note, self._clock.now(), hold=self._config.send_hold
+        )
+        if verdict == "cancelled":
+            return
+        note_id = await self._post(job, note)
+        why = f"replied, then handed off: {outcome.reason}"
+        await self._finish(job, owner, [note], [note_id], why, assessed)
+        self._observer.event("handoff", job.key, buffer_id=buffer_id, reason=outcome.reason)
+
+    async def _mark_handed_off(self, key: ConversationKey, reason: str, note_id: int) -> None:
+        """Recorded before the conversation is opened: a message arriving meanwhile is kept
+        but not answered. Failing to record it must not stop the hand-off itself. In shadow
+        mode nothing reached Chatwoot (the conversation stays pending there, and no status
+        change would ever hand it back), so nothing is recorded."""
+        if self._bot_states is None or shadow.is_shadow(note_id):
+            return
+        try:
+            await self._bot_states.hand_off(key, reason, self._clock.now())
+        except Exception as exc:
+            logger.warning("could not record the hand-off of %s: %s", key, type(exc).__name__)
 
     async def _typing(self, job: ClaimedJob, *, on: bool) -> None:
         # Typing is a courtesy: its failure must never cost the reply.

@@ -64,3 +64,68 @@ def test_which_http_answers_are_worth_another_try() -> None:
         429,
     ]
     assert all(retryable_status(s) for s in (500, 502, 503, 504))
+
+
+def handoff(content: str = "Someone will call you.", confidence: float = 0.9, should: bool = True):
+    return ModelDecision(
+        should_respond=should,
+        content=content,
+        confidence=confidence,
+        intent="complaint",
+        actions=("Handoff",),
+    )
+
+
+def test_a_handoff_action_with_a_confident_answer_replies_first() -> None:
+    outcome = decision.route(handoff(), quality_threshold=0.7)
+    assert outcome == HandOff(
+        draft="",
+        reason="the model asked for a human (intent: complaint)",
+        reply="Someone will call you.",
+    )
+    note = decision.handoff_note(outcome, "hi / I want my money back")
+    assert "The contact wrote: hi / I want my money back" in note
+    assert "The bot replied first:\nSomeone will call you." in note
+
+
+def test_a_handoff_action_with_an_unsure_or_no_answer_only_leaves_the_draft() -> None:
+    unsure = decision.route(handoff(confidence=0.3), quality_threshold=0.7)
+    assert isinstance(unsure, HandOff) and unsure.reply is None
+    assert unsure.draft == "Someone will call you."
+    silent = decision.route(handoff(should=False, content="x"), quality_threshold=0.7)
+    assert isinstance(silent, HandOff) and silent.reply is None and silent.draft == ""
+    blank = decision.route(handoff(content=" "), quality_threshold=0.7)
+    assert isinstance(blank, HandOff) and blank.reply is None
+
+
+def test_other_actions_change_nothing() -> None:
+    tagged = ModelDecision(True, "Hello!", 0.9, "greeting", actions=("tag:vip",))
+    assert decision.route(tagged, quality_threshold=0.7) == SendReply("Hello!")
+
+
+def test_the_burst_summary_is_short_and_says_what_media_carried() -> None:
+    from datetime import UTC, datetime
+
+    from chatbuffer.domain.model import Attachment, ConversationKey, InboundMessage
+
+    def said(content: str | None, *attachments: Attachment) -> InboundMessage:
+        return InboundMessage(
+            ConversationKey(1, 2),
+            1,
+            content,
+            "text",
+            "text",
+            datetime(2026, 1, 1, tzinfo=UTC),
+            attachments=attachments,
+        )
+
+    burst = [
+        said("hi\n  there"),
+        said(None, Attachment("audio", transcript="where is my order")),
+        said("look", Attachment("image")),
+    ]
+    assert decision.burst_summary(burst) == (
+        "hi there / [voice note: where is my order] / [image] look"
+    )
+    long = decision.burst_summary([said("x" * 500)], limit=50)
+    assert len(long) == 50 and long.endswith("…")

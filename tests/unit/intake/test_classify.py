@@ -16,8 +16,10 @@ from chatbuffer.intake.webhook import (
     Buffer,
     CancelBuffers,
     ConfirmSent,
+    ControlWord,
     Ignore,
     IntakeRules,
+    KeepContactMessage,
     RecordAgentMessage,
     ResumeBot,
     UpdateAttachments,
@@ -131,9 +133,44 @@ def test_transcript_arriving_later_updates_the_message() -> None:
 
 
 @pytest.mark.parametrize("status", ["open", "resolved", "snoozed"])
-def test_conversations_outside_the_active_statuses_are_ignored(status: str) -> None:
+def test_conversations_outside_the_active_statuses_only_keep_the_message(status: str) -> None:
     action = act(incoming(status=status))
-    assert action == Ignore(f"conversation is {status}")
+    # Not buffered, never answered: kept for the history the bot reads when it is back.
+    assert isinstance(action, KeepContactMessage)
+    assert action.reason == f"conversation is {status}"
+    assert action.message.role == "contact"
+    assert action.message.chatwoot_message_id == 90812
+    assert action.message.at == NOW
+
+
+WORDS = IntakeRules(
+    active_statuses=frozenset({"pending"}), handoff_keywords=frozenset({"humano", "agent"})
+)
+
+
+@pytest.mark.parametrize("text", ["Humano!", "  AGENT ", "humano?!", "hümano"])
+def test_a_message_that_is_only_a_control_word_asks_for_a_person(text: str) -> None:
+    action = act(incoming(content=text), WORDS)
+    assert isinstance(action, ControlWord)
+    assert action.message.content == text
+
+
+@pytest.mark.parametrize("text", ["I want a human agent", "agents", "humano por favor"])
+def test_a_control_word_inside_a_sentence_is_an_ordinary_message(text: str) -> None:
+    assert isinstance(act(incoming(content=text), WORDS), Buffer)
+
+
+def test_without_control_words_nothing_is_one() -> None:
+    assert isinstance(act(incoming(content="human")), Buffer)
+
+
+def test_conversation_updated_that_moves_the_status_back_resumes() -> None:
+    # A resolved conversation reopened by the contact: Chatwoot sets it back to pending.
+    body = payloads.conversation_status_changed(
+        account_id=1, conversation_id=7, status="pending", previous_status="resolved"
+    )
+    body["event"] = "conversation_updated"
+    assert act(body) == ResumeBot(ConversationKey(1, 7), "pending")
 
 
 def test_active_statuses_are_configurable() -> None:
