@@ -114,7 +114,8 @@ async def test_a_burst_is_counted_from_its_messages_to_its_reply(
     await world.say(7, SECRET_TEXT)
     ignored = await world.say(8, "anyone there?", status="resolved")
     assert first["status"] == "buffered"
-    assert ignored["status"] == "ignored"
+    # Not answered (the conversation is resolved), but kept for the history.
+    assert ignored["status"] == "kept"
     # Chatwoot delivers the first message again.
     again = payloads.incoming_text(
         account_id=ACCOUNT, conversation_id=7, message_id=101, content="hi", created_at=START
@@ -194,6 +195,21 @@ async def test_a_full_buffer_closes_by_size(world: World) -> None:
     assert sample(samples, "chatbuffer_buffers_closed_total", reason="max_size") == 1
     assert sample(samples, "chatbuffer_buffers_closed_total", reason="quiet") == 0
     assert sample(samples, "chatbuffer_buffer_messages_sum") == 3
+
+
+async def test_a_control_word_closes_its_burst_and_is_counted_as_a_hand_off(
+    world: World,
+) -> None:
+    await world.say(11, "my order never came")
+    await world.say(11, "Humano!")
+    world.clock.advance(timedelta(milliseconds=10))
+    await world.until_processed(1)
+
+    samples = await world.samples()
+    assert sample(samples, "chatbuffer_buffers_closed_total", reason="control_word") == 1
+    assert sample(samples, "chatbuffer_buffers_closed_total", reason="quiet") == 0
+    assert sample(samples, "chatbuffer_handoffs_total", reason="control_word") == 1
+    assert sample(samples, "chatbuffer_llm_request_duration_seconds_count") == 0
 
 
 async def test_a_takeover_counts_a_cancelled_buffer(world: World) -> None:

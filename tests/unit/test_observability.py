@@ -93,7 +93,9 @@ def test_reasons_outside_the_known_set_share_one_label() -> None:
     assert handoff_slug("confidence 0.41 is below the threshold 0.70 (intent: x)") == (
         "low_confidence"
     )
-    assert handoff_slug("the model asked for a human") == "other"
+    assert handoff_slug("the model asked for a human (intent: refund)") == "model_action"
+    assert handoff_slug("control_word") == "control_word"
+    assert handoff_slug("something new in a later version") == "other"
 
 
 def test_json_lines_are_whole_records_even_with_a_traceback() -> None:

@@ -187,7 +187,9 @@ class MeasuredIntake:
     async def __call__(self, body: Any) -> Mapping[str, Any]:
         answer = await self._handle(body)
         status = answer.get("status")
-        if status == "ignored":
+        # "kept": a contact's message the bot will not act on (conversation not active, a human
+        # answering), stored only for the history; an operator asks about it as about an ignore.
+        if status in ("ignored", "kept"):
             reason = str(answer.get("reason", ""))
             outcome = ignored_slug(reason)
             _intake_log.info(
@@ -195,7 +197,9 @@ class MeasuredIntake:
                 extra={"reason": reason, "outcome": outcome, **_delivery_fields(body)},
             )
         else:
-            outcome = status if status in _OUTCOMES else "other"
+            # A control word is stored like any message; its burst is then handed off.
+            outcome = "buffered" if status == "handing_off" else status
+            outcome = outcome if outcome in _OUTCOMES else "other"
         self._received.labels(outcome).inc()
         return answer
 

@@ -27,7 +27,16 @@ logger = logging.getLogger(__name__)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 CLOSE_REASONS = ("quiet", "max_age", "max_size", "control_word", "cancelled")
-HANDOFF_REASONS = ("low_confidence", "empty_reply", "failed", "stale", "resumed", "other")
+HANDOFF_REASONS = (
+    "low_confidence",
+    "empty_reply",
+    "model_action",
+    "control_word",
+    "failed",
+    "stale",
+    "resumed",
+    "other",
+)
 
 #: How long the database gauges are reused: every replica may be scraped every few seconds, and
 #: two counts per scrape per replica are cheap, but not free under a scrape storm.
@@ -72,6 +81,10 @@ def handoff_slug(reason: str | None) -> str:
         return "low_confidence"
     if reason.startswith("model wanted to respond but wrote nothing"):
         return "empty_reply"
+    if reason.startswith("the model asked for a human"):
+        return "model_action"
+    if reason == "control_word":
+        return "control_word"
     if reason == "failed":
         return "failed"
     if reason.startswith("stale"):

@@ -154,7 +154,7 @@ class Pipeline:
             messages=len(contents.messages),
             attempt=job.attempts,
             lateness_ms=round(lateness_ms, 1),
-            **_window_fields(job, contents),
+            **_window_fields(job, contents, self._config.handoff_keywords),
         )
         if not contents.messages:
             await self._ledger.complete(job, owner, self._clock.now(), "empty buffer")
@@ -775,14 +775,20 @@ def _last_incoming(contents: BufferContents) -> int | None:
     return max((m.chatwoot_message_id for m in contents.messages), default=None)
 
 
-def _window_fields(job: ClaimedJob, contents: BufferContents) -> dict[str, Any]:
-    """The buffer's timing and contact, for the metrics and the ``buffer_processed`` log."""
+def _window_fields(
+    job: ClaimedJob, contents: BufferContents, keywords: frozenset[str]
+) -> dict[str, Any]:
+    """The buffer's timing and contact, for the metrics and the ``buffer_processed`` log; a
+    burst closed by a control word says so (the caps cannot tell)."""
     if not contents.messages:
         return {}
     times = [m.received_at for m in contents.messages]
-    return {
+    fields: dict[str, Any] = {
         "first_message_at": min(times),
         "last_message_at": max(times),
         "scheduled_for": job.scheduled_for,
         "contact_id": contents.messages[0].sender.get("id"),
     }
+    if control_words.in_burst(contents.messages, keywords) is not None:
+        fields["close_reason"] = "control_word"
+    return fields
