@@ -198,8 +198,8 @@ class MeasuredIntake:
             )
         else:
             # A control word is stored like any message; its burst is then handed off.
-            outcome = "buffered" if status == "handing_off" else status
-            outcome = outcome if outcome in _OUTCOMES else "other"
+            stored = "buffered" if status == "handing_off" else str(status)
+            outcome = stored if stored in _OUTCOMES else "other"
         self._received.labels(outcome).inc()
         return answer
 
