@@ -38,10 +38,11 @@ from typing import Any
 from sqlalchemy import DateTime, Engine, Interval, bindparam, create_engine, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql import ClauseElement
+from sqlalchemy.util import greenlet_spawn
 
 from chatbuffer.domain.buffer import BufferPolicy
 from chatbuffer.domain.model import ConversationKey, InboundMessage
-from chatbuffer.storage import database, pg_worker
+from chatbuffer.storage import database
 from chatbuffer.storage import statements as sql
 from chatbuffer.storage.repository import SqlBufferStore
 from chatbuffer.storage.retention import PurgeReport, purge
@@ -235,7 +236,15 @@ async def claim_statement(engine: AsyncEngine, now: datetime) -> int:
             "p_clock": None,
         }
     )
-    rows = await pg_worker._call(engine, str(compiled), params)
+    # As the worker called it then: a connection borrowed from the pool for the call.
+    pooled = await engine.raw_connection()
+    try:
+        driver: Any = pooled.driver_connection
+        await driver.set_autocommit(True)
+        rows = await (await driver.execute(str(compiled), params)).fetchall()
+        await driver.set_autocommit(False)
+    finally:
+        await greenlet_spawn(pooled.close)
     return len(rows)
 
 
@@ -290,6 +299,7 @@ def measure(url: str, *, runs: int, round_no: int) -> dict[str, Any]:
             "p_conversation_id": 1,
             "p_buffer_id": uuid.uuid4(),
             "p_before": now,
+            "p_after": datetime(1970, 1, 1, tzinfo=UTC),  # no summary yet
             "p_limit": 20,
         }
         history = [
