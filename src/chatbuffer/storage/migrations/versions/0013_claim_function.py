@@ -17,7 +17,7 @@ An expand migration: a new function nobody before this release calls, so the pre
 runs on it unchanged.
 
 Revision ID: 0013
-Revises: 0017
+Revises: 0015
 Create Date: 2026-12-03
 """
 
@@ -26,7 +26,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0013"
-down_revision = "0017"
+down_revision = "0015"
 branch_labels = None
 depends_on = None
 oldest_compatible_code = down_revision
