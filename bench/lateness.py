@@ -302,8 +302,8 @@ def main() -> int:
     parser.add_argument(
         "--loop",
         choices=("asyncio", "uvloop"),
-        default="asyncio",
-        help="event loop: asyncio's own, as `chatbuffer worker` runs, or uvloop, as `serve` does",
+        default="uvloop",
+        help="event loop: uvloop, as `chatbuffer worker` and `serve` run, or asyncio's own",
     )
     parser.add_argument(
         "--open-buffers",

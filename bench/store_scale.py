@@ -35,8 +35,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import DateTime, Engine, Interval, bindparam, create_engine, text
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql import ClauseElement
+from sqlalchemy.util import greenlet_spawn
 
 from chatbuffer.domain.buffer import BufferPolicy
 from chatbuffer.domain.model import ConversationKey, InboundMessage
@@ -47,6 +49,11 @@ from chatbuffer.storage.retention import PurgeReport, purge
 from lateness import scratch_database
 
 CLAIM_LIMIT = 64
+#: Migration 0013's function, as the worker calls it (a session keeps its plan, as the pool's
+#: connections do: the runs after the first reuse it).
+CLAIM_FUNCTION = text(
+    "SELECT * FROM chatbuffer_claim(:p_now, :p_owner, :p_lease, :p_limit, :p_clock)"
+).bindparams(bindparam("p_lease", type_=Interval()), bindparam("p_clock", type_=DateTime(True)))
 ROUNDS = 2
 MESSAGES_PER_BUFFER = 10
 BUFFERS_PER_CONVERSATION = 5
@@ -189,8 +196,10 @@ async def store_timings(url: str, runs: int, round_no: int) -> dict[str, float]:
         now = datetime.now(UTC)
         wake: list[float] = []
         claim: list[float] = []
+        statement: list[float] = []
         await store.next_wake_at(now)  # warm up: connections, prepared plans
         await store.claim_due(now, "bench", timedelta(minutes=5), CLAIM_LIMIT)
+        await claim_statement(engine, now)
         for _ in range(runs):
             started = time.perf_counter()
             await store.next_wake_at(now)
@@ -199,10 +208,44 @@ async def store_timings(url: str, runs: int, round_no: int) -> dict[str, float]:
             claimed = await store.claim_due(now, "bench", timedelta(minutes=5), CLAIM_LIMIT)
             claim.append(time.perf_counter() - started)
             assert len(claimed) == CLAIM_LIMIT, f"claimed {len(claimed)}"
+            # The same claim as the worker made it before migration 0013: the statement itself.
+            started = time.perf_counter()
+            taken = await claim_statement(engine, now)
+            statement.append(time.perf_counter() - started)
+            assert taken == CLAIM_LIMIT, f"claimed {taken}"
         stored = await intake(store, first_conversation=10_000_000 * round_no)
     finally:
         await engine.dispose()
-    return {"claim": median_ms(claim), "wake": median_ms(wake), "intake": stored}
+    return {
+        "claim": median_ms(claim),
+        "claim_statement": median_ms(statement),
+        "wake": median_ms(wake),
+        "intake": stored,
+    }
+
+
+async def claim_statement(engine: AsyncEngine, now: datetime) -> int:
+    """``statements.CLAIM`` sent as it is, on the worker's path (too long to be prepared)."""
+    compiled = sql.CLAIM.compile(dialect=engine.dialect)
+    params = compiled.construct_params(
+        {
+            "p_now": now,
+            "p_owner": "bench",
+            "p_lease": timedelta(minutes=5),
+            "p_limit": CLAIM_LIMIT,
+            "p_clock": None,
+        }
+    )
+    # As the worker called it then: a connection borrowed from the pool for the call.
+    pooled = await engine.raw_connection()
+    try:
+        driver: Any = pooled.driver_connection
+        await driver.set_autocommit(True)
+        rows = await (await driver.execute(str(compiled), params)).fetchall()
+        await driver.set_autocommit(False)
+    finally:
+        await greenlet_spawn(pooled.close)
+    return len(rows)
 
 
 async def intake(store: SqlBufferStore, first_conversation: int, messages: int = 4000) -> float:
@@ -249,12 +292,14 @@ def measure(url: str, *, runs: int, round_no: int) -> dict[str, Any]:
         claim = [explain_ms(engine, sql.CLAIM_CANDIDATES, params) for _ in range(runs)]
         taking = {**params, "p_owner": "bench", "p_lease": timedelta(minutes=5)}
         whole = [explain_ms(engine, sql.CLAIM, taking)[0] for _ in range(runs)]
+        function = [explain_ms(engine, CLAIM_FUNCTION, taking)[0] for _ in range(runs)]
         wake = [explain_ms(engine, sql.NEXT_DUE, {}) for _ in range(runs)]
         past = {
             "p_account_id": 1,
             "p_conversation_id": 1,
             "p_buffer_id": uuid.uuid4(),
             "p_before": now,
+            "p_after": datetime(1970, 1, 1, tzinfo=UTC),  # no summary yet
             "p_limit": 20,
         }
         history = [
@@ -269,6 +314,7 @@ def measure(url: str, *, runs: int, round_no: int) -> dict[str, Any]:
         "explain_claim": statistics.median(ms for ms, _ in claim),
         "claim_plan": claim[-1][1],
         "explain_whole_claim": statistics.median(whole),
+        "explain_claim_function": statistics.median(function),
         "explain_wake": statistics.median(ms for ms, _ in wake),
         "wake_plan": wake[-1][1],
         "explain_history": statistics.median(history),
@@ -304,7 +350,7 @@ def main() -> int:
     parser.add_argument("--due", type=int, default=20_000)
     parser.add_argument("--runs", type=int, default=10, help="claims and next-dues measured")
     args = parser.parse_args()
-    claimed = CLAIM_LIMIT * (args.runs + 1) * ROUNDS
+    claimed = CLAIM_LIMIT * (args.runs + 1) * ROUNDS * 2  # the function and the statement
     sizes = {
         "empty": {"messages": 0, "due": claimed},
         f"{args.messages:,} msgs, {args.due:,} due": {
@@ -332,9 +378,14 @@ def main() -> int:
             ("data set built in", lambda r: f"{r['built_s']:.1f} s"),
             ("claim candidates, EXPLAIN ANALYZE", lambda r: f"{r['explain_claim']:.2f} ms"),
             ("whole claim (writes too), EXPLAIN", lambda r: f"{r['explain_whole_claim']:.2f} ms"),
+            (
+                "chatbuffer_claim(64), EXPLAIN",
+                lambda r: f"{r['explain_claim_function']:.2f} ms",
+            ),
             ("next due, EXPLAIN ANALYZE", lambda r: f"{r['explain_wake']:.2f} ms"),
             ("history (20 + 20), EXPLAIN ANALYZE", lambda r: f"{r['explain_history']:.2f} ms"),
             ("claim_due(64), wall", lambda r: f"{r['claim']:.2f} ms"),
+            ("claim statement (before 0013), wall", lambda r: f"{r['claim_statement']:.2f} ms"),
             ("next_wake_at(), wall", lambda r: f"{r['wake']:.2f} ms"),
             ("intake, 32 tasks", lambda r: f"{r['intake']:.0f} msg/s"),
         ],

