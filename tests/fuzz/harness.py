@@ -30,6 +30,7 @@ from chatbuffer.storage.tables import (
     bot_replies,
     buffered_messages,
     feature_flags,
+    history_messages,
     metadata,
 )
 from chatbuffer.testing import FakeClock
@@ -61,6 +62,11 @@ HeaderList = list[tuple[bytes, bytes]]
 Rows = dict[str, dict[Any, tuple[Any, ...]]]
 
 _COLUMNS = {table.name: table.c.keys() for table in metadata.sorted_tables}
+#: Where each table's primary key sits in its row (several tables' first column is not unique).
+_KEY = {
+    table.name: tuple(table.c.keys().index(c.name) for c in table.primary_key.columns)
+    for table in metadata.sorted_tables
+}
 _MESSAGE_COLUMN = {name: i for i, name in enumerate(_COLUMNS[buffered_messages.name])}
 _ATTACHMENTS = _MESSAGE_COLUMN["attachments"]
 
@@ -161,7 +167,7 @@ class Service:
         for name, text in self._reader.exec_driver_sql(self._select):
             values = orjson.loads(text)
             row = tuple(values[c] for c in _COLUMNS[name])
-            found[name][row[0]] = row
+            found[name][tuple(row[i] for i in _KEY[name])] = row
         return found
 
     def _empty(self) -> None:
@@ -258,6 +264,15 @@ def check_accepted(done: Exchange, answer: dict[str, Any]) -> None:
     status = answer["status"]
     if status in {"ignored", "duplicate"}:
         assert_unchanged(before, after)
+        return
+    if status == "kept":
+        # A contact's message the bot will not answer, kept only for the history: one row of
+        # history_messages, nothing else.
+        history = history_messages.name
+        assert_unchanged({**before, history: {}}, {**after, history: {}})
+        kept = [row for key, row in after[history].items() if key not in before[history]]
+        assert all(key in after[history] for key in before[history]), "kept lost history"
+        assert len(kept) <= 1, f"kept {len(kept)} history rows: {kept}"
         return
     for name, rows in before.items():
         lost = [row for key, row in rows.items() if key not in after[name]]

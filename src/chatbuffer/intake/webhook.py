@@ -370,7 +370,7 @@ class WebhookIntake:
         if result.human_active_until is not None:
             await self._store.keep_contact_message(key, _as_history(message, now), now)
             return {
-                "status": "ignored",
+                "status": "kept",
                 "reason": "a human agent is handling this conversation",
                 "until": result.human_active_until.isoformat(),
             }
