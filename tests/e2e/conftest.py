@@ -358,14 +358,19 @@ class Simulators:
 
 @asynccontextmanager
 async def simulators(
-    webhook_port: int, *, model_script: Script | None = None, user_token: bool = False
+    webhook_port: int,
+    *,
+    model_script: Script | None = None,
+    user_token: bool = False,
+    model_api_key: str | None = None,
 ) -> AsyncIterator[Simulators]:
     """Both simulators; the Chatwoot one validates every request against Chatwoot's spec.
 
     ``model_script`` replaces the model's default answers (e.g. with invalid JSON);
-    ``user_token``: ``TOKEN`` is a user's, which may also list a conversation's messages.
+    ``user_token``: ``TOKEN`` is a user's, which may also list a conversation's messages;
+    ``model_api_key``: the only key the model accepts (any, when None).
     """
-    model = ScriptedModelServer(script=model_script)
+    model = ScriptedModelServer(script=model_script, api_key=model_api_key)
     chatwoot = ChatwootSimulator(
         api_token=TOKEN,
         validator=load_validator(),

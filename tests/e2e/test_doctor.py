@@ -16,9 +16,6 @@ from pathlib import Path
 import pytest
 
 from chatbuffer.simulator import payloads
-from chatbuffer.simulator.chatwoot import ChatwootSimulator
-from chatbuffer.simulator.model import ScriptedModelServer
-from chatbuffer.simulator.server import serve_in_background
 from tests.e2e.conftest import (
     ACCOUNT,
     SECRET,
@@ -26,9 +23,9 @@ from tests.e2e.conftest import (
     Service,
     Simulators,
     free_port,
+    simulators,
     wait_until,
 )
-from tests.support.swagger import load_validator
 
 pytestmark = pytest.mark.e2e
 
@@ -59,21 +56,8 @@ async def doctor(env: dict[str, str], *args: str) -> Ran:
 
 @pytest.fixture
 async def sims() -> AsyncIterator[Simulators]:
-    model = ScriptedModelServer(api_key=MODEL_KEY)
-    chatwoot = ChatwootSimulator(
-        api_token=TOKEN,
-        validator=load_validator(),
-        webhook_url=f"http://127.0.0.1:{free_port()}/webhooks/chatwoot",
-        webhook_secret=SECRET,
-    )
-    model_url, stop_model = await serve_in_background(model.app)
-    chatwoot_url, stop_chatwoot = await serve_in_background(chatwoot.app)
-    try:
-        yield Simulators(chatwoot, model, chatwoot_url, model_url)
-    finally:
-        await stop_chatwoot()
-        await stop_model()
-    assert chatwoot.violations == [], chatwoot.violations
+    async with simulators(free_port(), model_api_key=MODEL_KEY) as both:
+        yield both
 
 
 def lines_of(ran: Ran) -> dict[str, str]:

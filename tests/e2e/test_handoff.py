@@ -11,8 +11,6 @@ Chatwoot received, and what ``conversation show`` prints.
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -33,6 +31,7 @@ from tests.e2e.conftest import (
     simulators,
     user_text,
 )
+from tests.e2e.test_controls import cli
 
 pytestmark = pytest.mark.e2e
 
@@ -71,17 +70,6 @@ async def world(db_url: str, tmp_path: Path) -> AsyncIterator[World]:
             yield sims.world(service)
         finally:
             await service.stop()
-
-
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "chatbuffer", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def show(world: World, conversation: int) -> str:

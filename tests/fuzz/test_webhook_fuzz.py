@@ -42,6 +42,11 @@ from tests.fuzz import strategies as fz
 from tests.fuzz.harness import SENT, Request, Service, header_list
 from tests.integration.test_web import ACCOUNT, CONVERSATION, MAX_BODY, SECRET, START
 
+# Ten thousand requests keep a core busy for a minute and a half, and the total at the end
+# counts every generator's requests only when one process ran them all: scripts/test runs this
+# module in its serial pass, alone, in one process.
+pytestmark = pytest.mark.serial
+
 # Requests per generator and database. SQLite alone clears 10,000; PostgreSQL runs fewer because
 # each write is a network round trip, but still exercises its stricter types. On a 2-core machine
 # the module takes about 35 s on SQLite alone and 50 s with PostgreSQL.
