@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from chatbuffer.domain.model import HistoryEntry
 from chatbuffer.domain.ports import BotStates
+from chatbuffer.storage import database
 from chatbuffer.storage.bot_states import SqlBotStates
 from chatbuffer.storage.repository import SqlBufferStore
 from chatbuffer.storage.tables import conversation_bot_state
@@ -107,24 +108,26 @@ async def test_a_humans_pause_is_shown_and_an_operator_can_end_it(pair) -> None:
     assert (await store.record_incoming(message(2), POLICY, clock.now())).stored
 
 
-async def test_the_state_is_one_row_keyed_by_the_conversation(any_store: Store) -> None:
-    if isinstance(any_store, MemoryStore):
-        pytest.skip("a database row")
-    states = SqlBotStates(any_store.engine)
-    now = FakeClock().now()
-    await states.hand_off(KEY, "a", now)
-    await states.hand_off(KEY, "b", now)
-    await states.turn_off(OTHER, "c", now)
-    async with any_store.engine.connect() as conn:
-        rows = (
-            await conn.execute(
-                select(
-                    conversation_bot_state.c.account_id,
-                    conversation_bot_state.c.conversation_id,
-                    conversation_bot_state.c.state,
-                ).order_by(conversation_bot_state.c.conversation_id)
-            )
-        ).all()
+async def test_the_state_is_one_row_keyed_by_the_conversation(db_url: str) -> None:
+    engine = database.create_engine(db_url, pool_size=2)
+    try:
+        states = SqlBotStates(engine)
+        now = FakeClock().now()
+        await states.hand_off(KEY, "a", now)
+        await states.hand_off(KEY, "b", now)
+        await states.turn_off(OTHER, "c", now)
+        async with engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(
+                        conversation_bot_state.c.account_id,
+                        conversation_bot_state.c.conversation_id,
+                        conversation_bot_state.c.state,
+                    ).order_by(conversation_bot_state.c.conversation_id)
+                )
+            ).all()
+    finally:
+        await engine.dispose()
     assert [tuple(r) for r in rows] == [(1, 42, "handed_off"), (1, 43, "off")]
 
 
